@@ -1,0 +1,22 @@
+"""pyrag: a retrieval engine for retrieval-augmented generation.
+
+    import pyrag
+    index = pyrag.DenseIndex(384)
+    index.add(passage_embeddings)
+    scores, ids = index.search(query_embeddings, k=10)
+"""
+from pyrag.index import DenseIndex, IndexFormatError
+from pyrag.ops import (BACKENDS, BackendUnavailableError, get_num_threads, set_num_threads,
+                       topk_scores)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "DenseIndex",
+    "IndexFormatError",
+    "get_num_threads",
+    "set_num_threads",
+    "topk_scores",
+]
