@@ -1,7 +1,10 @@
 """Shared plumbing of the torch.library ops: backend names and their resolution,
 thread count, and argument checks used by more than one op.
 
-Each op module registers its implementations with `register_impl(op, backend)`. The op
+Each op module registers its implementations with `register_impl(op, backend)`; the
+GPU backends register theirs from pyrag/ops/triton_backend.py and cuda_backend.py.
+An implementation takes the op's arguments (CPU/CUDA tensors, mask None or bool) and
+returns its outputs; `<op>_backward` implementations take grad_out first. The op
 body then calls `get_impl(op, backend, device)`, which turns "auto" into a concrete
 backend for the tensors' device and explains clearly why a backend cannot run.
 """
@@ -67,13 +70,13 @@ def _unavailable_reason(backend: str, device: torch.device) -> str | None:
     if backend == "cuda":
         if device.type != "cuda":
             return f"backend='cuda' needs CUDA tensors, got {device.type}"
-        if not hasattr(compiled_extension(), "cuda"):
-            return "backend='cuda' needs pyrag built with CUDA (PYRAG_CUDA=ON)"
+        if importlib.util.find_spec("pyrag._cuda") is None:
+            return "backend='cuda' needs pyrag built with its CUDA backend (PYRAG_CUDA=ON and nvcc)"
         return None
     if backend == "cuda_emu":
         if device.type != "cpu":
             return f"backend='cuda_emu' runs the CUDA kernels on the host and needs CPU tensors, got {device.type}"
-        if not hasattr(compiled_extension(), "cuda_emu"):
+        if importlib.util.find_spec("pyrag._cuda_emu") is None:
             return "backend='cuda_emu' needs pyrag built with the host emulation (PYRAG_CUDA_EMU=ON)"
         return None
     raise AssertionError(backend)
