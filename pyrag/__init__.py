@@ -6,6 +6,7 @@
     scores, ids = index.search(query_embeddings, k=10)
 """
 from pyrag.index import DenseIndex, IndexFormatError
+from pyrag.losses import contrastive_loss, lsr_loss, lsr_weights, marginal_nll
 from pyrag.ops import (BACKENDS, BackendUnavailableError, get_num_threads, set_num_threads,
                        topk_scores)
 
@@ -16,7 +17,11 @@ __all__ = [
     "BackendUnavailableError",
     "DenseIndex",
     "IndexFormatError",
+    "contrastive_loss",
     "get_num_threads",
+    "lsr_loss",
+    "lsr_weights",
+    "marginal_nll",
     "set_num_threads",
     "topk_scores",
 ]
