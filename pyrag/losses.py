@@ -141,7 +141,7 @@ def _gather_candidates(tensors, group):
         padded[:t.shape[0]] = t.detach()
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded, group=group)
-        pieces = [p[:n] for p, n in zip(parts, counts)]
+        pieces = [p[:n] for p, n in zip(parts, counts, strict=True)]
         pieces[rank] = t
         out.append(torch.cat(pieces))
     offset = sum(sizes[r][0] for r in range(rank))

@@ -91,7 +91,7 @@ def test_score_matches_token_by_token_computation(lm):
         mean = adapter.score(QUERIES, CONTEXTS, TARGETS, reduction="mean")
         per_token = adapter.score(QUERIES, CONTEXTS, TARGETS, reduction="none")
     assert summed.shape == (2, 3) and per_token.shape == (2, 3, 3)
-    for i, (query, target) in enumerate(zip(QUERIES, TARGETS)):
+    for i, (query, target) in enumerate(zip(QUERIES, TARGETS, strict=True)):
         for j in range(3):
             context = CONTEXTS[i][j] if j < len(CONTEXTS[i]) else None
             if context is None:  # padding scores 0

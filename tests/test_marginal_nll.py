@@ -82,7 +82,7 @@ def test_backward_op_matches_closed_form_reference(backend, tokens):
     grad = torch.randn(4)
     got = torch.ops.pyrag.marginal_nll_backward(grad, s, lm, TAU, mask, token_mask, backend)
     expected = reference.marginal_nll_backward(grad, s, lm, TAU, mask, token_mask)
-    for a, e in zip(got, expected):
+    for a, e in zip(got, expected, strict=True):
         torch.testing.assert_close(a, e)
 
 
@@ -93,7 +93,7 @@ def test_closed_form_reference_backward_is_autograd_of_reference(tokens):
     x, y = s.clone().requires_grad_(), lm.clone().requires_grad_()
     auto = torch.autograd.grad(reference.marginal_nll(x, y, TAU, mask, token_mask), (x, y), grad)
     closed = reference.marginal_nll_backward(grad, s, lm, TAU, mask, token_mask)
-    for a, c in zip(auto, closed):
+    for a, c in zip(auto, closed, strict=True):
         torch.testing.assert_close(c, a)
 
 

@@ -179,12 +179,12 @@ def _cpu_weights(lm_scores, tau, mask):
 @register_impl("lsr_kl", "cpu")
 def _cpu_kl(retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction):
     ct = reference.compute_dtype(retriever_scores.dtype, lm_scores.dtype)
-    s, l = cpu_operand(retriever_scores, ct), cpu_operand(lm_scores, ct)
+    s, lm = cpu_operand(retriever_scores, ct), cpu_operand(lm_scores, ct)
     m, m_addr = mask_address(mask)
     b, k = s.shape
     out = torch.empty(b, dtype=ct)
     getattr(compiled_extension(), f"lsr_kl_{kernel_suffix(ct)}")(
-        s.data_ptr(), l.data_ptr(), m_addr, b, k, float(tau_retriever), float(tau_lm),
+        s.data_ptr(), lm.data_ptr(), m_addr, b, k, float(tau_retriever), float(tau_lm),
         direction == "reverse", get_num_threads(), out.data_ptr())
     return out.to(_kl_dtype(retriever_scores, lm_scores))
 
@@ -193,11 +193,11 @@ def _cpu_kl(retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction)
 def _cpu_kl_backward(grad, retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction):
     ct = reference.compute_dtype(retriever_scores.dtype, lm_scores.dtype)
     g = cpu_operand(grad, ct)
-    s, l = cpu_operand(retriever_scores, ct), cpu_operand(lm_scores, ct)
+    s, lm = cpu_operand(retriever_scores, ct), cpu_operand(lm_scores, ct)
     m, m_addr = mask_address(mask)
     b, k = s.shape
     out = torch.empty_like(s)
     getattr(compiled_extension(), f"lsr_kl_backward_{kernel_suffix(ct)}")(
-        g.data_ptr(), s.data_ptr(), l.data_ptr(), m_addr, b, k, float(tau_retriever), float(tau_lm),
+        g.data_ptr(), s.data_ptr(), lm.data_ptr(), m_addr, b, k, float(tau_retriever), float(tau_lm),
         direction == "reverse", get_num_threads(), out.data_ptr())
     return out.to(retriever_scores.dtype)
