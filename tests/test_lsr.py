@@ -294,3 +294,13 @@ def test_bad_types_and_backend():
         pyrag.lsr_weights(torch.ones(2, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="unknown backend"):
         pyrag.lsr_weights(torch.randn(2, 3), backend="gpu")
+
+
+def test_compiled_kernels_check_their_arguments():
+    from pyrag import _C
+    with pytest.raises(ValueError, match="bad sizes"):
+        _C.lsr_kl_f32(0, 0, 0, -1, 3, 1.0, 1.0, False, 1, 0)
+    with pytest.raises(ValueError, match="tau must be finite and > 0"):
+        _C.lsr_weights_f64(0, 0, 1, 3, 0.0, 1, 0)
+    with pytest.raises(ValueError, match="tau must be finite and > 0"):
+        _C.marginal_nll_f32(0, 0, 0, 0, 1, 3, 1, float("nan"), 1, 0)

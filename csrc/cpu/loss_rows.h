@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "cpu/parallel.h"
@@ -109,6 +111,18 @@ bool masked_softmax_row(const T* x, const uint8_t* mask, int64_t k, T tau, T* lo
     p[c] *= inv_total;
   }
   return true;
+}
+
+// The loss kernels' entry checks (Python checks first; this guards direct callers).
+inline void check_loss_sizes(const char* op, int64_t rows, int64_t k, int64_t tokens, double tau) {
+  if (rows < 0 || k < 0 || tokens < 0) {
+    throw std::invalid_argument(std::string(op) + ": bad sizes B=" + std::to_string(rows) +
+                                " K=" + std::to_string(k) + " T=" + std::to_string(tokens));
+  }
+  if (!(tau > 0.0) || !std::isfinite(tau)) {
+    throw std::invalid_argument(std::string(op) + ": tau must be finite and > 0, got " +
+                                std::to_string(tau));
+  }
 }
 
 // Below this many row elements a second thread costs more than it saves (a thread

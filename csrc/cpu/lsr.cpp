@@ -12,6 +12,7 @@ namespace pyrag {
 template <typename T>
 void lsr_weights(const T* lm_scores, const uint8_t* mask, int64_t rows, int64_t k, T tau,
                  int num_threads, T* weights) {
+  check_loss_sizes("lsr_weights", rows, k, 1, tau);
   parallel_rows(rows, k, num_threads, [&](int64_t begin, int64_t end) {
     std::vector<T> log_p(k);
     for (int64_t b = begin; b < end; ++b) {
@@ -56,6 +57,8 @@ struct LsrRow {
 template <typename T>
 void lsr_kl(const T* retriever_scores, const T* lm_scores, const uint8_t* mask, int64_t rows,
             int64_t k, T tau_retriever, T tau_lm, bool reverse, int num_threads, T* kl) {
+  check_loss_sizes("lsr_kl", rows, k, 1, tau_retriever);
+  check_loss_sizes("lsr_kl", rows, k, 1, tau_lm);
   parallel_rows(rows, k, num_threads, [&](int64_t begin, int64_t end) {
     LsrRow<T> row(k);
     for (int64_t b = begin; b < end; ++b) {
@@ -70,6 +73,8 @@ template <typename T>
 void lsr_kl_backward(const T* grad, const T* retriever_scores, const T* lm_scores,
                      const uint8_t* mask, int64_t rows, int64_t k, T tau_retriever, T tau_lm,
                      bool reverse, int num_threads, T* grad_scores) {
+  check_loss_sizes("lsr_kl_backward", rows, k, 1, tau_retriever);
+  check_loss_sizes("lsr_kl_backward", rows, k, 1, tau_lm);
   parallel_rows(rows, k, num_threads, [&](int64_t begin, int64_t end) {
     LsrRow<T> row(k);
     for (int64_t b = begin; b < end; ++b) {

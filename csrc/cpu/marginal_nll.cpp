@@ -76,6 +76,7 @@ template <typename T>
 void marginal_nll(const T* retriever_scores, const T* lm_logprobs, const uint8_t* mask,
                   const uint8_t* token_mask, int64_t rows, int64_t k, int64_t tokens, T tau,
                   int num_threads, T* nll) {
+  check_loss_sizes("marginal_nll", rows, k, tokens, tau);
   const bool sequence = is_sequence_form(tokens, token_mask);
   parallel_rows(rows, k * std::max<int64_t>(tokens, 1), num_threads,
                 [&](int64_t begin, int64_t end) {
@@ -112,6 +113,7 @@ void marginal_nll_backward(const T* grad, const T* retriever_scores, const T* lm
                            const uint8_t* mask, const uint8_t* token_mask, int64_t rows,
                            int64_t k, int64_t tokens, T tau, int num_threads, T* grad_scores,
                            T* grad_lm) {
+  check_loss_sizes("marginal_nll_backward", rows, k, tokens, tau);
   const bool sequence = is_sequence_form(tokens, token_mask);
   parallel_rows(rows, k * std::max<int64_t>(tokens, 1), num_threads,
                 [&](int64_t begin, int64_t end) {
