@@ -84,21 +84,55 @@ T max_of(const T* v, int64_t n) {
   return *std::max_element(lane, lane + 8);
 }
 
+// 1 if v is NaN or +-Inf (v - v is NaN exactly then; the comparison is a quiet one).
+template <typename T>
+inline int non_finite(T v) {
+  return static_cast<int>(v - v != T(0));
+}
+
+// Thrown when a valid entry is NaN or +-Inf; pybind11 turns std::domain_error into
+// pyrag._C.NonFiniteError, a ValueError. The message matches the Python-side check.
+[[noreturn]] inline void throw_non_finite(const char* what, int64_t row, int64_t col,
+                                          int64_t token = -1) {
+  std::string where = "(" + std::to_string(row) + ", " + std::to_string(col);
+  if (token >= 0) where += ", " + std::to_string(token);
+  throw std::domain_error(std::string(what) + " hold NaN or Inf at the valid entry " + where +
+                          "); mark padding invalid with mask= instead");
+}
+
+// Index of the first valid non-finite entry of a row (the row is known to have one).
+template <typename T>
+int64_t first_non_finite(const T* x, const uint8_t* mask, int64_t k) {
+  int64_t c = 0;
+  while (c < k && !(is_valid(mask, c) && non_finite(x[c]))) ++c;
+  return c;
+}
+
 // The softmax of x / tau over the valid entries of one row: log_p[c] (-inf where masked)
 // and p[c] (0 where masked). The max is taken out before dividing by tau, as
 // (x - max) / tau, so x = 1e4, tau = 1e-3 keeps the differences exact (x / tau = 1e7
 // would round to a float32 ulp of 1.0 first). Returns false, with log_p all -inf and p
-// all 0, when the row has no valid entry.
+// all 0, when the row has no valid entry. A valid entry that is NaN or +-Inf throws
+// (naming `what` and row `row`).
 template <typename T>
-bool masked_softmax_row(const T* x, const uint8_t* mask, int64_t k, T tau, T* log_p, T* p) {
+bool masked_softmax_row(const T* x, const uint8_t* mask, int64_t k, T tau, T* log_p, T* p,
+                        const char* what, int64_t row) {
   // log_p serves as scratch: first the masked scores, -inf where masked.
+  int bad = 0;
   if (mask != nullptr) {
-    for (int64_t c = 0; c < k; ++c) log_p[c] = select(mask[c] != 0, x[c], kNegInf<T>);
+    for (int64_t c = 0; c < k; ++c) {
+      bad |= non_finite(select(mask[c] != 0, x[c], T(0)));
+      log_p[c] = select(mask[c] != 0, x[c], kNegInf<T>);
+    }
   } else {
-    std::copy(x, x + k, log_p);
+    for (int64_t c = 0; c < k; ++c) {
+      bad |= non_finite(x[c]);
+      log_p[c] = x[c];
+    }
   }
+  if (bad) throw_non_finite(what, row, first_non_finite(x, mask, k));
   const T row_max = max_of(log_p, k);
-  if (row_max == kNegInf<T>) {  // scores are finite where valid: no valid entry
+  if (row_max == kNegInf<T>) {  // no valid entry
     std::fill(p, p + k, T(0));
     return false;
   }

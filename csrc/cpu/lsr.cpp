@@ -17,7 +17,7 @@ void lsr_weights(const T* lm_scores, const uint8_t* mask, int64_t rows, int64_t 
     std::vector<T> log_p(k);
     for (int64_t b = begin; b < end; ++b) {
       masked_softmax_row(lm_scores + b * k, mask ? mask + b * k : nullptr, k, tau, log_p.data(),
-                         weights + b * k);
+                         weights + b * k, "lm_scores", b);
     }
   });
 }
@@ -32,12 +32,14 @@ struct LsrRow {
   explicit LsrRow(int64_t k) : log_r(k), r(k), log_l(k), l(k), term(k) {}
 
   // False if row b has no valid context.
-  bool compute(const T* retriever_scores, const T* lm_scores, const uint8_t* mask, int64_t k,
-               T tau_retriever, T tau_lm) {
-    if (!masked_softmax_row(retriever_scores, mask, k, tau_retriever, log_r.data(), r.data())) {
+  bool compute(const T* retriever_scores, const T* lm_scores, const uint8_t* mask, int64_t b,
+               int64_t k, T tau_retriever, T tau_lm) {
+    const uint8_t* m = mask ? mask + b * k : nullptr;
+    if (!masked_softmax_row(retriever_scores + b * k, m, k, tau_retriever, log_r.data(), r.data(),
+                            "retriever_scores", b)) {
       return false;
     }
-    masked_softmax_row(lm_scores, mask, k, tau_lm, log_l.data(), l.data());
+    masked_softmax_row(lm_scores + b * k, m, k, tau_lm, log_l.data(), l.data(), "lm_scores", b);
     return true;
   }
 
@@ -62,8 +64,7 @@ void lsr_kl(const T* retriever_scores, const T* lm_scores, const uint8_t* mask, 
   parallel_rows(rows, k, num_threads, [&](int64_t begin, int64_t end) {
     LsrRow<T> row(k);
     for (int64_t b = begin; b < end; ++b) {
-      const bool any = row.compute(retriever_scores + b * k, lm_scores + b * k,
-                                   mask ? mask + b * k : nullptr, k, tau_retriever, tau_lm);
+      const bool any = row.compute(retriever_scores, lm_scores, mask, b, k, tau_retriever, tau_lm);
       kl[b] = any ? row.kl(reverse, k) : T(0);
     }
   });
@@ -79,8 +80,7 @@ void lsr_kl_backward(const T* grad, const T* retriever_scores, const T* lm_score
     LsrRow<T> row(k);
     for (int64_t b = begin; b < end; ++b) {
       T* out = grad_scores + b * k;
-      if (!row.compute(retriever_scores + b * k, lm_scores + b * k, mask ? mask + b * k : nullptr,
-                       k, tau_retriever, tau_lm)) {
+      if (!row.compute(retriever_scores, lm_scores, mask, b, k, tau_retriever, tau_lm)) {
         std::fill(out, out + k, T(0));
         continue;
       }

@@ -28,10 +28,13 @@ struct MarginalRow {
       : log_r(k), r(k), joint(k), lm_row(tokens), col_max(tokens), total(tokens),
         token_valid(tokens) {}
 
-  // Fills the state of one row (lm is its [K, T] block); false if no context is valid.
+  // Fills the state of row b (lm is its [K, T] block); false if no context is valid.
+  // A NaN/Inf log-prob at a valid (context, token) throws.
   bool compute(const T* scores, const T* lm, const uint8_t* mask, const uint8_t* token_mask,
-               int64_t k, int64_t tokens, T tau) {
-    if (!masked_softmax_row(scores, mask, k, tau, log_r.data(), r.data())) return false;
+               int64_t b, int64_t k, int64_t tokens, T tau) {
+    if (!masked_softmax_row(scores, mask, k, tau, log_r.data(), r.data(), "retriever_scores", b)) {
+      return false;
+    }
     valid_tokens = 0;
     for (int64_t t = 0; t < tokens; ++t) {
       token_valid[t] = is_valid(token_mask, t);
@@ -40,7 +43,11 @@ struct MarginalRow {
     std::fill(col_max.begin(), col_max.end(), kNegInf<T>);
     for (int64_t c = 0; c < k; ++c) {
       if (!is_valid(mask, c)) continue;
-      load_context(lm, c, tokens);
+      if (load_context(lm, c, tokens)) {
+        int64_t t = 0;
+        while (!non_finite(lm_row[t])) ++t;
+        throw_non_finite("lm_logprobs", b, c, t);
+      }
       for (int64_t t = 0; t < tokens; ++t) col_max[t] = std::max(col_max[t], log_r[c] + lm_row[t]);
     }
     std::fill(total.begin(), total.end(), T(0));
@@ -53,14 +60,31 @@ struct MarginalRow {
   }
 
   // lm_row = context c's log-probs, with masked tokens (which may hold NaN/Inf) as 0.
-  void load_context(const T* lm, int64_t c, int64_t tokens) {
+  // Returns whether a valid token's log-prob is NaN or +-Inf.
+  bool load_context(const T* lm, int64_t c, int64_t tokens) {
     const T* src = lm + c * tokens;
-    for (int64_t t = 0; t < tokens; ++t) lm_row[t] = select(token_valid[t] != 0, src[t], T(0));
+    int bad = 0;
+    for (int64_t t = 0; t < tokens; ++t) {
+      lm_row[t] = select(token_valid[t] != 0, src[t], T(0));
+      bad |= non_finite(lm_row[t]);
+    }
+    return bad != 0;
   }
 
-  // Sequence form: joint[c] = log p_R(c) + lm[c] (-inf where masked); returns its max.
-  T sequence_joint(const T* lm, int64_t k) {
-    for (int64_t c = 0; c < k; ++c) joint[c] = select(log_r[c] > kNegInf<T>, log_r[c] + lm[c], kNegInf<T>);
+  // Sequence form, row b: joint[c] = log p_R(c) + lm[c] (-inf where masked); returns
+  // its max. A NaN/Inf log-prob of a valid context throws.
+  T sequence_joint(const T* lm, int64_t b, int64_t k) {
+    int bad = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      const bool valid = log_r[c] > kNegInf<T>;
+      bad |= non_finite(select(valid, lm[c], T(0)));
+      joint[c] = select(valid, log_r[c] + lm[c], kNegInf<T>);
+    }
+    if (bad) {
+      int64_t c = 0;
+      while (!(log_r[c] > kNegInf<T> && non_finite(lm[c]))) ++c;
+      throw_non_finite("lm_logprobs", b, c);
+    }
     return max_of(joint.data(), k);
   }
 };
@@ -86,16 +110,16 @@ void marginal_nll(const T* retriever_scores, const T* lm_logprobs, const uint8_t
       const T* lm = lm_logprobs + b * k * tokens;
       const T* s = retriever_scores + b * k;
       if (sequence) {
-        if (!masked_softmax_row(s, m, k, tau, row.log_r.data(), row.r.data())) {
+        if (!masked_softmax_row(s, m, k, tau, row.log_r.data(), row.r.data(), "retriever_scores", b)) {
           nll[b] = T(0);
           continue;
         }
-        const T top = row.sequence_joint(lm, k);
+        const T top = row.sequence_joint(lm, b, k);
         for (int64_t c = 0; c < k; ++c) row.joint[c] = exp_of(row.joint[c] - top);
         nll[b] = -(top + std::log(sum_of(row.joint.data(), k)));
         continue;
       }
-      if (!row.compute(s, lm, m, token_mask ? token_mask + b * tokens : nullptr, k, tokens, tau)) {
+      if (!row.compute(s, lm, m, token_mask ? token_mask + b * tokens : nullptr, b, k, tokens, tau)) {
         nll[b] = T(0);
         continue;
       }
@@ -127,12 +151,12 @@ void marginal_nll_backward(const T* grad, const T* retriever_scores, const T* lm
       T* gl = grad_lm + b * k * tokens;
       const T g = grad[b];
       if (sequence) {
-        if (!masked_softmax_row(s, m, k, tau, row.log_r.data(), row.r.data())) {
+        if (!masked_softmax_row(s, m, k, tau, row.log_r.data(), row.r.data(), "retriever_scores", b)) {
           std::fill(gs, gs + k, T(0));
           std::fill(gl, gl + k, T(0));
           continue;
         }
-        const T top = row.sequence_joint(lm, k);
+        const T top = row.sequence_joint(lm, b, k);
         for (int64_t c = 0; c < k; ++c) row.joint[c] = exp_of(row.joint[c] - top);
         const T inv_total = T(1) / sum_of(row.joint.data(), k);
         for (int64_t c = 0; c < k; ++c) {
@@ -142,7 +166,7 @@ void marginal_nll_backward(const T* grad, const T* retriever_scores, const T* lm
         }
         continue;
       }
-      if (!row.compute(s, lm, m, token_mask ? token_mask + b * tokens : nullptr, k, tokens, tau)) {
+      if (!row.compute(s, lm, m, token_mask ? token_mask + b * tokens : nullptr, b, k, tokens, tau)) {
         std::fill(gs, gs + k, T(0));
         std::fill(gl, gl + k * tokens, T(0));
         continue;

@@ -12,7 +12,8 @@ pyrag.reference.lsr_weights / lsr_kl / lsr_kl_backward.
 
 Backend implementations (register_impl) take exactly the op's arguments without
 `backend`; inputs may be any floating dtype (the CPU kernel computes float32, or
-float64 for float64 inputs), mask is a bool tensor or None.
+float64 for float64 inputs), mask is a bool tensor or None. The op checks that valid
+entries are finite before calling them (the CPU kernel does that check itself).
 """
 from __future__ import annotations
 
@@ -51,10 +52,12 @@ def _kl_dtype(retriever_scores, lm_scores) -> torch.dtype:
 def _lsr_weights(lm_scores: torch.Tensor, tau: float = 1.0, mask: Optional[torch.Tensor] = None,
                  backend: str = "auto") -> torch.Tensor:
     _check_weights_args(lm_scores, tau, mask)
-    fn = get_impl("lsr_weights", backend, lm_scores.device)
+    name = resolve_backend("lsr_weights", backend, lm_scores.device)
+    fn = get_impl("lsr_weights", name, lm_scores.device)
     if lm_scores.numel() == 0:
         return torch.zeros_like(lm_scores)
-    check_finite_where_valid(lm_scores, "lm_scores", mask)
+    if name != "cpu":  # the CPU kernel checks as it reads, for free
+        check_finite_where_valid(lm_scores, "lm_scores", mask)
     return fn(lm_scores, tau, mask).to(lm_scores.dtype)
 
 
@@ -93,12 +96,14 @@ def _lsr_kl(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, tau_retriev
             tau_lm: float = 1.0, mask: Optional[torch.Tensor] = None, direction: str = "forward",
             backend: str = "auto") -> torch.Tensor:
     _check_kl_args(retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction)
-    fn = get_impl("lsr_kl", backend, retriever_scores.device)
+    name = resolve_backend("lsr_kl", backend, retriever_scores.device)
+    fn = get_impl("lsr_kl", name, retriever_scores.device)
     out_dtype = _kl_dtype(retriever_scores, lm_scores)
     if retriever_scores.numel() == 0:
         return retriever_scores.new_zeros(retriever_scores.shape[0], dtype=out_dtype)
-    check_finite_where_valid(retriever_scores, "retriever_scores", mask)
-    check_finite_where_valid(lm_scores, "lm_scores", mask)
+    if name != "cpu":  # the CPU kernel checks as it reads, for free
+        check_finite_where_valid(retriever_scores, "retriever_scores", mask)
+        check_finite_where_valid(lm_scores, "lm_scores", mask)
     return fn(retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction).to(out_dtype)
 
 
