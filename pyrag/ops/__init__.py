@@ -3,4 +3,7 @@ schema, fake implementation, autograd and backends."""
 from pyrag.ops._common import BACKENDS, BackendUnavailableError, get_num_threads, set_num_threads
 from pyrag.ops.topk_scores import topk_scores
 
+# Registers backend="cuda" / "cuda_emu" (imports no compiled module until an op runs).
+from pyrag.ops import cuda_backend  # noqa: E402,F401  isort: skip
+
 __all__ = ["BACKENDS", "BackendUnavailableError", "get_num_threads", "set_num_threads", "topk_scores"]
