@@ -151,6 +151,12 @@ def test_topk_non_finite_score_is_an_error(row):
         cuda_backend.topk_scores(q, x, 5)
 
 
+def test_topk_queries_beyond_float16_range_are_an_error():
+    q = torch.tensor([[7e4, 1.0]])
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        cuda_backend.topk_scores(q, torch.ones(10, 2, dtype=F16), 3)
+
+
 def test_topk_k_above_1024_is_an_error():
     with pytest.raises(ValueError, match="k <= 1024"):
         cuda_backend.topk_scores(torch.ones(1, 4), torch.ones(2000, 4), 1025)

@@ -16,6 +16,9 @@ namespace pyrag::cuda {
 namespace {
 
 constexpr int kMaxWarps = 8;
+// Four blocks of 8 warps per SM (64 registers per thread): without a minimum ptxas aims
+// at full occupancy, 32 registers, and spills the float32 KL kernel.
+constexpr int kMinBlocksPerSm = 4;
 
 template <class T>
 constexpr T neg_inf() {
@@ -85,7 +88,7 @@ __device__ __forceinline__ T row_kl(const T* ps, const RowNorm<T>& pn, T p_tau, 
 }
 
 template <class T>
-__global__ void __launch_bounds__(kMaxWarps* kWarpSize)
+__global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm)
     lsr_weights_kernel(const T* lm_scores, const bool* mask, std::int64_t rows, std::int64_t cols, T tau, T* out) {
   const int lane = threadIdx.x % kWarpSize;
   const std::int64_t row = std::int64_t(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
@@ -100,7 +103,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize)
 }
 
 template <class T>
-__global__ void __launch_bounds__(kMaxWarps* kWarpSize)
+__global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm)
     lsr_kl_kernel(const T* retriever_scores, const T* lm_scores, const bool* mask, std::int64_t rows,
                   std::int64_t cols, T tau_r, T tau_l, bool reverse, T* out) {
   const int lane = threadIdx.x % kWarpSize;
@@ -120,7 +123,7 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize)
 //   forward KL(p_R || p_LSR): grad / tau_R * p_R(j) * (log p_R(j) - log p_LSR(j) - KL)
 //   reverse KL(p_LSR || p_R): grad / tau_R * (p_R(j) - p_LSR(j))
 template <class T>
-__global__ void __launch_bounds__(kMaxWarps* kWarpSize)
+__global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm)
     lsr_kl_backward_kernel(const T* grad, const T* retriever_scores, const T* lm_scores, const bool* mask,
                            std::int64_t rows, std::int64_t cols, T tau_r, T tau_l, bool reverse, T* out) {
   const int lane = threadIdx.x % kWarpSize;

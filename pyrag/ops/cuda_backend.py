@@ -35,6 +35,7 @@ EMU_NUM_SMS = 1
 
 # The corpus dtypes the top-k kernels read (others are converted to float32 first).
 _CORPUS_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_F16_MAX = 65504.0
 
 
 def _module(device: torch.device) -> ModuleType:
@@ -82,6 +83,9 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Opt
     x = corpus.contiguous()
     q = queries.float().contiguous()
     split_queries = x.dtype != torch.float32 and queries.dtype != x.dtype
+    if split_queries and x.dtype == torch.float16 and b and float(q.abs().max()) > _F16_MAX:
+        raise ValueError(f"queries reach {float(q.abs().max()):.3g}, beyond float16's range ({_F16_MAX:g}), "
+                         f"so a float16 corpus cannot be scanned with them; scale them or use a float32 corpus")
     s = None if scales is None else scales.float().contiguous()
     warps = num_warps or _default_warps(device)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else EMU_NUM_SMS
