@@ -78,6 +78,8 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Opt
         raise ValueError(f"the CUDA topk_scores kernels support k <= {mod.max_k}, got k={k}")
     if scales is not None and (scales.dim() != 1 or scales.shape[0] != n):
         raise ValueError(f"scales must have shape ({n},), got {tuple(scales.shape)}")
+    if scales is not None and scales.device != device:
+        raise ValueError(f"scales are on {scales.device} but the queries are on {device}")
     if corpus.dtype not in _CORPUS_TYPES:
         corpus = corpus.float()
     x = corpus.contiguous()
