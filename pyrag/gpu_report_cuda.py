@@ -60,7 +60,12 @@ def cuda_rows(archs: Iterable[str] = DEFAULT_ARCHS, num_warps: int = 8) -> list[
     module = _any_built_module()
     demangled = _demangle(sorted({e["name"] for e in entries}))
     rows = [_row(e, demangled[e["name"]], module, num_warps) for e in entries]
-    return sorted(rows, key=lambda r: (r["arch"], r["kernel"], r["config"]))
+    return sorted(rows, key=_order)
+
+
+def _order(row: dict):
+    k = re.search(r"k<=(\d+)", row["config"])
+    return row["arch"], row["kernel"], row["config"].split(",")[0], int(k[1]) if k else 0
 
 
 def unavailable_reason(archs: Iterable[str] = DEFAULT_ARCHS) -> Optional[str]:
