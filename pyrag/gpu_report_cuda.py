@@ -65,7 +65,7 @@ def cuda_rows(archs: Iterable[str] = DEFAULT_ARCHS, num_warps: int = 8) -> list[
 
 def _order(row: dict):
     k = re.search(r"k<=(\d+)", row["config"])
-    return row["arch"], row["kernel"], row["config"].split(",")[0], int(k[1]) if k else 0
+    return row["arch"], row["kernel"], re.sub(r"k<=\d+", "", row["config"]), int(k[1]) if k else 0
 
 
 def unavailable_reason(archs: Iterable[str] = DEFAULT_ARCHS) -> Optional[str]:
