@@ -5,7 +5,8 @@ process, with the machine's floor measured in the same run.
     python benchmarks/report_topk_scores.py --scaling       # time vs N (100k..2M) and vs B (1..1024)
     python benchmarks/report_topk_scores.py --n 20000 --batch 1,8 --rounds 2   # a quick look
 
-Prints time per search for each provider (best of --rounds), pyrag's time as a multiple
+Prints time per search for each provider (best of --rounds; pyrag's searches take
+turns within each round), pyrag's time as a multiple
 of the floor, its speedup over torch and over the better of torch and FAISS (naming
 FAISS's faster path), the quantised/fp32 time ratios of issue 3 when the index supports
 those dtypes, the recall of each provider against torch, and the peak RSS growth during
@@ -23,7 +24,7 @@ import floor  # noqa: E402
 from peak_memory import peak_rss_growth  # noqa: E402
 from topk_cases import (BY_NAME, PROVIDERS, Config, Providers, Results, make_corpus,  # noqa: E402
                         make_queries, parse_ints, recall_at_k, result_ids, set_threads,
-                        time_search, unsupported)
+                        time_interleaved, time_search, unsupported)
 
 # Peak memory is reported for pyrag's searches and for torch, the baseline that holds B x N scores.
 MEMORY_PROVIDERS = tuple(p.name for p in PROVIDERS if p.kind == "pyrag") + ("torch",)
@@ -49,35 +50,45 @@ def best_rates(rates: list) -> floor.MachineRates:
 
 # ---------------------------------------------------------------------- measuring
 def run_cases(cfg: Config, names) -> Results:
-    """Times every provider on every B, one provider (and one index) at a time."""
+    """Times every provider on every B.
+
+    pyrag's searches take turns round by round (time_interleaved), with all of its
+    indexes alive, so that its dtype ratios are not skewed by the shared machine's
+    drift. The baselines then run one at a time, each with only its own index.
+    """
     set_threads(cfg.threads)
     res = Results(cfg)
     res.record_load()
     _log(f"measuring the floor rates ({cfg.threads} threads)")
     res.measure_rates()
-    memory_batch = cfg.memory_batch
     _log(f"building the corpus {cfg.describe()}")
     corpus = make_corpus(cfg.n, cfg.d)
+    memory_batch = cfg.memory_batch
     queries = make_queries(max(cfg.batches + ((memory_batch,) if memory_batch else ())), cfg.d)
-    providers = Providers(corpus)
     for name in names:
         reason = unsupported(name)
         if reason:
             res.skipped[name] = reason
-            continue
-        _log(f"{name}: building")
-        fn = providers.search_fn(name)
+    runnable = [n for n in names if n not in res.skipped]
+    pyrag_names = [n for n in runnable if BY_NAME[n].kind == "pyrag"]
+    groups = [pyrag_names] + [[n] for n in runnable if n not in pyrag_names]
+    providers = Providers(corpus, max_alive=len({BY_NAME[n].resource for n in pyrag_names}) or 1)
+    for group in filter(None, groups):
+        _log(f"building {', '.join(group)}")
+        fns = {name: providers.search_fn(name) for name in group}
         for b in cfg.batches:
-            times, out = time_search(fn, queries[:b], cfg.k, cfg.rounds)
-            res.times[(name, b)] = times
-            res.ids[(name, b)] = result_ids(out)
-            _log(f"{name}: B={b} best {min(times) * 1e3:.2f} ms")
-        if memory_batch and name in MEMORY_PROVIDERS:
-            growth, method, _ = peak_rss_growth(fn, queries[:memory_batch], cfg.k)
-            res.memory[name] = (growth, method)
-            _log(f"{name}: B={memory_batch} peak RSS growth {growth / 2**20:.1f} MiB")
-        del fn  # frees its index before the next one is built
-    providers.release()
+            times, outs = time_interleaved(fns, queries[:b], cfg.k, cfg.rounds)
+            for name in group:
+                res.times[(name, b)] = times[name]
+                res.ids[(name, b)] = result_ids(outs[name])
+                _log(f"{name}: B={b} best {min(times[name]) * 1e3:.2f} ms")
+        for name in group:
+            if memory_batch and name in MEMORY_PROVIDERS:
+                growth, method, _ = peak_rss_growth(fns[name], queries[:memory_batch], cfg.k)
+                res.memory[name] = (growth, method)
+                _log(f"{name}: B={memory_batch} peak RSS growth {growth / 2**20:.1f} MiB")
+        del fns  # frees their indexes before the next ones are built
+        providers.release()
     del corpus, providers
     res.measure_rates()
     res.record_load()

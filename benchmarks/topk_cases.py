@@ -151,26 +151,26 @@ def unsupported(name: str) -> str | None:
 
 
 class Providers:
-    """Builds search functions over one corpus, keeping one built index at a time.
+    """Builds search functions over one corpus, keeping at most `max_alive` indexes.
 
-    A search function holds its index: drop it before asking for the next provider's,
-    or both indexes are alive while the next one is built.
+    A search function holds its index: drop it before asking for another provider's,
+    or the evicted index stays alive while the next one is built.
     """
 
-    def __init__(self, corpus: torch.Tensor):
+    def __init__(self, corpus: torch.Tensor, max_alive: int = 1):
         self.corpus = corpus
-        self._resource_key: str | None = None
-        self._resource = None
+        self.max_alive = max_alive
+        self._built: dict[str, object] = {}  # resource key -> index, oldest first
 
     def release(self) -> None:
-        self._resource_key = self._resource = None
+        self._built.clear()
 
     def _get(self, key: str, build: Callable[[], object]):
-        if self._resource_key != key:
-            self.release()  # free the previous index before building the next
-            self._resource = build()
-            self._resource_key = key
-        return self._resource
+        if key not in self._built:
+            while len(self._built) >= self.max_alive:  # free the oldest before building
+                self._built.pop(next(iter(self._built)))
+            self._built[key] = build()
+        return self._built[key]
 
     def search_fn(self, name: str) -> Search:
         """The provider's search(queries, k); raises Unsupported with the reason."""
@@ -184,8 +184,6 @@ class Providers:
             if p.dtype == "float32":
                 return lambda q, k: index.search(q, k)
             return lambda q, k: index.search(q, k, exact=p.exact)
-        if p.resource == "tensor":
-            self.release()  # needs no index: free the last one
         if name == "pyrag-tensor":
             return lambda q, k: pyrag.topk_scores(q, x, k)
         if name == "torch":
@@ -242,15 +240,25 @@ def recall_at_k(ids: torch.Tensor, truth: torch.Tensor) -> float:
 # ---------------------------------------------------------------------- timing
 def time_search(fn: Search, q: torch.Tensor, k: int, rounds: int, warmup: int = 1):
     """(seconds of each of `rounds` timed calls, the last result), after `warmup` calls."""
-    out = None
+    times, outs = time_interleaved({"": fn}, q, k, rounds, warmup)
+    return times[""], outs[""]
+
+
+def time_interleaved(fns: dict, q: torch.Tensor, k: int, rounds: int, warmup: int = 1):
+    """({name: seconds per round}, {name: last result}) for several search functions,
+    taking turns within each round, so that a slow spell of a shared machine hits
+    them all alike instead of whichever ran during it."""
+    outs = {}
     for _ in range(warmup):
-        out = fn(q, k)
-    times = []
+        for name, fn in fns.items():
+            outs[name] = fn(q, k)
+    times = {name: [] for name in fns}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        out = fn(q, k)
-        times.append(time.perf_counter() - t0)
-    return times, out
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn(q, k)
+            times[name].append(time.perf_counter() - t0)
+    return times, outs
 
 
 @dataclass

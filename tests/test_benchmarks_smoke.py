@@ -83,15 +83,24 @@ def test_recall_at_k_counts_shared_ids_and_ignores_padding():
     assert topk_cases.recall_at_k(torch.tensor([[3, 9, 1], [4, -1, -1]]), truth) == 3 / 4
 
 
-def test_providers_keep_one_index_alive():
-    providers = topk_cases.Providers(topk_cases.make_corpus(100, 8))
+def test_providers_reuse_an_index_and_evict_the_oldest():
+    providers = topk_cases.Providers(topk_cases.make_corpus(100, 8), max_alive=1)
     providers.search_fn("pyrag-float32")
-    first = providers._resource
+    first = providers._built["index-float32"]
     providers.search_fn("pyrag-float32")
-    assert providers._resource is first  # reused, not rebuilt
+    assert providers._built["index-float32"] is first  # reused, not rebuilt
     if topk_cases.unsupported("faiss-scan") is None:
         providers.search_fn("faiss-scan")
-        assert providers._resource_key == "faiss"
+        providers.search_fn("faiss-blas")
+        assert list(providers._built) == ["faiss"]
+
+
+def test_interleaved_timing_gives_each_function_its_rounds():
+    calls = []
+    fns = {name: (lambda q, k, name=name: calls.append(name) or name) for name in "ab"}
+    times, outs = topk_cases.time_interleaved(fns, None, 1, rounds=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 3} and outs == {"a": "a", "b": "b"}
 
 
 def test_peak_rss_growth_sees_a_buffer_freed_before_the_call_returns():
