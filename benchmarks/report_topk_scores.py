@@ -218,7 +218,8 @@ def run_scaling(cfg: Config, names, ns, bs, fixed_b: int) -> str:
         return out
 
     lines = [f"scaling, d={cfg.d} k={cfg.k} threads={cfg.threads}, best of {cfg.rounds} rounds",
-             f"floor rates: {r.describe()}", ""]
+             f"floor rates: {r.describe()}",
+             "x floor: each time against the float32 floor of its case", ""]
     lines += table(f"time vs N (B={fixed_b})", ns, "N", lambda n: (n, fixed_b))
     lines += [""] + table(f"time vs B (N={cfg.n:,})", bs, "B", lambda b: (cfg.n, b))
     if skipped:
