@@ -33,7 +33,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyrag  # noqa: E402
-from pyrag import data  # noqa: E402
 from pyrag.reference import topk_scores as reference_topk  # noqa: E402
 from topk_cases import index_dtype_unsupported, recall_at_k  # noqa: E402
 
@@ -148,6 +147,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pyrag.set_num_threads(args.threads)
+    from pyrag import data  # only the encoding needs it (and the [real] extra)
+
     passages, queries = split_corpus_and_queries(
         data.real_corpus(args.passages + args.queries), args.queries)
     model = None
