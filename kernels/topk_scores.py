@@ -50,6 +50,12 @@ MIN_CAPACITY = 256
 # A split scans at least this many corpus rows: 32 tiles of 128, enough to amortise the
 # warm-up tiles in which everything passes the threshold.
 MIN_ROWS_PER_SPLIT = 4096
+# Rows handled at once by the rare paths: [CHUNK_M, BLOCK_N] scores when appending
+# candidates, [FLUSH_M, CAP] keys when merging. The bitonic network needs ~4x its input
+# in registers: [8, 256] int64 (16 a thread at 4 warps) took 128 registers on sm_90,
+# [2, 256] took 48. A Config may override both (the interpreter tests use tiny ones to
+# run the row loops several times on small tiles).
+APPEND_ELEMENTS = 1024
 FLUSH_ELEMENTS = 512
 
 
@@ -170,13 +176,15 @@ def _topk_scan_kernel(
     stride_qb, stride_xn,
     B_BUCKET,  # only an autotuning key: B rounded up to a power of two
     HAS_SCALES: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    KP: tl.constexpr, CAP: tl.constexpr, FLUSH_M: tl.constexpr, TILE_W: tl.constexpr,
+    KP: tl.constexpr, CAP: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    APPEND_ELEMENTS: tl.constexpr = APPEND_ELEMENTS, FLUSH_ELEMENTS: tl.constexpr = FLUSH_ELEMENTS,
 ):
     # Scratch, indexed by slot = query row * n_splits + split: BEST [slot, KP] the
     # sorted top-KP keys, BUF [slot, CAP] unsorted candidate keys, CNT [slot] how many,
     # TILE [slot, TILE_W] one tile row of scores. THR [B]: the shared k-th best.
-    CHUNK_M: tl.constexpr = min(BLOCK_M, 1024 // BLOCK_N)
+    CHUNK_M: tl.constexpr = max(1, min(BLOCK_M, APPEND_ELEMENTS // BLOCK_N))
+    FLUSH_M: tl.constexpr = max(1, min(BLOCK_M, FLUSH_ELEMENTS // CAP))
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
@@ -339,9 +347,6 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: tor
     # Autotuning needs the scratch sized before a config is picked: room for two tiles
     # of the widest BLOCK_N. An explicit config gets exactly two of its own tiles.
     cap = max(kp, 2 * config.kwargs["BLOCK_N"] if config is not None else MIN_CAPACITY)
-    # [FLUSH_M, CAP] int64 is 4 values a thread at 4 warps: the bitonic network needs
-    # ~4x its input in registers (16 values a thread took 128 registers on sm_90).
-    flush_m = max(1, min(FLUSH_ELEMENTS // cap, config.kwargs["BLOCK_M"] if config is not None else 16))
     dtype, precision = dot_dtype(q.dtype, x.dtype, interpreted)
     # Splits are sized for the smallest BLOCK_M so that the grid is known before
     # autotuning picks one; a larger BLOCK_M only means fewer query blocks.
@@ -361,7 +366,7 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: tor
     args = (q, x, scales if has_scales else q, best, buf, cnt, tile, thr, b, n, d, min(k, kp), rows_per_split,
             q.stride(0), x.stride(0), min(next_pow2(b), 256))
     meta = dict(HAS_SCALES=has_scales, DOT_DTYPE=dtype, DOT_PRECISION=precision, KP=kp, CAP=cap,
-                FLUSH_M=flush_m, TILE_W=tile_w)
+                TILE_W=tile_w)
     if config is not None:
         grid = (triton.cdiv(b, config.kwargs["BLOCK_M"]), splits)
         _topk_scan_kernel[grid](*args, **meta, **config_kwargs(config), **launch_options())

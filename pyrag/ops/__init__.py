@@ -2,5 +2,6 @@
 schema, fake implementation, autograd and backends."""
 from pyrag.ops._common import BACKENDS, BackendUnavailableError, get_num_threads, set_num_threads
 from pyrag.ops.topk_scores import topk_scores
+from pyrag.ops import triton_backend  # noqa: F401  (registers backend="triton"; imports no triton)
 
 __all__ = ["BACKENDS", "BackendUnavailableError", "get_num_threads", "set_num_threads", "topk_scores"]
