@@ -26,9 +26,9 @@ TILE_ELEMENTS = 2048  # [BLOCK_K, BLOCK_T] tile: 16 values a thread at 4 warps
 @triton.jit
 def _joint_tile(s_row, m_row, LM_ROW, TM_ROW, offs_k, offs_t, K, T, stride_lk, stride_lt, m_r, lt_r, tau,
                 HAS_MASK: tl.constexpr, HAS_TMASK: tl.constexpr, ACC: tl.constexpr):
-    """(joint [BLOCK_K, BLOCK_T], log_r [BLOCK_K], ctx_valid [BLOCK_K], tok [BLOCK_T]):
-    joint is -inf wherever the context is invalid or the token does not count (those
-    lm entries may hold anything, even NaN, and are never read)."""
+    """joint [BLOCK_K, BLOCK_T] = log p_R(c) + lm[c, t]; -inf wherever the context is
+    invalid or the token does not count (those lm entries may hold anything, even NaN,
+    and are never read)."""
     s, ctx_valid = load_row_chunk(s_row, m_row, offs_k, K, HAS_MASK, ACC)
     log_r = (s - m_r) / tau - lt_r
     tok = offs_t < T
@@ -36,8 +36,7 @@ def _joint_tile(s_row, m_row, LM_ROW, TM_ROW, offs_k, offs_t, K, T, stride_lk, s
         tok = tok & (tl.load(TM_ROW + offs_t, mask=offs_t < T, other=0) != 0)
     ok = ctx_valid[:, None] & tok[None, :]
     lm = tl.load(LM_ROW + offs_k[:, None] * stride_lk + offs_t[None, :] * stride_lt, mask=ok, other=0.0).to(ACC)
-    joint = tl.where(ok, log_r[:, None] + lm, float("-inf"))
-    return joint, log_r, ctx_valid, tok
+    return tl.where(ok, log_r[:, None] + lm, float("-inf"))
 
 
 @triton.jit
@@ -59,16 +58,19 @@ def _marginal_nll_kernel(S, LM, MASK, TMASK, GRAD, NLL, LSE, GRAD_S, GRAD_LM, K,
     nll = tl.zeros([BLOCK_T], ACC)
     n_tokens = tl.zeros([BLOCK_T], ACC)
     for t0 in range(0, T, BLOCK_T):
+        tok = (t0 + offs_t) < T
+        if HAS_TMASK:
+            tok = tok & (tl.load(tm_row + t0 + offs_t, mask=t0 + offs_t < T, other=0) != 0)
         col_max = tl.full([BLOCK_T], float("-inf"), ACC)
         for k0 in range(0, K, BLOCK_K):
-            joint, _, _, _ = _joint_tile(s_row, m_row, lm_row, tm_row, k0 + offs_k, t0 + offs_t, K, T, stride_lk,
-                                         stride_lt, m_r, lt_r, tau, HAS_MASK, HAS_TMASK, ACC)
+            joint = _joint_tile(s_row, m_row, lm_row, tm_row, k0 + offs_k, t0 + offs_t, K, T, stride_lk, stride_lt,
+                                m_r, lt_r, tau, HAS_MASK, HAS_TMASK, ACC)
             col_max = tl.maximum(col_max, tl.max(joint, axis=0))
         col_max = tl.where(col_max == float("-inf"), 0.0, col_max)
         total = tl.zeros([BLOCK_T], ACC)
         for k0 in range(0, K, BLOCK_K):
-            joint, _, _, tok = _joint_tile(s_row, m_row, lm_row, tm_row, k0 + offs_k, t0 + offs_t, K, T, stride_lk,
-                                           stride_lt, m_r, lt_r, tau, HAS_MASK, HAS_TMASK, ACC)
+            joint = _joint_tile(s_row, m_row, lm_row, tm_row, k0 + offs_k, t0 + offs_t, K, T, stride_lk, stride_lt,
+                                m_r, lt_r, tau, HAS_MASK, HAS_TMASK, ACC)
             total += tl.sum(tl.exp(joint - col_max[None, :]), axis=0)
         counted = tok & (total > 0)  # a token with no valid context counts 0
         lse = tl.log(tl.where(counted, total, 1.0)) + col_max
@@ -82,11 +84,12 @@ def _marginal_nll_kernel(S, LM, MASK, TMASK, GRAD, NLL, LSE, GRAD_S, GRAD_LM, K,
         g = tl.load(GRAD + row).to(ACC)
         n_tok = tl.sum(n_tokens, axis=0)
         for k0 in range(0, K, BLOCK_K):
+            s, ctx_valid = load_row_chunk(s_row, m_row, k0 + offs_k, K, HAS_MASK, ACC)
+            r = tl.where(ctx_valid, tl.exp((s - m_r) / tau - lt_r), 0.0)
             w_sum = tl.zeros([BLOCK_K], ACC)
             for t0 in range(0, T, BLOCK_T):
-                joint, log_r, ctx_valid, _ = _joint_tile(s_row, m_row, lm_row, tm_row, k0 + offs_k, t0 + offs_t, K, T,
-                                                         stride_lk, stride_lt, m_r, lt_r, tau, HAS_MASK, HAS_TMASK,
-                                                         ACC)
+                joint = _joint_tile(s_row, m_row, lm_row, tm_row, k0 + offs_k, t0 + offs_t, K, T, stride_lk,
+                                    stride_lt, m_r, lt_r, tau, HAS_MASK, HAS_TMASK, ACC)
                 lse = tl.load(lse_row + t0 + offs_t, mask=t0 + offs_t < T, other=float("inf"))
                 w = tl.exp(joint - lse[None, :])  # the posterior; 0 where joint is -inf
                 w_sum += tl.sum(w, axis=1)
@@ -94,7 +97,6 @@ def _marginal_nll_kernel(S, LM, MASK, TMASK, GRAD, NLL, LSE, GRAD_S, GRAD_LM, K,
                           + (t0 + offs_t)[None, :] * stride_glt)
                 tl.store(g_ptrs, (-g * w).to(GRAD_LM.dtype.element_ty),
                          mask=((k0 + offs_k) < K)[:, None] & ((t0 + offs_t) < T)[None, :])
-            r = tl.where(ctx_valid, tl.exp(log_r), 0.0)
             d = tl.where(ctx_valid, g / tau * (r * n_tok - w_sum), 0.0)
             tl.store(GRAD_S + row * stride_gs + k0 + offs_k, d.to(GRAD_S.dtype.element_ty), mask=k0 + offs_k < K)
     else:

@@ -44,12 +44,10 @@ KEY_MIN = tl.constexpr(-(2**63))  # the empty slot: below every real key
 KEY_MAX = tl.constexpr(2**63 - 1)  # a non-finite score: above every real key
 MAX_K = 1024
 MAX_ROWS = 2**31 - 1  # ids live in the low 31 bits of a key
-# The candidate buffer holds at least two full tiles of the largest BLOCK_N (128), so a
-# flush happens at most every other tile while the threshold is still warming up.
-MIN_CAPACITY = 256
 # A split scans at least this many corpus rows: 32 tiles of 128, enough to amortise the
 # warm-up tiles in which everything passes the threshold.
 MIN_ROWS_PER_SPLIT = 4096
+SPLIT_ALIGN = tl.constexpr(128)  # splits start on a multiple of every BLOCK_N
 # Rows handled at once by the rare paths: [CHUNK_M, BLOCK_N] scores when appending
 # candidates, [FLUSH_M, CAP] keys when merging. The bitonic network needs ~4x its input
 # in registers: [8, 256] int64 (16 a thread at 4 warps) took 128 registers on sm_90,
@@ -172,7 +170,7 @@ def _flush(BEST, BUF, CNT, THR, row0, split, n_splits, B, k,
 @triton.jit
 def _topk_scan_kernel(
     Q, X, SCALES, BEST, BUF, CNT, TILE, THR,
-    B, N, d, k, rows_per_split,
+    B, N, d, k,
     stride_qb, stride_xn,
     B_BUCKET,  # only an autotuning key: B rounded up to a power of two
     HAS_SCALES: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -192,6 +190,8 @@ def _topk_scan_kernel(
     rows = row0 + tl.arange(0, BLOCK_M)
     row_ok = rows < B
     slot = rows.to(tl.int64) * n_splits + split
+    # Whole tiles per split (of the widest BLOCK_N); trailing splits may be empty.
+    rows_per_split = tl.cdiv(tl.cdiv(N, n_splits), SPLIT_ALIGN) * SPLIT_ALIGN
     lo = split * rows_per_split
     hi = tl.minimum(lo + rows_per_split, N)
 
@@ -245,48 +245,61 @@ def _topk_scan_kernel(
 
 
 @triton.jit
-def _topk_merge_kernel(BEST, SCORES, IDS, n_keys, k, KP: tl.constexpr, CHUNK: tl.constexpr):
+def _topk_merge_kernel(BEST, THR, SCORES, IDS, n_keys, k, KP: tl.constexpr, CHUNK: tl.constexpr):
+    """Row b's top-k over its splits' top-KP lists, decoded into (score, id)."""
     b = tl.program_id(0)
+    # Keys scoring below the final shared k-th best cannot be in the top-k: chunks
+    # entirely below it (most of them, with hundreds of splits) skip the sort.
+    thr = tl.load(THR + b)
+    floor = tl.where(thr > float("-inf"), _score_keys(thr, tl.full([], 0x7FFFFFFF, tl.int32)), KEY_MIN)
     best = tl.full([1, KP], KEY_MIN, tl.int64)
     for c in range(0, n_keys, CHUNK):
         offs = c + tl.arange(0, CHUNK)
         cand = tl.load(BEST + b.to(tl.int64) * n_keys + offs, mask=offs < n_keys, other=KEY_MIN)
-        best = _merge_sorted(best, cand[None, :], KP)
+        if tl.max(cand, axis=0) >= floor:
+            best = _merge_sorted(best, cand[None, :], KP)
     offs = tl.arange(0, KP)[None, :]
     out = b.to(tl.int64) * k + offs
     tl.store(SCORES + out, _key_scores(best), mask=offs < k)
     tl.store(IDS + out, _key_ids(best), mask=offs < k)
 
 
-def _configs() -> list[triton.Config]:
-    # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). BLOCK_M=16 is tl.dot's
-    # minimum and the memory-bound choice for a handful of queries; 64 and 128 rows
-    # reuse each corpus tile across more queries once B grows (arithmetic intensity
-    # = BLOCK_M flop per corpus byte at fp16).
-    shapes = [
-        (16, 128, 64, 4, 4),
-        (16, 64, 128, 4, 4),
-        (32, 128, 64, 8, 4),
-        (64, 64, 64, 8, 3),
-        (64, 128, 64, 8, 3),
-        (128, 64, 64, 16, 3),
-    ]
+def _configs(shapes) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": kk}, num_warps=w, num_stages=s)
             for m, n, kk, w, s in shapes]
 
 
-CONFIGS = _configs()
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), all spill-free on sm_80 and sm_90
+# (python -m pyrag.gpu_report). Tensor-core tiles (fp16, bf16, int8 corpora): BLOCK_M=16
+# is tl.dot's minimum and the memory-bound choice for a handful of queries; 64 and 128
+# rows reuse each corpus tile across more queries (BLOCK_M flop per corpus byte at fp16).
+# 16 warps capped registers at 128 and spilled; BM=128 x BN=64 at 8 warps hit 255.
+CONFIGS = _configs([
+    (16, 128, 64, 4, 4),
+    (16, 64, 128, 4, 4),
+    (32, 128, 64, 8, 4),
+    (64, 64, 64, 8, 3),
+    (64, 128, 64, 8, 3),
+    (128, 32, 64, 8, 3),
+])
+# fp32 without TF32 runs on the CUDA cores, whose dot keeps its operands in registers:
+# BLOCK_K=64 spilled, so these tiles are narrower.
+FP32_CONFIGS = _configs([
+    (16, 64, 32, 4, 3),
+    (32, 32, 32, 4, 3),
+    (64, 32, 32, 8, 3),
+])
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    # More query rows per program than the batch has only wastes tensor-core work.
-    b_bucket = named_args["B_BUCKET"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, b_bucket)]
-    return kept or configs[:1]
+    family = FP32_CONFIGS if kwargs["DOT_DTYPE"] == tl.float32 else CONFIGS
+    # More query rows per program than the batch has only wastes dot work.
+    kept = [c for c in family if c.kwargs["BLOCK_M"] <= max(16, named_args["B_BUCKET"])]
+    return kept or family[:1]
 
 
 _topk_scan_autotuned = triton.autotune(
-    CONFIGS, key=["B_BUCKET", "d", "KP"], prune_configs_by={"early_config_prune": _prune_configs},
+    CONFIGS + FP32_CONFIGS, key=["B_BUCKET", "d", "KP"], prune_configs_by={"early_config_prune": _prune_configs},
     restore_value=["THR"],  # benchmark runs must not see thresholds raised by earlier ones
 )(_topk_scan_kernel)
 
@@ -303,12 +316,10 @@ def dot_dtype(queries: torch.dtype, corpus: torch.dtype, interpreted: bool):
     return tl.float32, "ieee"
 
 
-def _splits(n_query_blocks: int, n: int, device: torch.device, interpreted: bool) -> int:
-    """Corpus splits so that every SM has work even for B = 1 (a few programs per SM to
-    hide memory latency), but each split still scans >= MIN_ROWS_PER_SPLIT rows."""
-    target = 4 if interpreted else 4 * num_sms(device.index or 0)
-    max_splits = max(1, triton.cdiv(n, MIN_ROWS_PER_SPLIT))
-    return max(1, min(triton.cdiv(target, n_query_blocks), max_splits))
+def _splits(b: int, n: int, block_m: int, target: int) -> int:
+    """Corpus splits for BLOCK_M: about `target` programs in all, so that every SM has
+    work even for B = 1, but each split scans at least MIN_ROWS_PER_SPLIT rows."""
+    return max(1, min(triton.cdiv(target, triton.cdiv(b, block_m)), triton.cdiv(n, MIN_ROWS_PER_SPLIT)))
 
 
 def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: torch.Tensor | None = None,
@@ -316,24 +327,15 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: tor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [B, k] float32, ids [B, k] int64), the reference's semantics.
 
-    config: run this one configuration instead of autotuning (the interpreter always
-    runs one: CONFIGS[0] unless given). num_splits: corpus splits, instead of the
-    occupancy heuristic. Both exist for tests and benchmarks.
+    config: run this configuration instead of autotuning (the interpreter always runs
+    one: the first of its dtype's family unless given). num_splits: corpus splits
+    instead of the occupancy heuristic. Both exist for tests and benchmarks.
     """
     interpreted = is_interpreted(_topk_scan_kernel)
     check_device(queries, corpus, scales, interpreted=interpreted)
-    if queries.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"backend='triton' takes float32, float16 or bfloat16 queries, got {queries.dtype}")
-    if corpus.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.int8):
-        raise TypeError(f"backend='triton' scans float32, float16, bfloat16 or int8 corpora, got {corpus.dtype}")
-    if not 1 <= k <= MAX_K:
-        raise ValueError(f"backend='triton' supports k from 1 to {MAX_K}, got {k}")
+    _check_args(queries, corpus, k, scales)
     b, d = queries.shape
     n = corpus.shape[0]
-    if n > MAX_ROWS:
-        raise ValueError(f"backend='triton' scans at most {MAX_ROWS} corpus rows, got {n}")
-    if scales is not None and (scales.shape != (n,) or not scales.is_floating_point()):
-        raise ValueError(f"scales must be a float tensor of shape [{n}], got {scales.dtype} {tuple(scales.shape)}")
     scores = torch.full((b, k), float("-inf"), dtype=torch.float32, device=queries.device)
     ids = torch.full((b, k), -1, dtype=torch.int64, device=queries.device)
     if b == 0 or n == 0:
@@ -342,41 +344,53 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: tor
     q = queries if queries.stride(1) == 1 else queries.contiguous()
     x = corpus if corpus.stride(1) == 1 else corpus.contiguous()
     kp = max(16, next_pow2(min(k, n)))  # never keep more than N; 16 limits recompiles
-    if interpreted and config is None:
-        config = CONFIGS[0]
-    # Autotuning needs the scratch sized before a config is picked: room for two tiles
-    # of the widest BLOCK_N. An explicit config gets exactly two of its own tiles.
-    cap = max(kp, 2 * config.kwargs["BLOCK_N"] if config is not None else MIN_CAPACITY)
     dtype, precision = dot_dtype(q.dtype, x.dtype, interpreted)
-    # Splits are sized for the smallest BLOCK_M so that the grid is known before
-    # autotuning picks one; a larger BLOCK_M only means fewer query blocks.
-    block_m = config.kwargs["BLOCK_M"] if config is not None else 16
-    splits = num_splits or _splits(triton.cdiv(b, block_m), n, q.device, interpreted)
-    rows_per_split = triton.cdiv(triton.cdiv(n, splits), 128) * 128  # whole tiles
-    splits = triton.cdiv(n, rows_per_split)
-
-    tile_w = config.kwargs["BLOCK_N"] if config is not None else max(c.kwargs["BLOCK_N"] for c in CONFIGS)
-    best = torch.empty((b, splits, kp), dtype=torch.int64, device=q.device)
-    buf = torch.empty((b, splits, cap), dtype=torch.int64, device=q.device)
-    cnt = torch.empty((b, splits), dtype=torch.int32, device=q.device)
-    tile = torch.empty((b, splits, tile_w), dtype=torch.float32, device=q.device)
+    family = FP32_CONFIGS if dtype == tl.float32 else CONFIGS
+    if interpreted and config is None:
+        config = family[0]
+    candidates = [config] if config is not None else family
+    # Scratch is sized before autotuning picks a config: for the most splits (the
+    # largest BLOCK_M), the widest tile and room for two tiles of candidates.
+    target = 4 if interpreted else 4 * num_sms(q.device.index or 0)
+    splits_of = {c.kwargs["BLOCK_M"]: num_splits or _splits(b, n, c.kwargs["BLOCK_M"], target) for c in candidates}
+    max_splits = max(splits_of.values())
+    tile_w = max(c.kwargs["BLOCK_N"] for c in candidates)
+    cap = max(kp, 2 * tile_w)
+    best = torch.empty((b, max_splits, kp), dtype=torch.int64, device=q.device)
+    buf = torch.empty((b, max_splits, cap), dtype=torch.int64, device=q.device)
+    cnt = torch.empty((b, max_splits), dtype=torch.int32, device=q.device)
+    tile = torch.empty((b, max_splits, tile_w), dtype=torch.float32, device=q.device)
     thr = torch.full((b,), float("-inf"), dtype=torch.float32, device=q.device)
-    has_scales = scales is not None
-    # The threshold is the min(k, KP)-th best: when k > KP the corpus has <= KP rows.
-    args = (q, x, scales if has_scales else q, best, buf, cnt, tile, thr, b, n, d, min(k, kp), rows_per_split,
-            q.stride(0), x.stride(0), min(next_pow2(b), 256))
-    meta = dict(HAS_SCALES=has_scales, DOT_DTYPE=dtype, DOT_PRECISION=precision, KP=kp, CAP=cap,
-                TILE_W=tile_w)
-    if config is not None:
-        grid = (triton.cdiv(b, config.kwargs["BLOCK_M"]), splits)
-        _topk_scan_kernel[grid](*args, **meta, **config_kwargs(config), **launch_options())
-    else:
-        grid = lambda m: (triton.cdiv(b, m["BLOCK_M"]), splits)  # noqa: E731
-        _topk_scan_autotuned[grid](*args, **meta, **launch_options())
 
-    n_keys = splits * kp
-    _topk_merge_kernel[(b,)](best, scores, ids, n_keys, k, KP=kp, CHUNK=min(max(kp, 1024), next_pow2(n_keys)),
+    # The threshold is the min(k, KP)-th best: when k > KP the corpus has <= KP rows.
+    args = (q, x, scales if scales is not None else q, best, buf, cnt, tile, thr, b, n, d, min(k, kp),
+            q.stride(0), x.stride(0), min(next_pow2(b), 256))
+    meta = dict(HAS_SCALES=scales is not None, DOT_DTYPE=dtype, DOT_PRECISION=precision, KP=kp, CAP=cap,
+                TILE_W=tile_w)
+    grid = lambda m: (triton.cdiv(b, m["BLOCK_M"]), splits_of[m["BLOCK_M"]])  # noqa: E731
+    if config is not None:
+        _topk_scan_kernel[grid(config.kwargs)](*args, **meta, **config_kwargs(config), **launch_options())
+    else:
+        _topk_scan_autotuned[grid](*args, **meta, **launch_options())
+        config = _topk_scan_autotuned.best_config
+
+    n_keys = splits_of[config.kwargs["BLOCK_M"]] * kp  # the slots the scan used: a prefix
+    _topk_merge_kernel[(b,)](best, thr, scores, ids, n_keys, k, KP=kp, CHUNK=min(max(kp, 1024), next_pow2(n_keys)),
                              num_warps=4, **launch_options())
     if not bool(torch.isfinite(scores[:, :min(k, n)]).all()):
         raise ValueError("topk_scores: a score is NaN or Inf")
     return scores, ids
+
+
+def _check_args(queries, corpus, k, scales) -> None:
+    if queries.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"backend='triton' takes float32, float16 or bfloat16 queries, got {queries.dtype}")
+    if corpus.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.int8):
+        raise TypeError(f"backend='triton' scans float32, float16, bfloat16 or int8 corpora, got {corpus.dtype}")
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"backend='triton' supports k from 1 to {MAX_K}, got {k}")
+    n = corpus.shape[0]
+    if n > MAX_ROWS:
+        raise ValueError(f"backend='triton' scans at most {MAX_ROWS} corpus rows, got {n}")
+    if scales is not None and (tuple(scales.shape) != (n,) or not scales.is_floating_point()):
+        raise ValueError(f"scales must be a float tensor of shape [{n}], got {scales.dtype} {tuple(scales.shape)}")
