@@ -46,12 +46,6 @@ def check_device(*tensors: torch.Tensor, interpreted: bool) -> None:
         raise ValueError(f"backend='triton': {how}, got tensors on {sorted(devices)}")
 
 
-def config_kwargs(config: triton.Config) -> dict:
-    """A Config's meta-parameters and launch options, to call the plain (not autotuned)
-    kernel with one explicit configuration."""
-    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-
-
 def compute_dtype(*dtypes: torch.dtype):
     """The loss kernels' arithmetic dtype, as in pyrag.reference.compute_dtype: float64
     if any input is float64, else float32 (bf16/fp16 are widened)."""

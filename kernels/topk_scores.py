@@ -37,8 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pyrag.kernels._utils import (check_device, config_kwargs, is_interpreted, launch_options, next_pow2,
-                                  num_sms)
+from pyrag.kernels._utils import check_device, is_interpreted, launch_options, next_pow2, num_sms
 
 KEY_MIN = tl.constexpr(-(2**63))  # the empty slot: below every real key
 KEY_MAX = tl.constexpr(2**63 - 1)  # a non-finite score: above every real key
@@ -264,9 +263,15 @@ def _topk_merge_kernel(BEST, THR, SCORES, IDS, n_keys, k, KP: tl.constexpr, CHUN
     tl.store(IDS + out, _key_ids(best), mask=offs < k)
 
 
+# Without .maxnreg, ptxas (with the --regAllocOptLevel=2 Triton passes) aimed some 4-warp
+# kernels at 168 registers, three CTAs an SM, and spilled; an explicit cap of 255 lets it
+# allocate what the kernel needs (210-250, no spills).
+MAX_REGISTERS = 255
+
+
 def _configs(shapes) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": kk}, num_warps=w, num_stages=s)
-            for m, n, kk, w, s in shapes]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": kk}, num_warps=w, num_stages=s,
+                          maxnreg=MAX_REGISTERS) for m, n, kk, w, s in shapes]
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), all spill-free on sm_80 and sm_90
@@ -282,12 +287,11 @@ CONFIGS = _configs([
     (64, 128, 64, 8, 3),
     (128, 32, 64, 8, 3),
 ])
-# fp32 without TF32 runs on the CUDA cores, whose dot keeps its operands in registers:
-# BLOCK_K=64 spilled, so these tiles are narrower.
+# fp32 without TF32 runs on the CUDA cores, whose dot took 255 registers at every tile
+# size tried (16..64 x 32..64 x 16..32); only this one is spill-free on both archs. fp32
+# corpora are the slow path: use fp16/bf16/int8 for speed.
 FP32_CONFIGS = _configs([
-    (16, 64, 32, 4, 3),
-    (32, 32, 32, 4, 3),
-    (64, 32, 32, 8, 3),
+    (16, 64, 16, 4, 3),
 ])
 
 
@@ -369,14 +373,14 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: tor
                 TILE_W=tile_w)
     grid = lambda m: (triton.cdiv(b, m["BLOCK_M"]), splits_of[m["BLOCK_M"]])  # noqa: E731
     if config is not None:
-        _topk_scan_kernel[grid(config.kwargs)](*args, **meta, **config_kwargs(config), **launch_options())
+        _topk_scan_kernel[grid(config.kwargs)](*args, **meta, **config.all_kwargs(), **launch_options())
     else:
         _topk_scan_autotuned[grid](*args, **meta, **launch_options())
         config = _topk_scan_autotuned.best_config
 
     n_keys = splits_of[config.kwargs["BLOCK_M"]] * kp  # the slots the scan used: a prefix
     _topk_merge_kernel[(b,)](best, thr, scores, ids, n_keys, k, KP=kp, CHUNK=min(max(kp, 1024), next_pow2(n_keys)),
-                             num_warps=4, **launch_options())
+                             num_warps=4, maxnreg=MAX_REGISTERS, **launch_options())
     if not bool(torch.isfinite(scores[:, :min(k, n)]).all()):
         raise ValueError("topk_scores: a score is NaN or Inf")
     return scores, ids

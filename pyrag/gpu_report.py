@@ -73,6 +73,7 @@ class Spec:
     num_warps: int
     num_stages: int
     label: str
+    maxnreg: int | None = None
 
 
 # ------------------------------------------------------------------ what is compiled
@@ -100,7 +101,7 @@ def _topk_specs(full: bool) -> list[Spec]:
         label = (f"BM={kw['BLOCK_M']} BN={kw['BLOCK_N']} BK={kw['BLOCK_K']} w={config.num_warps} "
                  f"s={config.num_stages} {dtype} KP={kp}")
         return Spec("pyrag.kernels.topk_scores", "_topk_scan_kernel", sig, const, aligned, config.num_warps,
-                    config.num_stages, label)
+                    config.num_stages, label, config.maxnreg)
 
     if full:
         specs = [spec(c, dt, kp) for c in T.CONFIGS for dt in ("fp16", "bf16", "int8") for kp in (16, 128, 1024)]
@@ -115,7 +116,7 @@ def _topk_specs(full: bool) -> list[Spec]:
     for kp in (128, 1024):
         specs.append(Spec("pyrag.kernels.topk_scores", "_topk_merge_kernel", merge_sig,
                           {"KP": kp, "CHUNK": max(kp, 1024)}, ("BEST", "THR", "SCORES", "IDS"), 4, 3,
-                          f"KP={kp} CHUNK={max(kp, 1024)} w=4"))
+                          f"KP={kp} CHUNK={max(kp, 1024)} w=4", T.MAX_REGISTERS))
     return specs
 
 
@@ -193,7 +194,7 @@ def _compile(spec: Spec, arch: str) -> Row:
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in spec.aligned}
         kernel = triton.compile(ASTSource(fn, signature, const, attrs), target=GPUTarget("cuda", ARCHS[arch], 32),
                                 options={"num_warps": spec.num_warps, "num_stages": spec.num_stages,
-                                         "enable_fp_fusion": True})
+                                         "maxnreg": spec.maxnreg, "enable_fp_fusion": True})
         regs, spills, static_smem = _ptxas_report(get_ptxas(ARCHS[arch]).path, kernel.asm["ptx"], arch)
         return Row(f"{spec.module.rsplit('.', 1)[1]}.{spec.kernel}", spec.label, arch, regs, spills,
                    kernel.metadata.shared + static_smem, SHARED_LIMIT[arch])
