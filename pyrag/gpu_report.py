@@ -222,7 +222,21 @@ def cuda_rows() -> list[Row]:
         if e.name != "pyrag.gpu_report_cuda":
             raise
         return []
-    return [r if isinstance(r, Row) else Row(**r) for r in gpu_report_cuda.cuda_rows()]
+    return [_cuda_row(r) for r in gpu_report_cuda.cuda_rows()]
+
+
+# The CUDA kernels launch without opting in to more than the default 48 KiB of shared
+# memory per block, so that is their limit on every arch.
+CUDA_SHARED_LIMIT = 48 * 1024
+
+
+def _cuda_row(r: dict) -> Row:
+    """A row of pyrag.gpu_report_cuda.cuda_rows() (keys backend, kernel, config, arch,
+    registers, spills, shared_mem) as a Row."""
+    shared = r["shared_mem"]
+    return Row(f"cuda.{r['kernel']}", r["config"], r["arch"], r["registers"], r["spills"],
+               shared or 0, CUDA_SHARED_LIMIT,
+               "" if shared is not None else "dynamic shared memory unknown (no built pyrag._cuda)")
 
 
 # ------------------------------------------------------------------ the report
