@@ -52,13 +52,16 @@ def test_a_row_fails_on_spills_shared_overflow_or_errors(row, ok):
     assert row.ok is ok
 
 
-def test_cuda_rows_are_accepted_as_rows_or_dicts(monkeypatch):
+def test_cuda_rows_are_converted_from_gpu_report_cuda(monkeypatch):
     import types
     fake = types.ModuleType("pyrag.gpu_report_cuda")
-    fake.cuda_rows = lambda: [dict(kernel="cuda:x", config="c", arch="sm_90", registers=32, spill_bytes=0,
-                                   shared_bytes=0, shared_limit=232448),
-                              gpu_report.Row("cuda:y", "c", "sm_80", 32, 4, 0, 166912)]
+    fake.cuda_rows = lambda: [
+        dict(backend="cuda", kernel="x", config="c", arch="sm_90", registers=32, spills=0, shared_mem=1024),
+        dict(backend="cuda", kernel="y", config="c", arch="sm_80", registers=32, spills=4, shared_mem=0),
+        dict(backend="cuda", kernel="z", config="c", arch="sm_80", registers=32, spills=0, shared_mem=None),
+        dict(backend="cuda", kernel="w", config="c", arch="sm_80", registers=32, spills=0, shared_mem=60000),
+    ]
     monkeypatch.setitem(sys.modules, "pyrag.gpu_report_cuda", fake)
     rows = gpu_report.cuda_rows()
-    assert [r.ok for r in rows] == [True, False]
-    assert "cuda:x" in gpu_report.format_table(rows)
+    assert [r.ok for r in rows] == [True, False, False, False]  # ok, spills, unknown smem, overflow
+    assert "cuda.x" in gpu_report.format_table(rows)
