@@ -42,7 +42,8 @@ def check_device(*tensors: torch.Tensor, interpreted: bool) -> None:
     want = "cpu" if interpreted else "cuda"
     if devices != {want}:
         how = ("the kernels were imported with TRITON_INTERPRET=1 and run on CPU tensors"
-               if interpreted else "the kernels run on CUDA tensors")
+               if interpreted else "the kernels run on CUDA tensors (for CPU tensors, set TRITON_INTERPRET=1 "
+               "before triton is first imported)")
         raise ValueError(f"backend='triton': {how}, got tensors on {sorted(devices)}")
 
 

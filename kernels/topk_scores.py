@@ -7,13 +7,17 @@ Two kernels:
 1. `_topk_scan_kernel`, grid (query blocks, corpus splits). A program owns BLOCK_M
    queries and one contiguous slice of the corpus, which it reads once, tile by tile.
    Each [BLOCK_M, BLOCK_N] tile is scored with tl.dot. Scores that beat the row's
-   current k-th best (the threshold) are packed into int64 keys and appended to a
-   per-row candidate buffer (global scratch, L2-resident); when the buffer could
-   overflow, it is merged into the row's sorted top-KP (tl.topk + tl.bitonic_merge) and
-   the threshold rises. After the first few tiles almost nothing passes the threshold,
-   so the steady state costs one compare per score on top of the dot.
-2. `_topk_merge_kernel`, one program per query: merges the splits' top-KP lists and
-   decodes keys into (score, id), padding with (-inf, -1).
+   thresholds (this program's k-th best, and the best k-th that any program has
+   published for that query) are packed into int64 keys and appended to a per-row
+   candidate buffer (global scratch, L2-resident); when the buffer could overflow, it
+   is merged into the row's sorted top-KP (tl.topk + tl.bitonic_merge) and the
+   thresholds rise. After the first few tiles almost nothing passes, so the steady
+   state costs one compare per score on top of the dot.
+2. `_topk_merge_kernel`, one program per query: merges the splits' top-KP lists
+   (skipping those below the final shared k-th best) and decodes keys into
+   (score, id), padding with (-inf, -1).
+
+docs/gpu_kernels.md has the design, the verification and the H100 analysis.
 
 Keys: the high 32 bits are the score's float bits made order-preserving as a signed
 int; the low 32 bits hold 0x7FFFFFFF - id, so among equal scores the smaller id has
@@ -30,8 +34,6 @@ upcast to fp32 because the interpreter stores bf16 as raw uint16 and its dot wou
 multiply the bit patterns (the GPU path keeps bf16 tensor cores; see DOT_DTYPE).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton

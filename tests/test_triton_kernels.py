@@ -43,9 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(INTERPRETED, reason="this is the child run")
 def test_kernels_under_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert run.returncode == 0, f"child pytest with TRITON_INTERPRET=1 failed:\n{run.stdout[-12000:]}\n{run.stderr[-3000:]}"
+    args = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider"]
+    run = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, (f"child pytest with TRITON_INTERPRET=1 failed:\n"
+                                 f"{run.stdout[-12000:]}\n{run.stderr[-3000:]}")
 
 
 interpreter_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child "
@@ -116,7 +117,8 @@ def test_topk_scores_is_the_same_for_every_tiling(kern, config, splits):
 def test_topk_scores_ties_go_to_the_smaller_id_and_signed_zeros_tie(kern):
     # q = 0 gives +0.0 against non-negative rows and -0.0 against negative rows.
     q = torch.zeros(2, 8)
-    x = torch.cat([-torch.ones(30, 8), torch.ones(30, 8)])[torch.randperm(60, generator=torch.Generator().manual_seed(0))]
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(0))
+    x = torch.cat([-torch.ones(30, 8), torch.ones(30, 8)])[order]
     scores, ids = kern.topk.topk_scores(q, x, 17, config=kern.small, num_splits=2)
     assert torch.equal(ids, torch.arange(17).expand(2, 17))
     assert bool((scores == 0).all())
