@@ -21,6 +21,7 @@ import mmap
 import os
 import tempfile
 import threading
+import weakref
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -54,6 +55,8 @@ class _Originals:
     def __init__(self, dim: int, directory: Optional[str] = None):
         self.dim = dim
         self._file = tempfile.TemporaryFile(dir=directory)
+        # Closing the descriptor leaves existing mappings valid: snapshots may outlive us.
+        weakref.finalize(self, self._file.close)
         self._capacity = 0
         self._rows: Optional[torch.Tensor] = None  # [capacity, dim] view of the mapping
 
