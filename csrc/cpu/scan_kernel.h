@@ -80,6 +80,24 @@ inline uint32_t low_lanes(int64_t n, int lanes) {
 // tile 4 times from L2 and would otherwise wait on DRAM during the first pass).
 constexpr int kPrefetchPerStep = 2;
 
+// Offers one vector of scores (tile rows r0 .. r0 + kLanes - 1, query q) to the heap:
+// one compare against the query's threshold, and a push per lane that passes.
+template <class Op>
+inline void select(const ScanTile& t, int64_t q, int64_t r0, typename Op::F s, TopkHeaps& heaps,
+                   uint32_t& bad) {
+  const uint32_t valid = low_lanes(t.valid_rows - r0, Op::kLanes);
+  bad |= Op::nonfinite_mask(s) & valid;
+  uint32_t hit = Op::ge_mask(s, t.thresholds[q]) & valid;
+  if (hit) {
+    alignas(64) float lane_scores[16];
+    Op::store(lane_scores, s);
+    for (; hit; hit &= hit - 1) {
+      const int p = __builtin_ctz(hit);
+      heaps.push(q, lane_scores[p], t.first_id + r0 + p);
+    }
+  }
+}
+
 template <class Op, int MQ, int MB>
 inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, uint32_t& bad,
                   const uint8_t*& prefetch) {
@@ -119,7 +137,6 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
     }
   }
 
-  alignas(64) float lane_scores[16];
 #pragma GCC unroll 16
   for (int i = 0; i < MQ; ++i) {
     const int64_t q = q0 + i;
@@ -128,20 +145,18 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
 #pragma GCC unroll 64
     for (int n = 0; n < kNv; ++n) {
       const int64_t r0 = b0 * kBlockRows + n * Op::kLanes;  // tile row of lane 0
-      const auto s = Op::finish(acc[i][n], qscale, qbias,
-                                t.row_scales != nullptr ? t.row_scales + r0 : nullptr);
-      const uint32_t valid = low_lanes(t.valid_rows - r0, Op::kLanes);
-      bad |= Op::nonfinite_mask(s) & valid;
-      uint32_t hit = Op::ge_mask(s, t.thresholds[q]) & valid;
-      if (hit) {
-        Op::store(lane_scores, s);
-        for (; hit; hit &= hit - 1) {
-          const int p = __builtin_ctz(hit);
-          heaps.push(q, lane_scores[p], t.first_id + r0 + p);
-        }
-      }
+      select<Op>(t, q, r0, Op::finish(acc[i][n], qscale, qbias,
+                                      t.row_scales != nullptr ? t.row_scales + r0 : nullptr),
+                 heaps, bad);
     }
   }
+}
+
+using PanelFn = void (*)(const ScanTile&, int64_t, int64_t, TopkHeaps&, uint32_t&, const uint8_t*&);
+
+template <class Op, int MQ, size_t... I>
+constexpr std::array<PanelFn, sizeof...(I)> narrow_panels(std::index_sequence<I...>) {
+  return {&panel<Op, MQ, static_cast<int>(I) + 1>...};
 }
 
 template <class Op, int MQ>
@@ -149,7 +164,10 @@ void panels(const ScanTile& t, int64_t q0, TopkHeaps& heaps, uint32_t& bad, cons
   constexpr int kMb = blocks_for<Op>(MQ);
   int64_t b = 0;
   for (; b + kMb <= t.num_blocks; b += kMb) panel<Op, MQ, kMb>(t, q0, b, heaps, bad, prefetch);
-  for (; b < t.num_blocks; ++b) panel<Op, MQ, 1>(t, q0, b, heaps, bad, prefetch);
+  if (b < t.num_blocks) {  // the tile's last blocks: one narrower register tile
+    static constexpr auto narrow = narrow_panels<Op, MQ>(std::make_index_sequence<kMb>{});
+    narrow[t.num_blocks - b - 1](t, q0, b, heaps, bad, prefetch);
+  }
 }
 
 using PanelsFn = void (*)(const ScanTile&, int64_t, TopkHeaps&, uint32_t&, const uint8_t*&);

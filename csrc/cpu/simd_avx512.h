@@ -75,7 +75,16 @@ inline void pack(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t r
     const int64_t nr = std::min<int64_t>(kBlockRows, rows - b * kBlockRows);
     const uint8_t* s = src + b * kBlockRows * src_stride;
     uint8_t* block = dst + b * groups * kGroupStride;
-    for (int64_t g0 = 0; g0 < full; g0 += 16) {
+    const int64_t full16 = nr == kBlockRows ? full / 16 * 16 : 0;
+    for (int64_t g0 = 0; g0 < full16; g0 += 16) {  // whole 16 x 16 tiles: no masks, no branches
+      __m512i v[16];
+#pragma GCC unroll 16
+      for (int r = 0; r < 16; ++r) v[r] = _mm512_loadu_si512(s + r * src_stride + g0 * kGroupBytes);
+      transpose16(v);
+#pragma GCC unroll 16
+      for (int g = 0; g < 16; ++g) _mm512_storeu_si512(block + (g0 + g) * kGroupStride, _mm512_xor_si512(v[g], flip));
+    }
+    for (int64_t g0 = full16; g0 < full; g0 += 16) {
       const int64_t ng = std::min<int64_t>(16, full - g0);
       const __mmask16 m = static_cast<__mmask16>(ng == 16 ? 0xFFFF : (1u << ng) - 1);
       __m512i v[16];

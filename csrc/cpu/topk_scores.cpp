@@ -68,7 +68,7 @@ constexpr int64_t kMinWorkPerThread = 1 << 20;
 // every query block reads it. Small query batches pack row-major input in L1-sized
 // tiles instead, which are scanned right after packing.
 constexpr int64_t kTileBytes = 384 << 10;
-constexpr int64_t kSmallTileBytes = 24 << 10;
+constexpr int64_t kSmallTileBytes = 48 << 10;
 constexpr int64_t kSmallBatch = 4;
 // Threads take chunks of tiles from a shared counter, so a core that another process
 // slows down does less of the work instead of holding everyone up.
