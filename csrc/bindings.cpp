@@ -38,11 +38,11 @@ void topk_scores(const std::string& dtype, std::uintptr_t queries, int64_t num_q
 
 py::dict topk_scores_exact(const std::string& dtype, std::uintptr_t queries, int64_t num_queries,
                            std::uintptr_t corpus, int64_t num_rows, int64_t dim, std::uintptr_t scales,
-                           std::uintptr_t originals, bool drop_pages, double max_norm,
+                           int originals_fd, int64_t originals_offset, double max_norm,
                            double max_error, int64_t k, int num_threads, std::uintptr_t out_scores,
                            std::uintptr_t out_ids) {
   const auto c = corpus_of(dtype, corpus, true, num_rows, dim, scales);
-  const pyrag::Originals o{ptr<const float>(originals), drop_pages, max_norm, max_error};
+  const pyrag::Originals o{originals_fd, originals_offset, max_norm, max_error};
   pyrag::ExactStats st;
   {
     py::gil_scoped_release release;
@@ -101,7 +101,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k"), py::arg("num_threads"), py::arg("out_scores"), py::arg("out_ids"));
   m.def("topk_scores_exact", &topk_scores_exact, py::arg("dtype"), py::arg("queries"),
         py::arg("num_queries"), py::arg("corpus"), py::arg("num_rows"), py::arg("dim"),
-        py::arg("scales"), py::arg("originals"), py::arg("drop_pages"), py::arg("max_norm"),
+        py::arg("scales"), py::arg("originals_fd"), py::arg("originals_offset"), py::arg("max_norm"),
         py::arg("max_error"), py::arg("k"), py::arg("num_threads"), py::arg("out_scores"),
         py::arg("out_ids"));
   m.def("encode_rows", &encode_rows, py::arg("dtype"), py::arg("src"), py::arg("n"), py::arg("dim"),

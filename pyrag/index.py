@@ -46,29 +46,41 @@ class IndexFormatError(storage.FormatError):
 
 
 class _Originals:
-    """float32 rows in a file, memory-mapped: a quantised index's exact copy, kept out of
-    RAM. A fresh index writes them to an unlinked temporary file (deleted with the
-    index); a loaded one maps them from the index file. Rows are appended with pwrite and
-    read through the mapping; a new mapping is made when the file grows, and older
-    snapshots keep theirs."""
+    """float32 rows [n, dim] in a file: a quantised index's exact copy, kept out of RAM.
+
+    A fresh index writes them to an unlinked temporary file (deleted with the index); a
+    loaded one keeps them where they are in the index file. Exact search reads the rows
+    it rescores with pread (csrc/cpu/topk_scores.h says why not through a mapping);
+    view() maps them for everything else (save, remove, other backends). Rows are
+    appended with pwrite; older snapshots keep their mapping when the file grows.
+    """
 
     def __init__(self, dim: int, directory: Optional[str] = None):
         self.dim = dim
         self._file = tempfile.TemporaryFile(dir=directory)
         # Closing the descriptor leaves existing mappings valid: snapshots may outlive us.
         weakref.finalize(self, self._file.close)
+        self.offset = 0
+        self._writable = True
         self._capacity = 0
         self._rows: Optional[torch.Tensor] = None  # [capacity, dim] view of the mapping
 
     @classmethod
-    def mapped(cls, rows: torch.Tensor) -> "_Originals":
-        """Originals that live in an existing read-only file mapping (a loaded index)."""
+    def in_file(cls, path, offset: int, rows: torch.Tensor) -> "_Originals":
+        """Originals at byte `offset` of an index file, already mapped as `rows`."""
         self = cls.__new__(cls)
         self.dim = rows.shape[1]
-        self._file = None
+        self._file = open(path, "rb")  # this inode, even if the path is saved over later
+        weakref.finalize(self, self._file.close)
+        self.offset = offset
+        self._writable = False
         self._capacity = rows.shape[0]
         self._rows = rows
         return self
+
+    @property
+    def fd(self) -> int:
+        return self._file.fileno()
 
     def view(self, n: int) -> torch.Tensor:
         """Rows [0, n) as a [n, dim] float32 tensor over the mapping."""
@@ -78,11 +90,12 @@ class _Originals:
 
     def write(self, start: int, rows: torch.Tensor) -> "_Originals":
         """Writes rows at [start, start + len); returns the object to keep in the new
-        snapshot (self, or a copy in a new file if this one is a read-only mapping)."""
+        snapshot (self, or a copy in a new file if this one is a loaded index's)."""
         target = self
-        if self._file is None:  # a loaded index: copy to a writable file first
+        if not self._writable:
             target = _Originals(self.dim)
-            target.write(0, self.view(start))
+            for s in range(0, start, 1 << 16):  # chunks: never the whole float32 copy in RAM
+                target._write(s, self.view(start)[s:s + (1 << 16)])
         target._write(start, rows.contiguous())
         return target
 
@@ -94,7 +107,7 @@ class _Originals:
             mm = mmap.mmap(self._file.fileno(), cap * self.dim * 4, access=mmap.ACCESS_WRITE)
             self._rows = torch.from_numpy(np.frombuffer(mm, dtype=np.float32).reshape(cap, self.dim))
             self._capacity = cap
-        buf = memoryview(rows.numpy()).cast("B")
+        buf = memoryview(rows.contiguous().numpy()).cast("B")
         offset = start * self.dim * 4
         while len(buf):
             written = os.pwrite(self._file.fileno(), buf, offset)
@@ -339,8 +352,8 @@ class DenseIndex:
         if backend in ("auto", "cpu") and q.device.type == "cpu":
             if exact:
                 corpus = PackedCorpus(self._dtype, self._dim, snap.packed, n, snap.scales)
-                scores, rows, _ = topk_packed_exact(q, corpus, snap.originals.view(n), snap.max_norm,
-                                                    snap.max_error, k, drop_pages=True)
+                scores, rows, _ = topk_packed_exact(q, corpus, snap.originals.fd, snap.originals.offset,
+                                                    snap.max_norm, snap.max_error, k)
                 return scores, rows
             return topk_packed(q, PackedCorpus(self._dtype, self._dim, snap.packed, n, snap.scales), k)
         # Other backends take row-major tensors.
@@ -412,10 +425,13 @@ class DenseIndex:
         get = (lambda name: tensors[name]) if mmap else (lambda name: tensors[name].clone())
         norms = get("norms") if self._keep_originals else None
         errors = get("errors") if self._keep_originals else None
-        originals = _Originals.mapped(tensors["originals"]) if self._keep_originals else None
-        if originals is not None and n:
-            # The checksum pass read the mapped originals; give those pages back.
-            compiled_extension().release_file_pages(originals.view(n).data_ptr(), n * self._dim * 4)
+        originals = None
+        if self._keep_originals:
+            header, data_start = storage._read_header(os.fspath(path))
+            offset = data_start + header["originals"]["data_offsets"][0]
+            originals = _Originals.in_file(path, offset, tensors["originals"])
+            if n:  # the checksum pass read the mapped originals: give those pages back
+                compiled_extension().release_file_pages(originals.view(n).data_ptr(), n * self._dim * 4)
         return _Snapshot(get("packed"), get("ids"), n, get("scales") if self._dtype == "int8" else None,
                          norms, errors, originals,
                          float(norms.max()) if norms is not None and n else 0.0,

@@ -87,8 +87,8 @@ def test_exact_search_falls_back_to_a_full_rescan_when_candidates_overflow(dtype
     q = torch.randn(1024, 24)
     snap = index._snap
     corpus = T.PackedCorpus(dtype, 24, snap.packed, snap.size, snap.scales)
-    scores, rows, stats = T.topk_packed_exact(q, corpus, snap.originals.view(snap.size), snap.max_norm,
-                                              snap.max_error, 5, drop_pages=True)
+    scores, rows, stats = T.topk_packed_exact(q, corpus, snap.originals.fd, snap.originals.offset,
+                                              snap.max_norm, snap.max_error, 5)
     assert stats["fallback_queries"] > 0
     assert_same((scores, rows), build("float32", x).search(q, 5))
 
@@ -100,8 +100,8 @@ def test_exact_search_rescores_few_rows_on_unit_vectors(dtype):
     q = data("unit", 8, 64, seed=5)
     snap = index._snap
     corpus = T.PackedCorpus(dtype, 64, snap.packed, snap.size, snap.scales)
-    _, _, stats = T.topk_packed_exact(q, corpus, snap.originals.view(snap.size), snap.max_norm,
-                                      snap.max_error, 10, drop_pages=True)
+    _, _, stats = T.topk_packed_exact(q, corpus, snap.originals.fd, snap.originals.offset,
+                                      snap.max_norm, snap.max_error, 10)
     assert stats["fallback_queries"] == 0
     assert stats["candidates"] < 8 * 400  # a small fraction of 8 x 20000
 

@@ -8,6 +8,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <system_error>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -171,10 +174,34 @@ void release_file_pages(const void* begin, int64_t bytes) {
 
 namespace {
 
+// Reads `bytes` bytes at `offset` of file `fd` (all of them, or throws).
+void read_exactly(int fd, int64_t offset, int64_t bytes, void* dst) {
+  auto* out = static_cast<char*>(dst);
+  while (bytes > 0) {
+    const ssize_t got = pread(fd, out, static_cast<size_t>(bytes), offset);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw std::system_error(errno, std::generic_category(), "reading the float32 originals");
+    if (got == 0) throw std::runtime_error("reading the float32 originals: the file is shorter than the index");
+    out += got;
+    offset += got;
+    bytes -= got;
+  }
+}
+
+// Copies rows ids[0..n) (ascending) of a row-major float32 file into dst [n, d], one
+// read per run of consecutive rows.
+void read_rows(int fd, int64_t offset, int64_t d, const int64_t* ids, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n;) {
+    int64_t j = i + 1;
+    while (j < n && ids[j] == ids[j - 1] + 1) ++j;
+    read_exactly(fd, offset + ids[i] * d * 4, (j - i) * d * 4, dst + i * d);
+    i = j;
+  }
+}
+
 // Scans the whole corpus for queries `p` into one TopkHeaps per thread (prepared by
 // the caller). Returns true if a score was not finite.
-bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vector<TopkHeaps>& heaps,
-                 bool drop_pages) {
+bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vector<TopkHeaps>& heaps) {
   const Isa isa = active_isa();
   const ScanFn scan = scan_for(isa, c.dtype);
   const PackFn pack = pack_for(isa);
@@ -192,8 +219,9 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
   std::vector<char> bad(nt, 0);
 
   parallel_tasks(nt, [&](int t) {
-    std::vector<uint8_t> buf;
+    std::vector<uint8_t> buf, file_rows;
     std::vector<float> tile_scales;
+    if (c.fd >= 0) file_rows.resize(static_cast<size_t>(tile_rows * row_bytes));
     if (!c.packed) buf.resize(static_cast<size_t>(tile_rows / kBlockRows * bbytes));
     if (!c.packed && c.dtype == Dtype::i8) tile_scales.resize(tile_rows);
     ScanTile tile{p.words.data(), c.dtype == Dtype::i8 ? p.scales.data() : nullptr,
@@ -213,7 +241,12 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
           tile.blocks = data + row0 / kBlockRows * bbytes;
           tile.row_scales = c.scales != nullptr ? c.scales + row0 : nullptr;
         } else {
-          pack(data + row0 * row_bytes, row_bytes, rows, row_bytes, groups, pack_xor(c.dtype), buf.data());
+          const uint8_t* src = data + row0 * row_bytes;
+          if (c.fd >= 0) {
+            read_exactly(c.fd, c.file_offset + row0 * row_bytes, rows * row_bytes, file_rows.data());
+            src = file_rows.data();
+          }
+          pack(src, row_bytes, rows, row_bytes, groups, pack_xor(c.dtype), buf.data());
           tile.blocks = buf.data();
           if (c.dtype == Dtype::i8) {
             std::fill(tile_scales.begin(), tile_scales.end(), 0.0f);
@@ -223,14 +256,12 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
         }
         // The next tile's bytes, packed or row-major (the chunk's last tile: none).
         const int64_t next_rows = ti + 1 < t1 ? std::min(tile_rows, c.num_rows - row0 - rows) : 0;
-        const uint8_t* next = c.packed ? data + (row0 + rows) / kBlockRows * bbytes : data + (row0 + rows) * row_bytes;
+        const uint8_t* next = c.packed ? data + (row0 + rows) / kBlockRows * bbytes
+                              : c.fd >= 0 ? nullptr : data + (row0 + rows) * row_bytes;
         tile.prefetch = next;
-        tile.prefetch_end = next + (c.packed ? num_blocks(next_rows) * bbytes : next_rows * row_bytes);
+        tile.prefetch_end = next == nullptr ? nullptr
+                                            : next + (c.packed ? num_blocks(next_rows) * bbytes : next_rows * row_bytes);
         bad[t] |= scan(tile, heaps[t]);
-      }
-      if (drop_pages) {
-        const int64_t r0 = t0 * tile_rows, r1 = std::min(c.num_rows, t1 * tile_rows);
-        release_file_pages(data + r0 * row_bytes, (r1 - r0) * row_bytes);
       }
     }
   });
@@ -256,7 +287,7 @@ void topk_scores(const float* queries, int64_t num_queries, const Corpus& corpus
   heaps.reserve(nt);
   const int64_t kk = std::min(k, std::max<int64_t>(corpus.num_rows, 1));
   for (int t = 0; t < nt; ++t) heaps.emplace_back(num_queries, kk);
-  if (corpus.num_rows > 0 && scan_corpus(corpus, p, num_queries, heaps, false)) throw_nonfinite();
+  if (corpus.num_rows > 0 && scan_corpus(corpus, p, num_queries, heaps)) throw_nonfinite();
   merge_topk(heaps, num_queries, k, out_scores, out_ids);
 }
 
@@ -298,8 +329,8 @@ float margin_for(const PreparedQueries& p, int64_t b, const Corpus& c, const Ori
 // the total is capped too, so a batch of 1024 queries cannot hold more than ~16 MB.
 constexpr int64_t kCandidatesPerThread = 1 << 20;
 constexpr int64_t kMinCandidateCap = 1024;
-// Rows rescored between two releases of the originals' pages (~2 pages a row).
-constexpr int64_t kRowsPerRelease = 2048;
+// Candidate rows rescored per parallel stretch of queries.
+constexpr int64_t kRowsPerStretch = 1 << 14;
 
 }  // namespace
 
@@ -327,7 +358,7 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
     heaps.emplace_back(B, kk);
     heaps.back().collect_candidates(margins.data(), cap);
   }
-  if (N > 0 && scan_corpus(corpus, p, B, heaps, false)) throw_nonfinite();
+  if (N > 0 && scan_corpus(corpus, p, B, heaps)) throw_nonfinite();
   std::vector<float> qscores(B * k);
   std::vector<int64_t> qids(B * k);
   merge_topk(heaps, B, k, qscores.data(), qids.data());
@@ -361,11 +392,10 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
   const PackFn pack = pack_for(isa);
   const int64_t bbytes = block_bytes(Dtype::f32, d);
   const int64_t panel_rows = std::clamp<int64_t>(kTileBytes / (d * 4) / kBlockRows, 1, 64) * kBlockRows;
-  const int64_t orig_bytes = N * d * 4;
   for (int64_t b0 = 0; b0 < B;) {
-    // A stretch of queries with about kRowsPerRelease candidate rows in all.
+    // A stretch of queries with about kRowsPerStretch candidate rows in all.
     int64_t b1 = b0, stretch_rows = 0;
-    while (b1 < B && (b1 == b0 || stretch_rows + int64_t(rows[b1].size()) <= kRowsPerRelease)) {
+    while (b1 < B && (b1 == b0 || stretch_rows + int64_t(rows[b1].size()) <= kRowsPerStretch)) {
       stretch_rows += int64_t(rows[b1].size());
       ++b1;
     }
@@ -383,9 +413,7 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
                       packed.data(), nullptr, d, 0, 0, 0, h.thresholds(), nullptr, nullptr};
         for (int64_t c0 = 0; c0 < int64_t(cand.size()); c0 += panel_rows) {
           const int64_t n = std::min<int64_t>(panel_rows, int64_t(cand.size()) - c0);
-          for (int64_t i = 0; i < n; ++i) {
-            std::memcpy(gathered.data() + i * d, originals.data + cand[c0 + i] * d, d * 4);
-          }
+          read_rows(originals.fd, originals.offset, d, cand.data() + c0, n, gathered.data());
           pack(reinterpret_cast<const uint8_t*>(gathered.data()), d * 4, n, d * 4, d, 0, packed.data());
           tile.num_blocks = num_blocks(n);
           tile.valid_rows = n;
@@ -400,7 +428,6 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
         }
       }
     });
-    if (originals.drop_pages) release_file_pages(originals.data, orig_bytes);
     b0 = b1;
   }
 
@@ -410,12 +437,12 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
     const int64_t m = stats.fallback_queries;
     std::vector<float> fq(m * d);
     for (int64_t i = 0; i < m; ++i) std::memcpy(fq.data() + i * d, queries + fallback[i] * d, d * 4);
-    const Corpus orig{Dtype::f32, false, originals.data, N, d, nullptr};
+    const Corpus orig{Dtype::f32, false, nullptr, N, d, nullptr, originals.fd, originals.offset};
     const PreparedQueries fp = prepare_queries(fq.data(), m, d, Dtype::f32);
     const int ntf = threads_for(N, m * N * d, std::max(1, num_threads));
     std::vector<TopkHeaps> fh;
     for (int t = 0; t < ntf; ++t) fh.emplace_back(m, kk);
-    if (scan_corpus(orig, fp, m, fh, originals.drop_pages)) throw_nonfinite();
+    if (scan_corpus(orig, fp, m, fh)) throw_nonfinite();
     std::vector<float> s(m * k);
     std::vector<int64_t> ix(m * k);
     merge_topk(fh, m, k, s.data(), ix.data());

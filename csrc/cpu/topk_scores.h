@@ -80,6 +80,10 @@ struct Corpus {
   int64_t num_rows;
   int64_t dim;
   const float* scales;   // int8: [N] row scales (packed: padded to whole blocks)
+  // Row-major rows read from a file instead of `data`: descriptor (-1: none) and the
+  // byte offset of row 0.
+  int fd = -1;
+  int64_t file_offset = 0;
 };
 
 // Writes sorted [B, k] scores and row ids (ties to the smaller row id, padded with
@@ -88,12 +92,13 @@ struct Corpus {
 void topk_scores(const float* queries, int64_t num_queries, const Corpus& corpus, int64_t k,
                  int num_threads, float* out_scores, int64_t* out_ids);
 
-// The float32 originals of a quantised corpus, row-major [N, d].
+// The float32 originals of a quantised corpus: row-major [N, d] float32 at `offset` in
+// the file `fd`. They are read with pread, never mapped: with the page cache's large
+// folios one touched row of a mapping brings up to 2 MiB into the process's resident
+// memory, so rescoring through a mapping would pull the whole file in.
 struct Originals {
-  const float* data;
-  // The rows live in a file mapping: release the pages touched after each stretch of
-  // work (madvise DONTNEED), so that a search does not pull the file into RAM.
-  bool drop_pages;
+  int fd;
+  int64_t offset;
   // max over rows of ||x|| and of ||x - dequantised x||, each rounded up.
   double max_norm;
   double max_error;

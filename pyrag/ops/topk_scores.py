@@ -211,20 +211,22 @@ def topk_packed(queries: torch.Tensor, corpus: PackedCorpus, k: int):
     return scores, ids
 
 
-def topk_packed_exact(queries: torch.Tensor, corpus: PackedCorpus, originals: torch.Tensor,
-                      max_norm: float, max_error: float, k: int, *, drop_pages: bool):
+def topk_packed_exact(queries: torch.Tensor, corpus: PackedCorpus, originals_fd: int,
+                      originals_offset: int, max_norm: float, max_error: float, k: int):
     """Certified-exact top-k over a quantised packed corpus: returns exactly
     topk_scores(queries, originals, k) (float32), having scanned the compact corpus and
-    rescored only the rows the error bound cannot rule out. max_norm / max_error bound
-    ||x|| and ||x - dequantised x|| over the rows. drop_pages: `originals` is a file
-    mapping whose pages may be released after use. Returns (scores, ids, stats)."""
+    rescored only the rows the error bound cannot rule out. The originals are float32
+    [N, d] at byte `originals_offset` of the open file `originals_fd`; max_norm /
+    max_error bound ||x|| and ||x - dequantised x|| over the rows. Returns (scores,
+    ids, stats) with stats {"candidates": rows rescored, "fallback_queries": queries
+    that needed a full rescan}."""
     q = queries.contiguous()
     b = q.shape[0]
     scores = torch.empty((b, k), dtype=torch.float32)
     ids = torch.empty((b, k), dtype=torch.int64)
     stats = compiled_extension().topk_scores_exact(
         corpus.dtype, q.data_ptr(), b, corpus.data.data_ptr(), corpus.num_rows, corpus.dim,
-        corpus.scales.data_ptr() if corpus.scales is not None else 0, originals.data_ptr(),
-        drop_pages, float(max_norm), float(max_error), k, get_num_threads(), scores.data_ptr(),
+        corpus.scales.data_ptr() if corpus.scales is not None else 0, originals_fd,
+        originals_offset, float(max_norm), float(max_error), k, get_num_threads(), scores.data_ptr(),
         ids.data_ptr())
     return scores, ids, stats
