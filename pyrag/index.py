@@ -448,10 +448,11 @@ class DenseIndex:
             raise TypeError(f"{what} are {x.dtype} but the index takes float32 vectors "
                             f"(and stores {self._dtype}); convert them explicitly")
         check_finite(x, what)
-        if self._quantised:
-            big = x.abs().amax() if x.numel() else torch.tensor(0.0)
-            if float(big) > 1e30:  # squares and products must stay finite in float32
-                raise ValueError(f"{what} hold values up to {float(big):.3g}; a {self._dtype} index "
+        if self._quantised and x.numel():
+            lo, hi = torch.aminmax(x)  # one pass, no temporary
+            big = max(-float(lo), float(hi))
+            if big > 1e30:  # squares and products must stay finite in float32
+                raise ValueError(f"{what} hold values up to {big:.3g}; a {self._dtype} index "
                                  f"takes |x| <= 1e30")
         return x.contiguous()
 

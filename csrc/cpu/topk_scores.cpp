@@ -71,6 +71,7 @@ constexpr int64_t kMinWorkPerThread = 1 << 20;
 // every query block reads it. Small query batches pack row-major input in L1-sized
 // tiles instead, which are scanned right after packing.
 constexpr int64_t kTileBytes = 384 << 10;
+constexpr int64_t kQueryChunkBytes = 384 << 10;
 constexpr int64_t kSmallTileBytes = 48 << 10;
 constexpr int64_t kSmallBatch = 4;
 // Threads take chunks of tiles from a shared counter, so a core that another process
@@ -215,6 +216,12 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
   const int64_t num_tiles = (c.num_rows + tile_rows - 1) / tile_rows;
   const int64_t chunk_tiles = std::max<int64_t>(1, num_tiles / (int64_t(nt) * kChunksPerThread));
   const auto* data = static_cast<const uint8_t*>(c.data);
+  // Work items: (query chunk, chunk of tiles). Queries go in chunks that fit L2 beside a
+  // tile; with more, the queries streaming through L2 would evict the tile they are
+  // meant to reuse (B=512 at d=384 ran 40% slower per query than B=256 before this).
+  const int64_t query_chunk = std::max<int64_t>(1, kQueryChunkBytes / (groups * kGroupBytes));
+  const int64_t tile_chunks = (num_tiles + chunk_tiles - 1) / chunk_tiles;
+  const int64_t num_items = (B + query_chunk - 1) / query_chunk * tile_chunks;
   std::atomic<int64_t> next{0};
   std::vector<char> bad(nt, 0);
 
@@ -228,8 +235,11 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
                   c.dtype == Dtype::i8 ? p.bias.data() : nullptr, 0, B, nullptr, nullptr, groups,
                   0, 0, 0, heaps[t].thresholds(), nullptr, nullptr};
     for (;;) {
-      const int64_t t0 = next.fetch_add(chunk_tiles);
-      if (t0 >= num_tiles) break;
+      const int64_t item = next.fetch_add(1);
+      if (item >= num_items) break;
+      tile.q_begin = item / tile_chunks * query_chunk;
+      tile.q_end = std::min(B, tile.q_begin + query_chunk);
+      const int64_t t0 = item % tile_chunks * chunk_tiles;
       const int64_t t1 = std::min(num_tiles, t0 + chunk_tiles);
       for (int64_t ti = t0; ti < t1; ++ti) {
         const int64_t row0 = ti * tile_rows;
