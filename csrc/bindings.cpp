@@ -56,11 +56,11 @@ py::dict topk_scores_exact(const std::string& dtype, std::uintptr_t queries, int
 }
 
 void encode_rows(const std::string& dtype, std::uintptr_t src, int64_t n, int64_t dim, std::uintptr_t dst,
-                 std::uintptr_t scales, std::uintptr_t norms, std::uintptr_t errors) {
+                 std::uintptr_t scales, std::uintptr_t norms, std::uintptr_t errors, int num_threads) {
   const auto t = pyrag::parse_dtype(dtype);
   py::gil_scoped_release release;
   pyrag::encode_rows(t, ptr<const float>(src), n, dim, ptr<void>(dst), ptr<float>(scales),
-                     ptr<float>(norms), ptr<float>(errors));
+                     ptr<float>(norms), ptr<float>(errors), num_threads);
 }
 
 void pack_rows(const std::string& dtype, std::uintptr_t src, int64_t n, int64_t dim, std::uintptr_t packed,
@@ -105,7 +105,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("max_error"), py::arg("k"), py::arg("num_threads"), py::arg("out_scores"),
         py::arg("out_ids"));
   m.def("encode_rows", &encode_rows, py::arg("dtype"), py::arg("src"), py::arg("n"), py::arg("dim"),
-        py::arg("dst"), py::arg("scales"), py::arg("norms"), py::arg("errors"));
+        py::arg("dst"), py::arg("scales"), py::arg("norms"), py::arg("errors"), py::arg("num_threads"));
   m.def("pack_rows", &pack_rows, py::arg("dtype"), py::arg("src"), py::arg("n"), py::arg("dim"),
         py::arg("packed"), py::arg("row_offset"));
   m.def("unpack_rows", &unpack_rows, py::arg("dtype"), py::arg("packed"), py::arg("row_begin"),

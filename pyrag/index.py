@@ -17,6 +17,7 @@ exactly the float32 top-k: see DenseIndex.search.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import tempfile
@@ -447,12 +448,14 @@ class DenseIndex:
         if x.dtype != torch.float32:
             raise TypeError(f"{what} are {x.dtype} but the index takes float32 vectors "
                             f"(and stores {self._dtype}); convert them explicitly")
-        check_finite(x, what)
-        if self._quantised and x.numel():
-            lo, hi = torch.aminmax(x)  # one pass, no temporary
-            big = max(-float(lo), float(hi))
-            if big > 1e30:  # squares and products must stay finite in float32
-                raise ValueError(f"{what} hold values up to {big:.3g}; a {self._dtype} index "
+        if x.numel():
+            # One pass, no temporaries (torch.isfinite(x).all() takes ~25x longer on a
+            # 1M x 384 batch); check_finite only to name the first bad element.
+            lo, hi = (float(v) for v in torch.aminmax(x))
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                check_finite(x, what)
+            if self._quantised and max(-lo, hi) > 1e30:  # squares must stay finite in float32
+                raise ValueError(f"{what} hold values up to {max(-lo, hi):.3g}; a {self._dtype} index "
                                  f"takes |x| <= 1e30")
         return x.contiguous()
 

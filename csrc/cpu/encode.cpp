@@ -6,6 +6,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "cpu/parallel.h"
 #include "cpu/topk_scores.h"
 
 namespace pyrag {
@@ -48,9 +49,11 @@ float quantize_int8(const float* x, int64_t d, int8_t* out) {
   return amax / 127.0f;
 }
 
-void encode_rows(Dtype dtype, const float* src, int64_t n, int64_t d, void* dst, float* scales,
-                 float* norms, float* errors) {
-  for (int64_t r = 0; r < n; ++r) {
+namespace {
+
+void encode_range(Dtype dtype, const float* src, int64_t r0, int64_t r1, int64_t d, void* dst,
+                  float* scales, float* norms, float* errors) {
+  for (int64_t r = r0; r < r1; ++r) {
     const float* x = src + r * d;
     double norm2 = 0.0, err2 = 0.0;
     if (dtype == Dtype::bf16) {
@@ -64,7 +67,7 @@ void encode_rows(Dtype dtype, const float* src, int64_t n, int64_t d, void* dst,
         norm2 += static_cast<double>(x[j]) * x[j];
         err2 += e * e;
       }
-    } else if (dtype == Dtype::i8) {
+    } else {
       int8_t* out = static_cast<int8_t*>(dst) + r * d;
       const float scale = quantize_int8(x, d, out);
       scales[r] = scale;
@@ -73,13 +76,23 @@ void encode_rows(Dtype dtype, const float* src, int64_t n, int64_t d, void* dst,
         norm2 += static_cast<double>(x[j]) * x[j];
         err2 += e * e;
       }
-    } else {
-      throw std::invalid_argument("encode_rows: float32 rows need no encoding");
     }
     // Sums of d squares in double: relative error below d * 2^-53; 1e-9 covers d < 1e6.
     norms[r] = round_up_to_float(std::sqrt(norm2) * (1.0 + 1e-9));
     errors[r] = round_up_to_float(std::sqrt(err2) * (1.0 + 1e-9));
   }
+}
+
+}  // namespace
+
+void encode_rows(Dtype dtype, const float* src, int64_t n, int64_t d, void* dst, float* scales,
+                 float* norms, float* errors, int num_threads) {
+  if (dtype == Dtype::f32) throw std::invalid_argument("encode_rows: float32 rows need no encoding");
+  const int nt = static_cast<int>(std::clamp<int64_t>(n * d / (1 << 20), 1, std::max(1, num_threads)));
+  parallel_tasks(nt, [&](int t) {
+    const int64_t r0 = n * t / nt, r1 = n * (t + 1) / nt;
+    encode_range(dtype, src, r0, r1, d, dst, scales, norms, errors);
+  });
 }
 
 void pack_rows(Dtype dtype, const void* src, int64_t n, int64_t d, void* packed, int64_t row_offset) {

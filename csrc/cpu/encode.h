@@ -23,9 +23,10 @@ float quantize_int8(const float* x, int64_t d, int8_t* out);
 
 // Encodes n float32 rows into `dtype` (row-major: bf16 bits or int8 values) and, for
 // certified-exact search, writes per row norms[r] >= ||x|| and errors[r] >= ||x - x^||
-// (x^ the dequantised row), both rounded up. scales: int8 only.
+// (x^ the dequantised row), both rounded up. scales: int8 only. Rows are split over
+// up to num_threads threads.
 void encode_rows(Dtype dtype, const float* src, int64_t n, int64_t d, void* dst, float* scales,
-                 float* norms, float* errors);
+                 float* norms, float* errors, int num_threads);
 
 // Packs n row-major rows (in the corpus dtype; int8 as signed values) into a packed
 // buffer, as its rows [row_offset, row_offset + n).

@@ -194,7 +194,7 @@ def encode_rows(dtype: str, x: torch.Tensor):
     if n:
         compiled_extension().encode_rows(dtype, x.data_ptr(), n, d, values.data_ptr(),
                                          scales.data_ptr() if scales is not None else 0,
-                                         norms.data_ptr(), errors.data_ptr())
+                                         norms.data_ptr(), errors.data_ptr(), get_num_threads())
     return values, scales, norms, errors
 
 
