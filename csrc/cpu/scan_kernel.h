@@ -45,22 +45,26 @@ constexpr int vectors_per_block() {
   return static_cast<int>(kBlockRows) / Op::kLanes;
 }
 
-// Blocks per register tile for a query block of mq queries.
+// Blocks per register tile for a query block of mq queries: the most (up to 8) whose
+// accumulators, loaded corpus vectors and one broadcast query fit the register file
+// with one register to spare; 0 if not even one block fits.
 template <class Op>
 constexpr int blocks_for(int mq) {
   constexpr int vpb = vectors_per_block<Op>();
-  int best = 1;
+  int best = 0;
   for (int mb = 1; mb <= 8; ++mb) {
     if (mq * mb * vpb + mb * vpb * Op::kXRegs + Op::kQRegs <= Op::kRegs - 1) best = mb;
   }
   return best;
 }
 
-// The query block size that keeps the most accumulators busy.
+// The query block size that keeps the most accumulators busy (AVX-512 fp32: 5 x 5;
+// with two registers per loaded vector, as bf16-by-conversion: 7 x 3; AVX2 fp32: 6 x 1).
 template <class Op>
 constexpr int main_mq() {
+  static_assert(blocks_for<Op>(1) >= 1, "one query x one block must fit the registers");
   int best = 1, most = 0;
-  for (int mq = 1; mq <= Op::kMaxMQ; ++mq) {
+  for (int mq = 1; mq <= Op::kMaxMQ && blocks_for<Op>(mq) >= 1; ++mq) {
     if (mq * blocks_for<Op>(mq) > most) {
       most = mq * blocks_for<Op>(mq);
       best = mq;
