@@ -317,3 +317,9 @@ def assert_same(got, expected):
     ref_scores, ref_ids = expected
     assert torch.equal(ids, ref_ids), (ids, ref_ids)
     assert torch.equal(scores, ref_scores), (scores - ref_scores).abs().max()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_op_passes_opcheck_for_every_corpus_dtype(dtype):
+    corpus, scales = corpus_of(dtype, torch.randn(40, 12))
+    torch.library.opcheck(torch.ops.pyrag.topk_scores.default, (torch.randn(3, 12), corpus, 5, scales, "cpu"))
