@@ -68,8 +68,8 @@ namespace {
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr int64_t kMinWorkPerThread = 1 << 20;
 // Packed bytes per tile: a tile stays in L2 (1-2 MiB per core on current x86) while
-// every query block reads it. Small query batches pack row-major input in L1-sized
-// tiles instead, which are scanned right after packing.
+// every query block reads it, next to at most kQueryChunkBytes of queries. Small query
+// batches on row-major input pack small tiles instead, scanned while still in L1/L2.
 constexpr int64_t kTileBytes = 384 << 10;
 constexpr int64_t kQueryChunkBytes = 384 << 10;
 constexpr int64_t kSmallTileBytes = 48 << 10;
