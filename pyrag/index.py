@@ -341,7 +341,9 @@ class DenseIndex:
         single = q.dim() == 1
         q2 = q.unsqueeze(0) if single else q
         scores, rows = self._search(snap, q2, k, exact and self._quantised, backend)
-        ids = torch.where(rows >= 0, snap.ids[rows.clamp(min=0)], rows)
+        ids = rows.clone()  # -1 padding stays
+        valid = rows >= 0
+        ids[valid] = snap.ids[rows[valid]]
         if single:
             scores, ids = scores[0], ids[0]
         if as_numpy:

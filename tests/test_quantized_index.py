@@ -258,3 +258,22 @@ def test_originals_live_in_a_file_not_in_ram():
                if int(line.split()[0].split("-")[0], 16) <= start < int(line.split()[0].split("-")[1], 16)]
     assert len(backing) == 1 and len(backing[0].split()) >= 6, backing  # a file mapping, not anonymous
     assert os.environ.get("TMPDIR", "/tmp") in backing[0] or "(deleted)" in backing[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32"] + QDTYPES)
+def test_an_empty_index_returns_padding(tmp_path, dtype):
+    index = pyrag.DenseIndex(8, dtype)
+    exact = dtype != "float32"
+    for ix in (index, _emptied(dtype)):
+        scores, ids = ix.search(torch.randn(2, 8), 3, exact=exact)
+        assert ids.tolist() == [[-1] * 3] * 2 and bool(torch.isinf(scores).all())
+    index.save(tmp_path / "empty.safetensors")
+    loaded = pyrag.DenseIndex.load(tmp_path / "empty.safetensors", mmap=True)
+    assert len(loaded) == 0 and loaded.search(torch.randn(8), 1)[1].tolist() == [-1]
+
+
+def _emptied(dtype):
+    index = pyrag.DenseIndex(8, dtype)
+    index.add(torch.randn(5, 8))
+    index.remove(index.ids)
+    return index

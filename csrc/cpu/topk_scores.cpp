@@ -158,7 +158,7 @@ void check_sizes(int64_t num_queries, const Corpus& c, int64_t k) {
     throw std::invalid_argument("topk_scores: int8 corpora support dim <= " + std::to_string(kMaxInt8Dim) +
                                 ", got " + std::to_string(c.dim));
   }
-  if (c.dtype == Dtype::i8 && c.scales == nullptr) {
+  if (c.dtype == Dtype::i8 && c.scales == nullptr && c.num_rows > 0) {
     throw std::invalid_argument("topk_scores: an int8 corpus needs per-row scales");
   }
 }
