@@ -1,5 +1,6 @@
 """The torch.library ops (torch.ops.pyrag.*): one module per op, each registering its
 schema, fake implementation, autograd and backends."""
+from pyrag.ops import lsr, marginal_nll  # noqa: F401  (registers pyrag::lsr_*, pyrag::marginal_nll*)
 from pyrag.ops._common import BACKENDS, BackendUnavailableError, get_num_threads, set_num_threads
 from pyrag.ops.topk_scores import topk_scores
 
