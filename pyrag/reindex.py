@@ -138,6 +138,10 @@ class IndexVersion(NamedTuple):
     def dim(self) -> int:
         return self.index.dim
 
+    @property
+    def dtype(self) -> str:
+        return self.index.dtype
+
     def __len__(self) -> int:
         return len(self.index)
 
@@ -189,12 +193,23 @@ class VersionedIndex:
     def dim(self) -> int:
         return self._current.index.dim
 
+    @property
+    def dtype(self) -> str:
+        return self._current.index.dtype
+
     def __len__(self) -> int:
         return len(self._current.index)
 
     def __repr__(self) -> str:
         cur = self._current
         return f"VersionedIndex(version={cur.version}, step={cur.step}, size={len(cur.index)})"
+
+    def restore(self, index: DenseIndex, *, version: int, step: int) -> None:
+        """Publishes `index` under a given version (resuming from a checkpoint)."""
+        if not isinstance(index, DenseIndex):
+            raise TypeError(f"index must be a pyrag.DenseIndex, got {type(index).__name__}")
+        with self._write_lock:
+            self._current = IndexVersion(index, int(version), int(step))
 
     def swap(self, index: DenseIndex, *, step: int) -> int:
         """Publishes `index` as the next version and returns that version number."""
@@ -362,6 +377,16 @@ class AsyncReindexer:
             idle = st.running is None and st.pending is None
         self._raise_pending()
         return idle
+
+    def restore(self, index: DenseIndex, *, version: int, step: int) -> None:
+        """Puts a saved index back in service under its saved version and snapshot step
+        (resuming from a checkpoint). The reindexer must be idle."""
+        self._raise_pending()
+        if self.busy:
+            raise RuntimeError("cannot restore an index while a refresh is running or queued")
+        if len(index) != len(self._passages):
+            raise ValueError(f"index has {len(index)} vectors but there are {len(self._passages)} passages")
+        self.index.restore(index, version=version, step=step)
 
     @property
     def busy(self) -> bool:
