@@ -429,3 +429,67 @@ def test_refresh_on_a_cuda_stream(corpus):
         r.refresh(1)
         r.wait(60)
         torch.testing.assert_close(r.index.vectors(), (corpus.cuda() @ w.T).cpu())
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+class _LSRModel(torch.nn.Module):
+    """A model for transformers.Trainer: query and passage encoders (Linear over the
+    feature table) trained by LSR against a fixed 'LM' that prefers low passage ids."""
+
+    def __init__(self, reindexer, passage_encoder):
+        super().__init__()
+        self.query_encoder = torch.nn.Linear(F, D, bias=False)
+        self.passage_encoder = passage_encoder
+        self.retriever = pyrag.Retriever(self.query_encoder, reindexer.index)
+        self.corpus = reindexer._passages
+
+    def forward(self, query_features):
+        hits = self.retriever(query_features, k=5)
+        live = self.passage_encoder(self.corpus[hits.ids.clamp(min=0)])  # gradient to the passage encoder
+        scores = (self.retriever.encode_queries(query_features)[:, None, :] * live).sum(-1)
+        lm_scores = -hits.ids.float()
+        return {"loss": pyrag.lsr_loss(scores, lm_scores, mask=hits.mask)}
+
+
+def _hf_trainer(tmp_path, reindexer, passage_encoder, **callback_kwargs):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from pyrag.integrations.hf import AsyncReindexCallback
+
+    data = [{"query_features": row} for row in features(64, seed=9)]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, learning_rate=0.05,
+        logging_steps=4, save_strategy="steps", save_steps=6, report_to=[], use_cpu=True,
+        disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    return transformers.Trainer(model=_LSRModel(reindexer, passage_encoder), args=args, train_dataset=data,
+                                callbacks=[AsyncReindexCallback(reindexer, **callback_kwargs)])
+
+
+def test_hf_trainer_callback_drives_the_reindexer(tmp_path, corpus):
+    passage_encoder = linear(0)
+    reindexer = AsyncReindexer(passage_encoder, corpus, schedule="0-:4", policy="queue", progress=False)
+    trainer = _hf_trainer(tmp_path, reindexer, passage_encoder, wait_at_end=True)
+    trainer.train()
+    assert reindexer.stats.completed >= 2 and reindexer.version >= 2
+    assert not reindexer._worker.is_alive()  # closed at the end of training
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert logged and all("index_version" in e and "index_staleness" in e for e in logged)
+    # the checkpoint folders carry the index in service, which load_index restores
+    from pyrag.integrations.hf import load_index
+    fresh = AsyncReindexer(passage_encoder, corpus, progress=False)
+    with fresh:
+        load_index(fresh, tmp_path / "checkpoint-12")
+        assert fresh.version == reindexer.version
+        torch.testing.assert_close(fresh.index.vectors(), reindexer.index.vectors())
+
+
+def test_hf_trainer_sees_a_background_failure(tmp_path, corpus):
+    passage_encoder = linear(0)
+    reindexer = AsyncReindexer(passage_encoder, corpus, encode=FailOnce(fail_at_call=2), chunk_size=N,
+                               schedule="0-:2", progress=False)
+    trainer = _hf_trainer(tmp_path, reindexer, passage_encoder)
+    # raised at the first step after the failure, or at the latest when training ends
+    with pytest.raises(ReindexError, match="encoder blew up"):
+        trainer.train()
+    assert reindexer.version == 0  # the failed refresh published nothing
+    reindexer.close()

@@ -21,7 +21,7 @@ class SentenceTransformerEncoder(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        if not (hasattr(model, "tokenize") and isinstance(model, torch.nn.Module)):
+        if not ((hasattr(model, "preprocess") or hasattr(model, "tokenize")) and isinstance(model, torch.nn.Module)):
             raise TypeError(f"model must be a sentence_transformers.SentenceTransformer, got {type(model).__name__}")
         self.model = model
 
@@ -29,5 +29,9 @@ class SentenceTransformerEncoder(torch.nn.Module):
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
         device = next(self.model.parameters()).device
-        features = {k: v.to(device) for k, v in self.model.tokenize(list(texts)).items()}
+        # sentence-transformers >= 5 calls it preprocess (tokenize is deprecated); the
+        # features may hold non-tensor entries, which stay as they are.
+        prepare = getattr(self.model, "preprocess", None) or self.model.tokenize
+        features = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                    for k, v in prepare(list(texts)).items()}
         return self.model(features)["sentence_embedding"]

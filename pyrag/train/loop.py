@@ -409,11 +409,14 @@ class Trainer:
             for name, t in module.state_dict().items():
                 tensors[f"{role}/{name}"] = t.detach().cpu().clone()  # clone: tied weights share storage
         opt = self.optimizer.state_dict()
-        scalars = {}
+        scalars, scalar_tensors = {}, []
         for pid, pstate in opt["state"].items():
             for key, value in pstate.items():
                 if isinstance(value, torch.Tensor):
-                    tensors[f"optimizer/{pid}/{key}"] = value.detach().cpu().clone()
+                    # as [1]: storage's checksum cannot view a 0-d tensor's bytes
+                    tensors[f"optimizer/{pid}/{key}"] = value.detach().cpu().clone().reshape(value.shape or (1,))
+                    if value.dim() == 0:
+                        scalar_tensors.append(f"{pid}/{key}")
                 else:
                     scalars[f"{pid}/{key}"] = value
         tensors["rng/torch"] = torch.get_rng_state()
@@ -421,6 +424,7 @@ class Trainer:
                 "step": str(self.state.step), "config": json.dumps(asdict(self.config)),
                 "param_groups": json.dumps(opt["param_groups"]),
                 "optimizer_scalars": json.dumps(scalars),
+                "optimizer_0d": json.dumps(scalar_tensors),
                 "evals": json.dumps(self.state.evals)}
         if self.reindexer is not None:
             current = self.reindexer.index.snapshot()
@@ -450,10 +454,11 @@ class Trainer:
             module.load_state_dict(state, strict=True)
         scalars = json.loads(meta["optimizer_scalars"])
         opt_state: dict[int, dict] = {}
+        zero_dim = set(json.loads(meta["optimizer_0d"]))
         for key, value in tensors.items():
             if key.startswith("optimizer/"):
                 _, pid, name = key.split("/", 2)
-                opt_state.setdefault(int(pid), {})[name] = value
+                opt_state.setdefault(int(pid), {})[name] = value.reshape(()) if f"{pid}/{name}" in zero_dim else value
         for key, value in scalars.items():
             pid, name = key.split("/", 1)
             opt_state.setdefault(int(pid), {})[name] = value
