@@ -16,9 +16,10 @@ Runs, all starting from the same MiniLM and the same index:
 3. RA-DIT dual: a small transformer LM (TinyClozeLM) trained from scratch by the same
    loop, the retriever frozen for the first steps and then trained by LSR on its scores.
 
-Threads: the trainer keeps torch's default thread count; the re-index worker runs with
-1 intra-op thread at niceness +5 (AsyncReindexer's defaults), so that on 2 cores it uses
-the slack of the trainer rather than halving it.
+Threads: on 2 cores the trainer runs with 1 torch thread (--threads) and the re-index
+worker with 1 more at niceness +5 (AsyncReindexer's defaults): one core each. A 2-thread
+trainer beside a busy third thread loses far more than it gains, because each OpenMP
+parallel region waits at its barrier for whichever of its threads was descheduled.
 
 The last line printed is `recall@10 before X after Y` for run 1.
 """
@@ -61,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--dual-steps", type=int, default=200, help="run 3 training steps")
     p.add_argument("--dual-freeze", type=int, default=100, help="run 3: retriever frozen before this step")
     p.add_argument("--skip", default="", help="comma-separated runs to skip: passage,dual")
+    p.add_argument("--threads", type=int, default=1,
+                   help="trainer torch threads (the re-index worker always uses 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -74,6 +77,7 @@ def main(argv=None):
     args = parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     progress = not args.no_progress
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
 

@@ -53,6 +53,17 @@ class Gate:
         return enc(chunk)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These models are tiny: a second OpenMP thread buys nothing, and on a busy 2-core
+    machine its barrier waits cost 10x (measured: a TinyClozeLM step took 0.24 s with 1
+    thread, 2-4 s with 2, while other jobs loaded the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def corpus():
     return features()
@@ -336,6 +347,7 @@ def test_worker_uses_its_own_thread_count_and_the_trainer_keeps_its_own(corpus):
         seen.append(torch.get_num_threads())
         return enc(chunk)
 
+    torch.set_num_threads(2)  # the trainer's; the autouse fixture restores it
     before = torch.get_num_threads()
     with AsyncReindexer(linear(0), corpus, encode=encode, num_threads=1, progress=False) as r:
         seen.clear()

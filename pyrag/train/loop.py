@@ -106,9 +106,10 @@ def ra_dit_loss(retriever: Retriever, lm: Callable, queries, answers, cfg: Train
     """RA-DIT dual instruction tuning: the LM learns to answer from each retrieved passage
     (-Σ_i Σ_j log p_LM(y_i|c_ij∘x_i), summed over the k passages, averaged over queries)
     and the retriever learns LSR from the same LM's scores."""
-    with torch.set_grad_enabled(train_retriever):
+    grad = torch.is_grad_enabled()
+    with torch.set_grad_enabled(grad and train_retriever):
         hits = retriever(queries, k=cfg.k)
-    with torch.set_grad_enabled(train_lm):
+    with torch.set_grad_enabled(grad and train_lm):
         lm_logp = lm(queries, hits.passages, answers)
     loss = hits.scores.new_zeros(())
     if train_lm:
@@ -122,7 +123,7 @@ def ra_dit_loss(retriever: Retriever, lm: Callable, queries, answers, cfg: Train
 def marginal_loss(retriever: Retriever, lm: Callable, queries, answers, cfg: TrainConfig, *,
                   train_retriever: bool = True) -> torch.Tensor:
     """End-to-end RAG: -log Σ_c p_R(c|x) p_LM(y|c∘x); the gradient reaches both models."""
-    with torch.set_grad_enabled(train_retriever):
+    with torch.set_grad_enabled(torch.is_grad_enabled() and train_retriever):
         hits = retriever(queries, k=cfg.k)
     lm_logp = lm(queries, hits.passages, answers)
     return marginal_nll(hits.scores, lm_logp, tau_retriever=cfg.tau_retriever, mask=hits.mask)
