@@ -486,12 +486,15 @@ def test_hf_trainer_callback_drives_the_reindexer(tmp_path, corpus):
     assert not reindexer._worker.is_alive()  # closed at the end of training
     logged = [e for e in trainer.state.log_history if "loss" in e]
     assert logged and all("index_version" in e and "index_staleness" in e for e in logged)
-    # the checkpoint folders carry the index in service, which load_index restores
-    from pyrag.integrations.hf import load_index
+    # each checkpoint folder carries the index in service then; load_index restores it
+    from pyrag.integrations.hf import INDEX_FILE, load_index, save_index
+    assert (tmp_path / "checkpoint-6" / INDEX_FILE).is_file()
+    assert (tmp_path / "checkpoint-12" / INDEX_FILE).is_file()
+    save_index(reindexer, tmp_path)  # the final one, now that no refresh runs
     fresh = AsyncReindexer(passage_encoder, corpus, progress=False)
     with fresh:
-        load_index(fresh, tmp_path / "checkpoint-12")
-        assert fresh.version == reindexer.version
+        load_index(fresh, tmp_path)
+        assert (fresh.version, fresh.index.step) == (reindexer.version, reindexer.index.step)
         torch.testing.assert_close(fresh.index.vectors(), reindexer.index.vectors())
 
 

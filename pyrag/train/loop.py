@@ -180,7 +180,8 @@ class StepRecord:
     step: int
     loss: float
     seconds: float
-    refreshing: Optional[bool]   # a refresh ran for the whole step (True), none did (False), or part (None)
+    refreshing: Optional[bool]   # a refresh was running at the step's start and end (True), at
+                                 # neither (False), or at one of them (None)
     index_version: int
     staleness: int
 
@@ -326,11 +327,11 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                                cfg.max_grad_norm)
             self.optimizer.step()  # parameters without a gradient (a frozen retriever) stay put
-        seconds = time.perf_counter() - t0
         self.state.step = step = step + 1
-        busy_after = self.reindexer.busy if self.reindexer else False
         if self.reindexer is not None:
-            self.reindexer.step(step)
+            self.reindexer.step(step)  # timed too: a due refresh copies the weights here
+        seconds = time.perf_counter() - t0
+        busy_after = self.reindexer.busy if self.reindexer else False
         index_step = getattr(self.retriever.index, "step", 0)
         record = StepRecord(step, float(loss.detach()), seconds,
                             busy_before if busy_before == busy_after else None,
