@@ -112,15 +112,18 @@ def main(argv=None):
                       tau_retriever=args.tau_retriever, tau_lm=args.tau_lm, lr_query=args.lr,
                       log_every=25, eval_every=50, seed=args.seed)
     trainer = Trainer(retriever, cfg, task.train, lm=lm, eval_data=task.heldout, progress=progress)
-    before = trainer.evaluate()
-    say(f"held-out recall@10 before: {before:.3f}")
+    before, before_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
+    say(f"held-out recall@10 before: {before:.3f} (answer in a top-10 passage), "
+        f"{before_gold:.3f} (the query's own passage in the top 10)")
     t0 = time.perf_counter()
     trainer.train()
-    after = trainer.evaluate()
-    train_recall = recall_at_k(retriever, task.train[:len(task.heldout)])
-    say(f"held-out recall@10 after {args.steps} steps: {after:.3f} ({after - before:+.3f}); "
-        f"train-split recall@10 {train_recall:.3f}; {time.perf_counter() - t0:.0f}s, "
-        f"median step {statistics.median(r.seconds for r in trainer.state.history):.2f}s")
+    after, after_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
+    train_slice = task.train[:len(task.heldout)]
+    say(f"held-out recall@10 after {args.steps} steps: {after:.3f} ({after - before:+.3f}) by answer, "
+        f"{after_gold:.3f} ({after_gold - before_gold:+.3f}) by own passage; train-split "
+        f"{recall_at_k(retriever, train_slice, match='answer'):.3f} / {recall_at_k(retriever, train_slice):.3f}; "
+        f"{time.perf_counter() - t0:.0f}s, median step "
+        f"{statistics.median(r.seconds for r in trainer.state.history):.2f}s")
     del trainer, retriever, query_encoder
 
     # ------------------------------------------------------------------ run 2
@@ -149,7 +152,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             reindexer.wait()
             waited = time.perf_counter() - t0
-            recall2 = trainer.evaluate()
+            recall2, recall2_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
             s = reindexer.stats
             say(f"{args.passage_steps} steps in {train_s:.0f}s; refreshes completed {s.completed}, "
                 f"skipped {s.skipped}, failed {s.failed}; mean refresh {s.total_duration_s / max(s.started, 1):.0f}s")
@@ -160,7 +163,8 @@ def main(argv=None):
             else:
                 say(f"step time: not enough steps of each kind ({n_busy} with a refresh, {n_idle} without)")
             say(f"held-out recall@10 after (index v{reindexer.version}, final refresh waited {waited:.0f}s): "
-                f"{recall2:.3f} ({recall2 - before:+.3f})")
+                f"{recall2:.3f} ({recall2 - before:+.3f}) by answer, {recall2_gold:.3f} "
+                f"({recall2_gold - before_gold:+.3f}) by own passage")
         del trainer, retriever, query_encoder, passage_encoder, reindexer
 
     # ------------------------------------------------------------------ run 3
@@ -183,9 +187,10 @@ def main(argv=None):
         lm_before = gold_logp()
         t0 = time.perf_counter()
         trainer.train()
-        recall3 = trainer.evaluate()
+        recall3, recall3_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
         say(f"TinyClozeLM held-out log p(answer | gold passage): {lm_before:.2f} -> {gold_logp():.2f}")
-        say(f"held-out recall@10 after {args.dual_steps} dual steps: {recall3:.3f} ({recall3 - before:+.3f}); "
+        say(f"held-out recall@10 after {args.dual_steps} dual steps: {recall3:.3f} ({recall3 - before:+.3f}) "
+            f"by answer, {recall3_gold:.3f} ({recall3_gold - before_gold:+.3f}) by own passage; "
             f"{time.perf_counter() - t0:.0f}s")
 
     say(f"\ntotal {time.perf_counter() - t_start:.0f}s")

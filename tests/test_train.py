@@ -10,7 +10,6 @@ not care about, and training has to learn to look past them.
 """
 from __future__ import annotations
 
-import math
 import random
 import zlib
 
@@ -19,7 +18,7 @@ import torch
 
 import pyrag
 from pyrag.reindex import AsyncReindexer
-from pyrag.train import (BLANK, CopyLM, Example, TinyClozeLM, TrainConfig, Trainer, make_cloze_task,
+from pyrag.train import (BLANK, CopyLM, TinyClozeLM, TrainConfig, Trainer, make_cloze_task,
                          recall_at_k, step_time_medians)
 from pyrag.train.cloze import words
 
@@ -289,3 +288,18 @@ def test_passage_encoder_trains_with_async_reindexing(task, tmp_path):
         assert (now.version, now.step) == (saved.version, saved.step)
         torch.testing.assert_close(now.vectors(), saved.vectors())
         assert recall_at_k(resumed.retriever, task.heldout) == after
+
+
+def test_recall_at_k_by_positive_and_by_answer(task):
+    trainer = make_trainer(task, TrainConfig(**BASE))
+    retriever, examples = trainer.retriever, task.heldout
+    with torch.no_grad():
+        _, ids = retriever.index.search(retriever.encode_queries([e.query for e in examples]), 5)
+    by_positive = sum(e.positive in row for e, row in zip(examples, ids.tolist())) / len(examples)
+    by_answer = sum(any(e.answer in words(task.passages[i]) for i in row)
+                    for e, row in zip(examples, ids.tolist())) / len(examples)
+    assert recall_at_k(retriever, examples, 5) == by_positive
+    assert recall_at_k(retriever, examples, 5, match="answer") == by_answer
+    assert by_answer >= by_positive  # the positive passage contains its answer
+    with pytest.raises(ValueError):
+        recall_at_k(retriever, examples, 5, match="gold")

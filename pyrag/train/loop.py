@@ -17,6 +17,7 @@ resume exactly (models, optimiser, step, index and its version, RNG).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -30,7 +31,7 @@ from pyrag import storage
 from pyrag.losses import contrastive_loss, lsr_loss, marginal_nll
 from pyrag.reindex import AsyncReindexer
 from pyrag.retriever import Retriever, _stored_vectors
-from pyrag.train.cloze import Example
+from pyrag.train.cloze import Example, words
 
 MODES = ("replug_lsr", "ra_dit", "marginal", "dpr")
 CHECKPOINT_FORMAT = "pyrag.train.checkpoint"
@@ -157,21 +158,46 @@ def dpr_loss(retriever: Retriever, queries, positives: Sequence[int], cfg: Train
 
 
 # ----------------------------------------------------------------------------- evaluation
+RECALL_MATCHES = ("positive", "answer")
+
+
 @torch.no_grad()
-def recall_at_k(retriever: Retriever, examples: Sequence[Example], k: int = 10, batch_size: int = 64) -> float:
-    """Fraction of examples whose positive passage is among the k best of the index."""
+def recall_at_k(retriever: Retriever, examples: Sequence[Example], k: int = 10, *, match: str = "positive",
+                passages: Optional[Sequence[str]] = None, batch_size: int = 64) -> float:
+    """Fraction of examples with a hit among the k best passages of the index.
+
+    match="positive": the example's own passage is retrieved (needs Example.positive).
+    match="answer": some retrieved passage contains the answer's words, as in DPR's top-k
+    retrieval accuracy: what an LM reading the passages needs. Needs the passage texts
+    (`passages`, default retriever.passages).
+    """
     if not examples:
         raise ValueError("recall_at_k needs at least one example")
-    if any(e.positive is None for e in examples):
-        raise ValueError("recall_at_k needs examples with a positive passage id")
+    if match not in RECALL_MATCHES:
+        raise ValueError(f"match must be one of {', '.join(RECALL_MATCHES)}, got {match!r}")
+    if match == "positive" and any(e.positive is None for e in examples):
+        raise ValueError("recall_at_k(match='positive') needs examples with a positive passage id")
+    texts = passages if passages is not None else retriever.passages
+    if match == "answer" and texts is None:
+        raise ValueError("recall_at_k(match='answer') needs the passage texts")
     found = 0
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         q = retriever.encode_queries([e.query for e in batch])
         _, ids = retriever.index.search(q.detach().float().cpu(), k)
-        pos = torch.tensor([e.positive for e in batch])
-        found += int((ids == pos[:, None]).any(dim=1).sum())
+        if match == "positive":
+            pos = torch.tensor([e.positive for e in batch])
+            found += int((ids == pos[:, None]).any(dim=1).sum())
+        else:
+            for e, row in zip(batch, ids.tolist()):
+                answer = words(e.answer)
+                found += any(set(answer) <= _word_set(texts[i]) for i in row if i >= 0)
     return found / len(examples)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _word_set(text: str) -> frozenset:
+    return frozenset(words(text))
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -342,8 +368,9 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ the loop
-    def evaluate(self) -> float:
-        """recall@eval_k on eval_data with the current query encoder and index."""
+    def evaluate(self, match: str = "positive") -> float:
+        """recall@eval_k on eval_data with the current query encoder and index (see
+        recall_at_k for `match`)."""
         if not self.eval_data:
             raise ValueError("no eval_data was given")
         modules = self._modules.values()
@@ -351,11 +378,12 @@ class Trainer:
         for m in modules:
             m.eval()
         try:
-            recall = recall_at_k(self.retriever, self.eval_data, self.config.eval_k)
+            recall = recall_at_k(self.retriever, self.eval_data, self.config.eval_k, match=match)
         finally:
             for m, t in zip(modules, was_training):
                 m.train(t)
-        self.state.evals.append((self.state.step, recall))
+        if match == "positive":
+            self.state.evals.append((self.state.step, recall))
         return recall
 
     def train(self, steps: Optional[int] = None) -> TrainState:
