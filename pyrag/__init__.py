@@ -10,11 +10,16 @@ from pyrag.index import DenseIndex, IndexFormatError
 from pyrag.losses import contrastive_loss, lsr_loss, lsr_weights, marginal_nll
 from pyrag.ops import (BACKENDS, BackendUnavailableError, get_num_threads, set_num_threads,
                        topk_scores)
+from pyrag.reindex import AsyncReindexer, ReindexError, Schedule, VersionedIndex
 from pyrag.retriever import RetrievalResult, Retriever
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncReindexer",
+    "ReindexError",
+    "Schedule",
+    "VersionedIndex",
     "BACKENDS",
     "BackendUnavailableError",
     "DenseIndex",
