@@ -13,19 +13,78 @@ import torch
 NEG_INF = float("-inf")
 
 
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation of each vector (last dim) of float32 `x`.
+
+    scale = max|x| / 127 and value = round_half_even(x * (127 / max|x|)), clamped to
+    [-127, 127] (all zero when max|x| = 0); every op rounds once in float32. Used for the
+    rows of an int8 corpus and, dynamically, for the queries searched against it.
+    Returns (values int8, scales float32).
+    """
+    x = x.float()
+    amax = x.abs().amax(dim=-1)
+    c127 = torch.tensor(127.0, dtype=torch.float32, device=x.device)
+    scales = amax / c127
+    inv = torch.where(amax > 0, c127 / amax, torch.zeros_like(amax))
+    values = torch.round(x * inv.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
+    return values, scales
+
+
+def _scores_bf16(queries: torch.Tensor, corpus: torch.Tensor) -> torch.Tensor:
+    """q (rounded to bf16) . x for a bf16 corpus, exactly as the kernels compute it: the
+    products of two bf16 are exact in float32, and they are added to a float32 sum one
+    at a time, pair by pair, odd dimension first (the order of vdpbf16ps)."""
+    q = queries.to(torch.bfloat16).float()
+    x = corpus.float()
+    d = x.shape[1]
+    s = torch.zeros((q.shape[0], x.shape[0]), dtype=torch.float32, device=q.device)
+    for p in range(0, d, 2):
+        for j in (p + 1, p):
+            if j < d:
+                s = s + q[:, j:j + 1] * x[:, j].unsqueeze(0)
+            else:  # odd d: the padding dimension adds +0 (turns a -0 sum into +0)
+                s = s + 0.0
+    return s
+
+
+def _scores_int8(queries: torch.Tensor, corpus: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """For an int8 corpus with per-row scales: the query is quantised (quantize_int8),
+    the integer dot is exact, and score = float(dot) * (query scale * row scale)."""
+    qv, qs = quantize_int8(queries)
+    dot = qv.to(torch.int64) @ corpus.to(torch.int64).T
+    return dot.float() * (qs.unsqueeze(1) * scales.float().unsqueeze(0))
+
+
+def inner_products(queries: torch.Tensor, corpus: torch.Tensor,
+                   scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The [B, N] scores of topk_scores, by corpus dtype:
+
+    - float32 (and other floating dtypes): q . x in float32. The kernels add the products
+      in one sequential FMA chain per row, so they agree with this to float32 rounding;
+      on data whose dot products are exact (small integers) they agree bit for bit.
+    - bfloat16: see _scores_bf16 (bit for bit).
+    - int8 with per-row `scales` [N]: see _scores_int8 (bit for bit).
+    """
+    if corpus.dtype == torch.int8:
+        if scales is None:
+            raise ValueError("an int8 corpus needs per-row scales")
+        return _scores_int8(queries, corpus, scales)
+    if scales is not None:
+        raise ValueError(f"scales only go with an int8 corpus, got a {corpus.dtype} corpus")
+    if corpus.dtype == torch.bfloat16:
+        return _scores_bf16(queries, corpus)
+    return queries.float() @ corpus.float().T
+
+
 def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int,
                 scales: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query, the k corpus rows with the largest inner product.
 
-    Scores are computed in float32 (a corpus with per-row `scales` is dequantised first).
-    Sorted by descending score; equal scores go to the smaller row id; when k > N the
-    tail is padded with score -inf and id -1. Raises ValueError if a score is NaN/Inf.
+    Scores are inner_products(queries, corpus, scales). Sorted by descending score; equal
+    scores go to the smaller row id; when k > N the tail is padded with score -inf and
+    id -1. Raises ValueError if a score is NaN/Inf.
     """
-    q = queries.float()
-    x = corpus.float()
-    if scales is not None:
-        x = x * scales.float()[:, None]
-    scores = q @ x.T  # [B, N]: materialised here, never in a kernel
+    scores = inner_products(queries, corpus, scales)  # [B, N]: materialised here, never in a kernel
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("topk_scores: a score is NaN or Inf")
     b, n = scores.shape

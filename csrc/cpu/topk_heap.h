@@ -1,8 +1,14 @@
 // Per-query running top-k: a min-heap whose root is the worst kept candidate, so the
 // kernels can reject most rows with one compare against `threshold`.
 //
-// Order: higher score first; on equal scores the smaller id wins. Kernels call
-// `push` only for scores >= threshold(q); `push` does the exact (score, id) compare.
+// Order: higher score first; on equal scores the smaller id wins. Kernels call `push`
+// only for scores >= threshold(q); `push` does the exact (score, id) compare.
+//
+// Candidate mode (certified-exact search over a quantised corpus): with per-query
+// margins set, threshold(q) is (k-th best score - margin[q]) and every pushed score at
+// or above it is also kept in a candidate list, pruned as the threshold rises. A list
+// that outgrows its cap is dropped and the query marked `overflowed` (the caller then
+// rescans that query exactly), so memory stays bounded whatever the data.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -18,6 +24,11 @@ inline bool ranks_before(float sa, int64_t ia, float sb, int64_t ib) {
   return sa > sb || (sa == sb && ia < ib);
 }
 
+struct Candidate {
+  float score;
+  int64_t id;
+};
+
 class TopkHeaps {
  public:
   TopkHeaps(int64_t num_queries, int64_t k)
@@ -27,25 +38,48 @@ class TopkHeaps {
         sizes_(static_cast<size_t>(num_queries), 0),
         thresholds_(static_cast<size_t>(num_queries), -std::numeric_limits<float>::infinity()) {}
 
+  // Switches on candidate mode; margins[q] >= 0 and must outlive the heaps.
+  void collect_candidates(const float* margins, int64_t cap_per_query) {
+    margins_ = margins;
+    cap_ = cap_per_query;
+    candidates_.assign(sizes_.size(), {});
+    next_prune_.assign(sizes_.size(), kFirstPrune);
+    overflowed_.assign(sizes_.size(), 0);
+  }
+
   int64_t k() const { return k_; }
   int64_t size(int64_t q) const { return sizes_[q]; }
-  // Candidates scoring below this can never enter query q's top-k.
+  // Candidates scoring below this can never enter query q's top-k (or, in candidate
+  // mode, the candidate set).
   float threshold(int64_t q) const { return thresholds_[q]; }
-  const float* thresholds() const { return thresholds_.data(); }
   const float* scores(int64_t q) const { return scores_.data() + q * k_; }
   const int64_t* ids(int64_t q) const { return ids_.data() + q * k_; }
+  const std::vector<Candidate>& candidates(int64_t q) const { return candidates_[q]; }
+  bool overflowed(int64_t q) const { return overflowed_[q] != 0; }
 
-  // Out of line (topk_scores.cpp, built without -m flags): the per-ISA kernels call it,
-  // and an inline copy compiled with their flags could be the one the linker keeps,
-  // which would crash the scalar path on a CPU without that instruction set.
+  // Not inline: the per-ISA kernels call it, and an inline copy compiled with their
+  // -m flags could be the one the linker keeps for every caller.
   void push(int64_t q, float score, int64_t id);
+  const float* thresholds() const { return thresholds_.data(); }
 
  private:
+  static constexpr int64_t kFirstPrune = 64;
+
+  void update_threshold(int64_t q);
+  // Drops candidates that fell below the threshold; past the cap, gives up on the list.
+  void prune(int64_t q);
+
   int64_t k_;
   std::vector<float> scores_;
   std::vector<int64_t> ids_;
   std::vector<int64_t> sizes_;
   std::vector<float> thresholds_;
+  // Candidate mode only.
+  const float* margins_ = nullptr;
+  int64_t cap_ = 0;
+  std::vector<std::vector<Candidate>> candidates_;
+  std::vector<int64_t> next_prune_;
+  std::vector<char> overflowed_;
 };
 
 // Merges the heaps of several threads into sorted [B, k] outputs, padding with

@@ -3,9 +3,15 @@
 queries [B, d] against corpus [N, d] gives, per query, the k largest q·x as
 (scores [B, k] float32, row ids [B, k] int64), sorted by score with ties to the smaller
 row, padded with (-inf, -1) when k > N. No backend materialises the B x N scores.
+The corpus may be float32, bfloat16, or int8 with per-row float32 `scales`; the scores
+of each are defined in pyrag.reference.inner_products.
+
+Below the op: the entry points DenseIndex uses on its pre-packed corpus
+(`PackedCorpus`, `topk_packed`, `topk_packed_exact`) and the encoding helpers.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -14,9 +20,9 @@ import torch
 from pyrag import reference
 from pyrag.ops._common import check_finite, compiled_extension, get_impl, get_num_threads, register_impl
 
-# Corpus dtypes each backend can scan. The reference takes every floating dtype.
-_CPU_DTYPES = (torch.float32,)
-_QUERY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Corpus dtypes the CPU kernels scan, by their name in pyrag._C. The reference takes
+# every floating dtype too.
+_CPU_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.int8: "int8"}
 
 
 def check_topk_args(queries: torch.Tensor, corpus: torch.Tensor, k: int) -> None:
@@ -45,6 +51,7 @@ def _topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     check_topk_args(queries, corpus, k)
     check_finite(queries, "queries")
+    check_scales(scales, corpus)
     return get_impl("topk_scores", backend, queries.device)(queries, corpus, k, scales)
 
 
@@ -63,31 +70,51 @@ def _reference_impl(queries, corpus, k, scales):
 
 @register_impl("topk_scores", "cpu")
 def _cpu_impl(queries, corpus, k, scales):
-    if corpus.dtype not in _CPU_DTYPES or scales is not None:
-        raise TypeError(f"backend='cpu' scans float32 corpora, got {corpus.dtype}")
-    if queries.dtype != corpus.dtype:
-        raise TypeError(f"queries are {queries.dtype} but the corpus is {corpus.dtype}; "
-                        f"convert them explicitly")
+    name = _CPU_DTYPES.get(corpus.dtype)
+    if name is None:
+        raise TypeError(f"backend='cpu' scans float32, bfloat16 or int8 corpora, got {corpus.dtype}")
+    if queries.dtype != torch.float32:
+        raise TypeError(f"backend='cpu' takes float32 queries, got {queries.dtype}; convert them explicitly")
+    scales = scales.contiguous() if scales is not None else None
     q = queries.contiguous()
     x = corpus.contiguous()
     b, n, d = q.shape[0], x.shape[0], x.shape[1]
     scores = torch.empty((b, k), dtype=torch.float32)
     ids = torch.empty((b, k), dtype=torch.int64)
     try:
-        compiled_extension().topk_scores_f32(q.data_ptr(), b, x.data_ptr(), n, d, k,
-                                             get_num_threads(), scores.data_ptr(), ids.data_ptr())
+        compiled_extension().topk_scores(name, q.data_ptr(), b, x.data_ptr(), False, n, d,
+                                         scales.data_ptr() if scales is not None else 0, k,
+                                         get_num_threads(), scores.data_ptr(), ids.data_ptr())
     except ValueError as e:  # the kernel saw a NaN/Inf score
         raise ValueError(f"{e} (corpus of shape {tuple(x.shape)})") from None
     return scores, ids
 
 
-def topk_scores(queries, corpus, k: int, *, backend: str = "auto"):
+def check_scales(scales: Optional[torch.Tensor], corpus: torch.Tensor) -> Optional[torch.Tensor]:
+    """Per-row scales go with an int8 corpus and only with one: float32 [N], finite."""
+    if corpus.dtype != torch.int8:
+        if scales is not None:
+            raise ValueError(f"scales only go with an int8 corpus, got a {corpus.dtype} corpus")
+        return None
+    if scales is None:
+        raise ValueError("an int8 corpus needs per-row scales (float32 [N])")
+    if scales.dtype != torch.float32:
+        raise TypeError(f"scales must be float32, got {scales.dtype}")
+    if scales.shape != (corpus.shape[0],):
+        raise ValueError(f"scales have shape {tuple(scales.shape)} but the corpus has {corpus.shape[0]} rows")
+    check_finite(scales, "scales")
+    return scales
+
+
+def topk_scores(queries, corpus, k: int, *, scales=None, backend: str = "auto"):
     """The k best corpus rows for each query by inner product.
 
-    queries: [B, d] or [d]; corpus: [N, d]. torch tensors or numpy arrays (the result
-    has the same kind). Returns (scores float32, ids int64), each [B, k] ([k] for a 1-D
-    query), sorted by descending score, ties to the smaller id, padded with (-inf, -1)
-    when k > N. backend: "auto", "cpu", "reference", "triton", "cuda" or "cuda_emu".
+    queries: [B, d] or [d]; corpus: [N, d], float32, bfloat16, or int8 with per-row
+    `scales` [N] (see pyrag.reference.inner_products for each dtype's scores). torch
+    tensors or numpy arrays (the result has the same kind). Returns (scores float32,
+    ids int64), each [B, k] ([k] for a 1-D query), sorted by descending score, ties to
+    the smaller id, padded with (-inf, -1) when k > N. backend: "auto", "cpu",
+    "reference", "triton", "cuda" or "cuda_emu".
     """
     as_numpy = isinstance(queries, np.ndarray)
     if as_numpy != isinstance(corpus, np.ndarray):
@@ -97,7 +124,8 @@ def topk_scores(queries, corpus, k: int, *, backend: str = "auto"):
     single = q.dim() == 1
     if single:
         q = q.unsqueeze(0)
-    scores, ids = torch.ops.pyrag.topk_scores(q, x, k, None, backend)
+    sc = None if scales is None else _as_tensor(scales, "scales")
+    scores, ids = torch.ops.pyrag.topk_scores(q, x, k, sc, backend)
     if single:
         scores, ids = scores[0], ids[0]
     if as_numpy:
@@ -113,3 +141,92 @@ def _as_tensor(a, what: str) -> torch.Tensor:
             raise TypeError(f"{what}: unsupported numpy dtype {a.dtype}")
         return torch.from_numpy(np.ascontiguousarray(a) if a.strides and min(a.strides) < 0 else a)
     raise TypeError(f"{what} must be a torch.Tensor or numpy.ndarray, got {type(a).__name__}")
+
+
+# ---------------------------------------------------------------------------------
+# The pre-packed corpus of a DenseIndex (layout: csrc/cpu/packed_layout.h).
+# ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PackedCorpus:
+    """Rows [0, num_rows) of a corpus in the kernels' packed layout.
+
+    data: uint8 [blocks, block_bytes] with blocks * 16 >= num_rows; scales: int8 only,
+    float32 [blocks * 16] (padding rows 0).
+    """
+    dtype: str
+    dim: int
+    data: torch.Tensor
+    num_rows: int
+    scales: Optional[torch.Tensor] = None
+
+
+def packed_block_bytes(dtype: str, dim: int) -> int:
+    return compiled_extension().packed_block_bytes(dtype, dim)
+
+
+def pack_rows(dtype: str, rows: torch.Tensor, packed: torch.Tensor, row_offset: int) -> None:
+    """Writes row-major rows (float32, bfloat16 or int8 values) into a packed buffer as
+    its rows [row_offset, row_offset + len(rows))."""
+    rows = rows.contiguous()
+    compiled_extension().pack_rows(dtype, rows.data_ptr(), rows.shape[0], rows.shape[1],
+                                   packed.data_ptr(), row_offset)
+
+
+def unpack_rows(dtype: str, packed: torch.Tensor, row_begin: int, n: int, dim: int) -> torch.Tensor:
+    """Rows [row_begin, row_begin + n) of a packed buffer, row-major."""
+    out = torch.empty((n, dim), dtype={"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                       "int8": torch.int8}[dtype])
+    if n:
+        compiled_extension().unpack_rows(dtype, packed.data_ptr(), row_begin, n, dim, out.data_ptr())
+    return out
+
+
+def encode_rows(dtype: str, x: torch.Tensor):
+    """float32 rows [n, d] in a quantised dtype: (values bf16/int8 [n, d], scales float32
+    [n] or None, norms [n], errors [n]); norms >= ||x|| and errors >= ||x - dequantised||,
+    rounded up (the inputs of exact search's error bound)."""
+    x = x.contiguous()
+    n, d = x.shape
+    values = torch.empty((n, d), dtype=torch.bfloat16 if dtype == "bfloat16" else torch.int8)
+    scales = torch.empty(n, dtype=torch.float32) if dtype == "int8" else None
+    norms = torch.empty(n, dtype=torch.float32)
+    errors = torch.empty(n, dtype=torch.float32)
+    if n:
+        compiled_extension().encode_rows(dtype, x.data_ptr(), n, d, values.data_ptr(),
+                                         scales.data_ptr() if scales is not None else 0,
+                                         norms.data_ptr(), errors.data_ptr(), get_num_threads())
+    return values, scales, norms, errors
+
+
+def topk_packed(queries: torch.Tensor, corpus: PackedCorpus, k: int):
+    """topk_scores on a packed corpus: float32 queries [B, d] (checked by the caller)."""
+    q = queries.contiguous()
+    b = q.shape[0]
+    scores = torch.empty((b, k), dtype=torch.float32)
+    ids = torch.empty((b, k), dtype=torch.int64)
+    compiled_extension().topk_scores(
+        corpus.dtype, q.data_ptr(), b, corpus.data.data_ptr(), True, corpus.num_rows, corpus.dim,
+        corpus.scales.data_ptr() if corpus.scales is not None else 0, k, get_num_threads(),
+        scores.data_ptr(), ids.data_ptr())
+    return scores, ids
+
+
+def topk_packed_exact(queries: torch.Tensor, corpus: PackedCorpus, originals_fd: int,
+                      originals_offset: int, max_norm: float, max_error: float, k: int):
+    """Certified-exact top-k over a quantised packed corpus: returns exactly
+    topk_scores(queries, originals, k) (float32), having scanned the compact corpus and
+    rescored only the rows the error bound cannot rule out. The originals are float32
+    [N, d] at byte `originals_offset` of the open file `originals_fd`; max_norm /
+    max_error bound ||x|| and ||x - dequantised x|| over the rows. Returns (scores,
+    ids, stats) with stats {"candidates": rows rescored, "fallback_queries": queries
+    that needed a full rescan}."""
+    q = queries.contiguous()
+    b = q.shape[0]
+    scores = torch.empty((b, k), dtype=torch.float32)
+    ids = torch.empty((b, k), dtype=torch.int64)
+    stats = compiled_extension().topk_scores_exact(
+        corpus.dtype, q.data_ptr(), b, corpus.data.data_ptr(), corpus.num_rows, corpus.dim,
+        corpus.scales.data_ptr() if corpus.scales is not None else 0, originals_fd,
+        originals_offset, float(max_norm), float(max_error), k, get_num_threads(), scores.data_ptr(),
+        ids.data_ptr())
+    return scores, ids, stats
