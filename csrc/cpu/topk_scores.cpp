@@ -335,10 +335,12 @@ float margin_for(const PreparedQueries& p, int64_t b, const Corpus& c, const Ori
   return static_cast<double>(f) >= margin ? f : std::nextafter(f, std::numeric_limits<float>::infinity());
 }
 
-// Candidates per query kept per thread before the query falls back to a full rescan;
-// the total is capped too, so a batch of 1024 queries cannot hold more than ~16 MB.
-constexpr int64_t kCandidatesPerThread = 1 << 20;
-constexpr int64_t kMinCandidateCap = 1024;
+// Candidates per query a thread keeps before that query falls back to a full rescan:
+// 2^19 / B, at least 512 (real MiniLM data needs 12-24 on average). A list is checked
+// against the cap after pruning, so it never holds more than twice the cap: at most
+// 16 MiB per thread (16-byte entries) whatever B and the data, for k <= 128.
+constexpr int64_t kCandidatesPerThread = 1 << 19;
+constexpr int64_t kMinCandidateCap = 512;
 // Candidate rows rescored per parallel stretch of queries.
 constexpr int64_t kRowsPerStretch = 1 << 14;
 
@@ -361,7 +363,7 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
   // 1. Quantised scan collecting every row within the margin of the running k-th best.
   const int nt = threads_for(N, B * N * d, std::max(1, num_threads));
   const int64_t kk = std::min(k, std::max<int64_t>(N, 1));
-  const int64_t cap = std::max({kMinCandidateCap, 16 * kk, kCandidatesPerThread / B});
+  const int64_t cap = std::max({kMinCandidateCap, 4 * kk, kCandidatesPerThread / B});
   std::vector<TopkHeaps> heaps;
   heaps.reserve(nt);
   for (int t = 0; t < nt; ++t) {

@@ -90,20 +90,21 @@ def _cpu_impl(queries, corpus, k, scales):
     return scores, ids
 
 
-def check_scales(scales: Optional[torch.Tensor], corpus: torch.Tensor) -> Optional[torch.Tensor]:
+def check_scales(scales: Optional[torch.Tensor], corpus: torch.Tensor) -> None:
     """Per-row scales go with an int8 corpus and only with one: float32 [N], finite."""
     if corpus.dtype != torch.int8:
         if scales is not None:
             raise ValueError(f"scales only go with an int8 corpus, got a {corpus.dtype} corpus")
-        return None
+        return
     if scales is None:
         raise ValueError("an int8 corpus needs per-row scales (float32 [N])")
     if scales.dtype != torch.float32:
         raise TypeError(f"scales must be float32, got {scales.dtype}")
     if scales.shape != (corpus.shape[0],):
         raise ValueError(f"scales have shape {tuple(scales.shape)} but the corpus has {corpus.shape[0]} rows")
+    if scales.device != corpus.device:
+        raise ValueError(f"scales are on {scales.device} but the corpus is on {corpus.device}")
     check_finite(scales, "scales")
-    return scales
 
 
 def topk_scores(queries, corpus, k: int, *, scales=None, backend: str = "auto"):
