@@ -10,10 +10,10 @@ Storage: the corpus lives in the CPU kernels' packed layout (blocks of 16 rows
 interleaved along the dimension; csrc/cpu/packed_layout.h), so a search streams it with
 no repacking, and save / load(mmap=True) move that layout as is. dtype="bfloat16"
 stores bf16 rows, dtype="int8" symmetric per-row int8 with a float32 scale per row
-(pyrag.reference.quantize_int8); their scores are defined in
-pyrag.reference.inner_products. For these two the float32 originals are also kept, in a
-memory-mapped file rather than in RAM, so that search(..., exact=True) can return
-exactly the float32 top-k: see DenseIndex.search.
+(pyrag.reference.quantize_int8); their scores are
+pyrag.reference.inner_products(..., quantized_queries=True), the queries rounded as the
+compact corpus. For these two the float32 originals are also kept, in a memory-mapped
+file rather than in RAM, so that search(..., exact=True) can return exactly the float32 top-k: see DenseIndex.search.
 """
 from __future__ import annotations
 
@@ -317,12 +317,14 @@ class DenseIndex:
         queries: float32 [B, dim] or [dim], torch or numpy (the result follows). Padding
         with (-inf, -1) when k > len(index).
 
-        exact (bfloat16 / int8 indexes): False returns the quantised scores (see
-        pyrag.reference.inner_products). True returns exactly what a float32 index of
-        the same vectors returns, same scores, order and ties, while scanning only the
-        compact copy: the scan keeps every row whose quantised score, plus a bound on
-        its error derived from the norms and quantisation errors of the query and the
-        rows, could still reach the k-th best; only those rows are rescored from the
+        exact (bfloat16 / int8 indexes): False returns the quantised scores: on the
+        CPU the query is rounded like the rows (pyrag.reference.inner_products with
+        quantized_queries=True); other backends score the float32 query against the
+        compact rows. True returns exactly what a float32 index of the same vectors
+        returns, same scores, order and ties, while scanning only the compact copy:
+        the scan keeps every row whose quantised score, plus a bound on its error
+        derived from the norms and quantisation errors of the query and the rows, could
+        still reach the k-th best; only those rows are rescored from the
         float32 originals (memory-mapped; their pages are released after use).
         """
         as_numpy = isinstance(queries, np.ndarray)

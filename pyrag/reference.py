@@ -31,9 +31,9 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _scores_bf16(queries: torch.Tensor, corpus: torch.Tensor) -> torch.Tensor:
-    """q (rounded to bf16) . x for a bf16 corpus, exactly as the kernels compute it: the
-    products of two bf16 are exact in float32, and they are added to a float32 sum one
-    at a time, pair by pair, odd dimension first (the order of vdpbf16ps)."""
+    """q (rounded to bf16) . x for a bf16 corpus, exactly as the CPU kernels compute it:
+    the products of two bf16 are exact in float32, and they are added to a float32 sum
+    one at a time, pair by pair, odd dimension first (the order of vdpbf16ps)."""
     q = queries.to(torch.bfloat16).float()
     x = corpus.float()
     d = x.shape[1]
@@ -48,43 +48,51 @@ def _scores_bf16(queries: torch.Tensor, corpus: torch.Tensor) -> torch.Tensor:
 
 
 def _scores_int8(queries: torch.Tensor, corpus: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """For an int8 corpus with per-row scales: the query is quantised (quantize_int8),
-    the integer dot is exact, and score = float(dot) * (query scale * row scale)."""
+    """For an int8 corpus with per-row scales, as the CPU kernels compute it: the query
+    is quantised (quantize_int8), the integer dot is exact, and
+    score = float(dot) * (query scale * row scale)."""
     qv, qs = quantize_int8(queries)
     dot = qv.to(torch.int64) @ corpus.to(torch.int64).T
     return dot.float() * (qs.unsqueeze(1) * scales.float().unsqueeze(0))
 
 
-def inner_products(queries: torch.Tensor, corpus: torch.Tensor,
-                   scales: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The [B, N] scores of topk_scores, by corpus dtype:
+def inner_products(queries: torch.Tensor, corpus: torch.Tensor, scales: Optional[torch.Tensor] = None,
+                   *, quantized_queries: bool = False) -> torch.Tensor:
+    """The [B, N] scores of topk_scores.
 
-    - float32 (and other floating dtypes): q . x in float32. The kernels add the products
-      in one sequential FMA chain per row, so they agree with this to float32 rounding;
-      on data whose dot products are exact (small integers) they agree bit for bit.
-    - bfloat16: see _scores_bf16 (bit for bit).
-    - int8 with per-row `scales` [N]: see _scores_int8 (bit for bit).
+    The definition (quantized_queries=False): q . x in float32, with the corpus row
+    dequantised first (row times its scale) when per-row `scales` [N] are given. Every
+    backend meets it to float32 rounding for float32 corpora (the kernels sum in their
+    own order), and on data whose dot products are exact (small integers) bit for bit.
+    The GPU backends meet it for bfloat16 and int8 corpora too.
+
+    quantized_queries=True gives what the CPU kernels compute for a compact corpus, bit
+    for bit: a bfloat16 corpus meets the query rounded to bfloat16 (_scores_bf16), an
+    int8 corpus (scales required) meets the query quantised to int8 (_scores_int8).
+    That rounding is the price of vdpbf16ps / vpdpbusd; DenseIndex(exact=True) removes
+    it. Other corpus dtypes ignore the flag.
     """
-    if corpus.dtype == torch.int8:
+    if quantized_queries and corpus.dtype == torch.int8:
         if scales is None:
-            raise ValueError("an int8 corpus needs per-row scales")
+            raise ValueError("an int8 corpus with quantized queries needs per-row scales")
         return _scores_int8(queries, corpus, scales)
-    if scales is not None:
-        raise ValueError(f"scales only go with an int8 corpus, got a {corpus.dtype} corpus")
-    if corpus.dtype == torch.bfloat16:
+    if quantized_queries and corpus.dtype == torch.bfloat16 and scales is None:
         return _scores_bf16(queries, corpus)
-    return queries.float() @ corpus.float().T
+    x = corpus.float()
+    if scales is not None:
+        x = x * scales.float()[:, None]
+    return queries.float() @ x.T
 
 
-def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int,
-                scales: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Optional[torch.Tensor] = None,
+                *, quantized_queries: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query, the k corpus rows with the largest inner product.
 
-    Scores are inner_products(queries, corpus, scales). Sorted by descending score; equal
-    scores go to the smaller row id; when k > N the tail is padded with score -inf and
+    Scores are inner_products(queries, corpus, scales, quantized_queries=...). Sorted by
+    descending score; equal scores go to the smaller row id; when k > N the tail is padded with score -inf and
     id -1. Raises ValueError if a score is NaN/Inf.
     """
-    scores = inner_products(queries, corpus, scales)  # [B, N]: materialised here, never in a kernel
+    scores = inner_products(queries, corpus, scales, quantized_queries=quantized_queries)  # [B, N]: materialised here, never in a kernel
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("topk_scores: a score is NaN or Inf")
     b, n = scores.shape

@@ -48,7 +48,7 @@ def build(dtype, x, chunks=3):
 
 
 def quantised_reference(index, q, k):
-    scores, rows = reference.topk_scores(q, index.vectors(), k, scales=index.scales())
+    scores, rows = reference.topk_scores(q, index.vectors(), k, scales=index.scales(), quantized_queries=True)
     ids = index.ids
     return scores, torch.where(rows >= 0, ids[rows.clamp(min=0)], rows)
 
@@ -121,10 +121,23 @@ def test_search_follows_the_input_kind_and_rank(dtype):
 
 @pytest.mark.parametrize("dtype", QDTYPES)
 def test_other_backends_search_the_same_quantised_corpus(dtype):
+    """Other backends score float32 queries against the same compact rows (the op's
+    definition); the CPU rounds the query too, which moves every score by at most
+    |q - rounded q| * max |row|, and so each of the k best scores by at most that."""
     x = data("normal", 300, 20)
     index = build(dtype, x)
     q = torch.randn(5, 20)
-    assert_same(index.search(q, 7, backend="reference"), index.search(q, 7))
+    vectors, scales = index.vectors(), index.scales()
+    assert_same(index.search(q, 7, backend="reference"), reference.topk_scores(q, vectors, 7, scales=scales))
+    if dtype == "int8":
+        qv, qs = reference.quantize_int8(q)
+        rounded = qv.float() * qs[:, None]
+    else:
+        rounded = q.to(torch.bfloat16).float()
+    rows = vectors.float() * (scales[:, None] if scales is not None else 1.0)
+    bound = (q - rounded).norm(dim=1, keepdim=True) * rows.norm(dim=1).max() * 1.001 + 1e-5
+    cpu_scores, _ = index.search(q, 7)
+    assert bool(((cpu_scores - index.search(q, 7, backend="reference")[0]).abs() <= bound).all())
     ref_exact = index.search(q, 7, exact=True, backend="reference")
     exact = index.search(q, 7, exact=True)
     assert torch.equal(ref_exact[1], exact[1])

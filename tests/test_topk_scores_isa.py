@@ -131,7 +131,7 @@ def test_quantised_corpora_match_the_reference_bit_for_bit(isa, dtype, shape):
     g = torch.Generator().manual_seed(3 * n + d)
     q, x = torch.randn(b, d, generator=g), torch.randn(n, d, generator=g) * 3
     corpus, scales = corpus_of(dtype, x)
-    expected = reference.topk_scores(q, corpus, k, scales=scales)
+    expected = reference.topk_scores(q, corpus, k, scales=scales, quantized_queries=True)
     assert_same(pyrag.topk_scores(q, corpus, k, scales=scales, backend="cpu"), expected)
     assert_same(T.topk_packed(q, packed_of(dtype, x), k), expected)
 
@@ -163,7 +163,7 @@ def test_ties_go_to_the_smaller_row(isa, dtype):
     q = torch.randn(4, 40, generator=g)
     corpus, scales = corpus_of(dtype, x)
     scores, ids = pyrag.topk_scores(q, corpus, 70, scales=scales, backend="cpu")
-    assert_same((scores, ids), reference.topk_scores(q, corpus, 70, scales=scales))
+    assert_same((scores, ids), reference.topk_scores(q, corpus, 70, scales=scales, quantized_queries=True))
     best = ids[:, :60]
     assert bool((best % 5 == best[:, :1] % 5).all())  # the 60 copies of the best row
     assert bool((best.diff(dim=1) > 0).all())  # in row order
@@ -201,7 +201,7 @@ def test_property_matches_the_reference(b, n, d, k, dtype, isa_name, seed):
         packed = T.topk_packed(q, packed_of(dtype, x), k)
     finally:
         _C.set_cpu_isa("")
-    expected = reference.topk_scores(q, corpus, k, scales=scales)
+    expected = reference.topk_scores(q, corpus, k, scales=scales, quantized_queries=True)
     assert_same(got, expected)
     assert_same(packed, expected)
 
@@ -223,10 +223,9 @@ def test_non_finite_scores_are_reported(isa, dtype):
 
 
 @pytest.mark.parametrize("bad, error, match", [
-    (lambda c, s: (c, None), ValueError, "needs per-row scales"),
     (lambda c, s: (c, s[:-1]), ValueError, "scales have shape"),
     (lambda c, s: (c, s.double()), TypeError, "scales must be float32"),
-    (lambda c, s: (c.float(), s), ValueError, "only go with an int8 corpus"),
+    (lambda c, s: (c.float(), s), ValueError, "per-row scales to an int8 corpus only"),
     (lambda c, s: (c, torch.where(s > 0, s, float("nan"))), ValueError, "NaN or Inf"),
 ])
 def test_bad_scales_are_rejected(bad, error, match):
@@ -235,6 +234,14 @@ def test_bad_scales_are_rejected(bad, error, match):
     c, s = bad(corpus, scales)
     with pytest.raises(error, match=match):
         pyrag.topk_scores(torch.randn(2, 8), c, 3, scales=s)
+
+
+def test_an_int8_corpus_without_scales_has_rows_of_plain_integers():
+    g = torch.Generator().manual_seed(4)
+    corpus = torch.randint(-127, 128, (300, 24), generator=g, dtype=torch.int8)
+    q = torch.randn(3, 24, generator=g)
+    expected = reference.topk_scores(q, corpus, 9, scales=torch.ones(300), quantized_queries=True)
+    assert_same(pyrag.topk_scores(q, corpus, 9, backend="cpu"), expected)
 
 
 def test_cpu_backend_rejects_other_dtypes():

@@ -3,8 +3,9 @@
 queries [B, d] against corpus [N, d] gives, per query, the k largest q·x as
 (scores [B, k] float32, row ids [B, k] int64), sorted by score with ties to the smaller
 row, padded with (-inf, -1) when k > N. No backend materialises the B x N scores.
-The corpus may be float32, bfloat16, or int8 with per-row float32 `scales`; the scores
-of each are defined in pyrag.reference.inner_products.
+The corpus may be float32, bfloat16 or int8, optionally with per-row float32 `scales`;
+pyrag.reference.inner_products defines the scores, and says how the CPU kernels round
+the queries for a bfloat16 or int8 corpus.
 
 Below the op: the entry points DenseIndex uses on its pre-packed corpus
 (`PackedCorpus`, `topk_packed`, `topk_packed_exact`) and the encoding helpers.
@@ -75,6 +76,10 @@ def _cpu_impl(queries, corpus, k, scales):
         raise TypeError(f"backend='cpu' scans float32, bfloat16 or int8 corpora, got {corpus.dtype}")
     if queries.dtype != torch.float32:
         raise TypeError(f"backend='cpu' takes float32 queries, got {queries.dtype}; convert them explicitly")
+    if scales is not None and name != "int8":
+        raise ValueError(f"backend='cpu' applies per-row scales to an int8 corpus only, got a {corpus.dtype} corpus")
+    if scales is None and name == "int8":
+        scales = torch.ones(corpus.shape[0], dtype=torch.float32)  # plain integer rows
     scales = scales.contiguous() if scales is not None else None
     q = queries.contiguous()
     x = corpus.contiguous()
@@ -91,13 +96,9 @@ def _cpu_impl(queries, corpus, k, scales):
 
 
 def check_scales(scales: Optional[torch.Tensor], corpus: torch.Tensor) -> None:
-    """Per-row scales go with an int8 corpus and only with one: float32 [N], finite."""
-    if corpus.dtype != torch.int8:
-        if scales is not None:
-            raise ValueError(f"scales only go with an int8 corpus, got a {corpus.dtype} corpus")
-        return
+    """Per-row scales, when given: float32 [N], finite, on the corpus's device."""
     if scales is None:
-        raise ValueError("an int8 corpus needs per-row scales (float32 [N])")
+        return
     if scales.dtype != torch.float32:
         raise TypeError(f"scales must be float32, got {scales.dtype}")
     if scales.shape != (corpus.shape[0],):
@@ -111,7 +112,8 @@ def topk_scores(queries, corpus, k: int, *, scales=None, backend: str = "auto"):
     """The k best corpus rows for each query by inner product.
 
     queries: [B, d] or [d]; corpus: [N, d], float32, bfloat16, or int8 with per-row
-    `scales` [N] (see pyrag.reference.inner_products for each dtype's scores). torch
+    `scales` [N] (see pyrag.reference.inner_products for the scores, and how the CPU
+    kernels round the queries for a bfloat16 or int8 corpus). torch
     tensors or numpy arrays (the result has the same kind). Returns (scores float32,
     ids int64), each [B, k] ([k] for a 1-D query), sorted by descending score, ties to
     the smaller id, padded with (-inf, -1) when k > N. backend: "auto", "cpu",
