@@ -73,8 +73,8 @@ def test_topk_scores_peak_memory(benchmark, results, providers, queries, provide
     fn = search_or_skip(providers, provider)
     fn(queries[:1], CFG.k)  # lazy set-up (thread pools, first-call caches) is not the search
     benchmark.group = f"topk_scores peak RSS growth, B={CFG.memory_batch}"
-    growth, method, _ = benchmark.pedantic(peak_rss_growth,
-                                           args=(fn, queries[:CFG.memory_batch], CFG.k),
-                                           rounds=1, iterations=1)
-    results.memory[provider] = (growth, method)
-    benchmark.extra_info["peak_rss_growth_MiB"] = growth / 2**20
+    growth, _ = benchmark.pedantic(peak_rss_growth, args=(fn, queries[:CFG.memory_batch], CFG.k),
+                                   rounds=1, iterations=1)
+    results.memory[provider] = growth
+    benchmark.extra_info["peak_rss_growth_MiB"] = (growth.peak_bytes or 0) / 2**20
+    benchmark.extra_info["peak_anon_growth_MiB"] = growth.anon_bytes / 2**20

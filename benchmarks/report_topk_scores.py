@@ -84,9 +84,9 @@ def run_cases(cfg: Config, names) -> Results:
                 _log(f"{name}: B={b} best {min(times[name]) * 1e3:.2f} ms")
         for name in group:
             if memory_batch and name in MEMORY_PROVIDERS:
-                growth, method, _ = peak_rss_growth(fns[name], queries[:memory_batch], cfg.k)
-                res.memory[name] = (growth, method)
-                _log(f"{name}: B={memory_batch} peak RSS growth {growth / 2**20:.1f} MiB")
+                growth, _ = peak_rss_growth(fns[name], queries[:memory_batch], cfg.k)
+                res.memory[name] = growth
+                _log(f"{name}: B={memory_batch} peak RSS growth {growth.describe()}")
         del fns  # frees their indexes before the next ones are built
         providers.release()
     del corpus, providers
@@ -116,7 +116,8 @@ def format_report(res: Results) -> str:
     cfg, bs = res.cfg, res.cfg.batches
     rates = best_rates(res.rates)
     load = " -> ".join(f"{x:.2f}" for x in res.load)
-    lines = [f"top-k search, {cfg.describe()}, best of {cfg.rounds} rounds"
+    lines = [f"top-k search, {cfg.describe()}, best of {cfg.rounds} rounds (fewer, at least 2, "
+             f"where a round takes over {30 / cfg.rounds:.0f} s)"
              + (f" (1-min load average {load})" if load else ""),
              f"floor rates: {rates.describe()}"]
     if len(res.rates) > 1:
@@ -166,9 +167,14 @@ def format_report(res: Results) -> str:
             lines.append(_row(BY_NAME[name].label, [f"{r:.4f}" for r in rec]) + flag)
 
     if res.memory:
-        lines += ["", f"peak RSS growth during one search at B={cfg.memory_batch}"]
-        for name, (growth, method) in res.memory.items():
-            lines.append(_row(BY_NAME[name].label, [f"{growth / 2**20:.1f} MiB"]) + f"  ({method})")
+        lines += ["", f"peak RSS growth during one search at B={cfg.memory_batch}, MiB",
+                  _row("", ["all pages", "anonymous"])]
+        for name, g in res.memory.items():
+            lines.append(_row(BY_NAME[name].label, [
+                "n/a" if g.peak_bytes is None else f"{g.peak_bytes / 2**20:.1f}",
+                f"{g.anon_bytes / 2**20:.1f}"]))
+        lines.append("(all pages includes mapped-file pages the search touched, e.g. mmapped "
+                     "originals; anonymous is sampled every 0.5 ms)")
     if res.skipped:
         lines += ["", "not run:"] + [f"  {n}: {r}" for n, r in res.skipped.items()]
     return "\n".join(lines)

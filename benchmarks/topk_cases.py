@@ -244,14 +244,22 @@ def time_search(fn: Search, q: torch.Tensor, k: int, rounds: int, warmup: int = 
     return times[""], outs[""]
 
 
-def time_interleaved(fns: dict, q: torch.Tensor, k: int, rounds: int, warmup: int = 1):
+def time_interleaved(fns: dict, q: torch.Tensor, k: int, rounds: int, warmup: int = 1,
+                     budget_s: float = 30.0):
     """({name: seconds per round}, {name: last result}) for several search functions,
     taking turns within each round, so that a slow spell of a shared machine hits
-    them all alike instead of whichever ran during it."""
+    them all alike instead of whichever ran during it.
+
+    Slow cases get fewer rounds (at least 2) so that all rounds together take about
+    budget_s: FAISS's forced scan at B=256 over 1M rows takes tens of seconds a call.
+    """
     outs = {}
+    t0 = time.perf_counter()
     for _ in range(warmup):
         for name, fn in fns.items():
             outs[name] = fn(q, k)
+    per_round = (time.perf_counter() - t0) / max(warmup, 1)
+    rounds = max(min(rounds, 2), min(rounds, int(budget_s / max(per_round, 1e-9))))
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -268,7 +276,7 @@ class Results:
     rates: list = field(default_factory=list)       # floor.MachineRates, start and end of run
     times: dict = field(default_factory=dict)       # (provider, B) -> [seconds]
     ids: dict = field(default_factory=dict)         # (provider, B) -> ids [B, k]
-    memory: dict = field(default_factory=dict)      # provider -> (bytes, method)
+    memory: dict = field(default_factory=dict)      # provider -> peak_memory.MemoryGrowth
     skipped: dict = field(default_factory=dict)     # provider -> reason
     load: list = field(default_factory=list)        # 1-minute load average, start and end
 
