@@ -11,6 +11,7 @@
 #include "cpu/marginal_nll.h"
 #include "cpu/encode.h"
 #include "cpu/packed_layout.h"
+#include "cpu/read_probe.h"
 #include "cpu/topk_scores.h"
 
 namespace py = pybind11;
@@ -196,6 +197,12 @@ PYBIND11_MODULE(_C, m) {
     pyrag::release_file_pages(ptr<const void>(begin), nbytes);
   }, py::arg("begin"), py::arg("nbytes"),
         "madvise(DONTNEED) the whole pages of a read-only FILE mapping (never anonymous memory).");
+
+  m.def("read_probe", [](std::uintptr_t data, int64_t nbytes, int num_threads) {
+    py::gil_scoped_release release;
+    return pyrag::read_probe(ptr<const void>(data), nbytes, num_threads);
+  }, py::arg("data"), py::arg("nbytes"), py::arg("num_threads"),
+        "Streams the bytes once on num_threads threads (the benchmarks' read-bandwidth probe).");
 
   def_loss_kernels<float>(m, "f32");
   def_loss_kernels<double>(m, "f64");

@@ -11,6 +11,7 @@ import time
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +24,7 @@ import topk_cases  # noqa: E402
 from peak_memory import peak_rss_growth  # noqa: E402
 
 import pyrag  # noqa: E402
+from pyrag import _C  # noqa: E402
 from pyrag.reference import topk_scores as reference_topk  # noqa: E402
 
 TINY = dict(n=2000, d=48, k=10, batches=(1, 5), threads=2, rounds=1, memory_batch=16,
@@ -49,6 +51,22 @@ def test_floor_is_the_larger_of_read_time_and_gemm_time(b, expected_s, bound):
     rates = floor.MachineRates(read_bytes_per_s=10e9, gemm_flops_per_s=100e9, threads=2)
     assert rates.floor_s(1000, 100, b) == pytest.approx(expected_s)
     assert rates.bound(1000, 100, b) == bound
+
+
+@pytest.mark.parametrize("nbytes", [0, 7, 8, 64, 1000, 4099])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_read_probe_reads_every_byte(nbytes, threads):
+    """The bandwidth probe's XOR of 64-bit words (and of the tail bytes) proves it read
+    each byte: flipping any one byte changes the result."""
+    data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    words = data[: nbytes // 8 * 8].view(np.uint64)
+    expected = int(np.bitwise_xor.reduce(words)) if words.size else 0
+    for b in data[nbytes // 8 * 8:]:
+        expected ^= int(b)
+    assert _C.read_probe(data.ctypes.data, nbytes, threads) == expected
+    if nbytes:
+        data[nbytes // 2] ^= 0x5A
+        assert _C.read_probe(data.ctypes.data, nbytes, threads) != expected
 
 
 def test_floor_rates_are_measured():
