@@ -21,6 +21,7 @@ DTYPES = ["float32", "bfloat16", "int8"]
 SHAPES = [  # (B, N, d, k): partial tiles and blocks, d not a multiple of any SIMD width
     (1, 1, 1, 1), (1, 17, 3, 5), (3, 100, 16, 7), (5, 257, 37, 10), (16, 1000, 384, 10),
     (7, 50, 5, 60), (33, 300, 130, 1), (6, 64, 2, 64), (11, 129, 33, 129),
+    (2, 3001, 384, 10),  # small B on a plain tensor: many tiles, each prefetched while the last is packed
 ]
 
 

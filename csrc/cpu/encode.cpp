@@ -110,7 +110,7 @@ void pack_rows(Dtype dtype, const void* src, int64_t n, int64_t d, void* packed,
   }
   if (i < n) {
     pack_for(active_isa())(s + i * row_bytes, row_bytes, n - i, row_bytes, groups, xw,
-                           p + ((row_offset + i) / kBlockRows) * bbytes);
+                           p + ((row_offset + i) / kBlockRows) * bbytes, nullptr, 0);
   }
 }
 

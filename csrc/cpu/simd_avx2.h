@@ -51,7 +51,9 @@ inline void transpose8(__m256 v[8]) {
 }
 
 inline void pack(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t row_bytes,
-                 int64_t groups, uint32_t xor_word, uint8_t* dst) {
+                 int64_t groups, uint32_t xor_word, uint8_t* dst, const uint8_t* prefetch,
+                 int64_t prefetch_bytes) {
+  const uint8_t* prefetch_end = prefetch + prefetch_bytes;
   const int64_t full = row_bytes / kGroupBytes;  // whole words per row
   const __m256 flip = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(xor_word)));
   const int64_t nb = num_blocks(rows);
@@ -62,6 +64,11 @@ inline void pack(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t r
       const uint8_t* s = src + row0 * src_stride;
       uint8_t* out = dst + b * groups * kGroupStride + half * 32;
       for (int64_t g0 = 0; g0 + 8 <= full; g0 += 8) {
+        if (prefetch < prefetch_end) {  // 256 bytes read here, 256 of the next tile asked for
+#pragma GCC unroll 4
+          for (int p = 0; p < 4; ++p) __builtin_prefetch(prefetch + 64 * p, 0, 2);
+          prefetch += 256;
+        }
         __m256 v[8];
         for (int r = 0; r < 8; ++r) {
           v[r] = r < nr ? _mm256_loadu_ps(reinterpret_cast<const float*>(s + r * src_stride + g0 * kGroupBytes))

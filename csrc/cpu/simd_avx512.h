@@ -67,7 +67,9 @@ inline void transpose16(__m512i v[16]) {
 }
 
 inline void pack(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t row_bytes,
-                 int64_t groups, uint32_t xor_word, uint8_t* dst) {
+                 int64_t groups, uint32_t xor_word, uint8_t* dst, const uint8_t* prefetch,
+                 int64_t prefetch_bytes) {
+  const uint8_t* prefetch_end = prefetch + prefetch_bytes;
   const int64_t full = row_bytes / kGroupBytes;  // whole words per row
   const __m512i flip = _mm512_set1_epi32(static_cast<int>(xor_word));
   const int64_t nb = num_blocks(rows);
@@ -77,6 +79,11 @@ inline void pack(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t r
     uint8_t* block = dst + b * groups * kGroupStride;
     const int64_t full16 = nr == kBlockRows ? full / 16 * 16 : 0;
     for (int64_t g0 = 0; g0 < full16; g0 += 16) {  // whole 16 x 16 tiles: no masks, no branches
+      if (prefetch < prefetch_end) {  // 1 KiB read here, 1 KiB of the next tile asked for
+#pragma GCC unroll 16
+        for (int p = 0; p < 16; ++p) __builtin_prefetch(prefetch + 64 * p, 0, 2);
+        prefetch += 1024;
+      }
       __m512i v[16];
 #pragma GCC unroll 16
       for (int r = 0; r < 16; ++r) v[r] = _mm512_loadu_si512(s + r * src_stride + g0 * kGroupBytes);

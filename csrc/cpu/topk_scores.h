@@ -47,9 +47,12 @@ struct ScanTile {
 // Returns true if a score it computed was NaN or +-Inf.
 using ScanFn = bool (*)(const ScanTile& tile, TopkHeaps& heaps);
 // Packs `rows` row-major rows (row_bytes each, src_stride apart) into num_blocks(rows)
-// packed blocks of `groups` groups: see packed_layout.h.
+// packed blocks of `groups` groups: see packed_layout.h. While it works it prefetches
+// [prefetch, prefetch + prefetch_bytes) into L2, one line per line it packs (may be
+// empty): the next tile's rows, fetched during this tile's packing.
 using PackFn = void (*)(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t row_bytes,
-                        int64_t groups, uint32_t xor_word, uint8_t* dst);
+                        int64_t groups, uint32_t xor_word, uint8_t* dst, const uint8_t* prefetch,
+                        int64_t prefetch_bytes);
 
 // What one ISA level provides; nullptr entries fall back to the next lower level.
 struct Kernels {

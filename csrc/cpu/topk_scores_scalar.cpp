@@ -81,8 +81,9 @@ struct I8Scalar : ScalarBase {
   }
 };
 
+// The portable path leaves prefetching to the hardware.
 void pack_scalar(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t row_bytes,
-                 int64_t groups, uint32_t xor_word, uint8_t* dst) {
+                 int64_t groups, uint32_t xor_word, uint8_t* dst, const uint8_t*, int64_t) {
   scan::pack_words_generic(src, src_stride, rows, row_bytes, groups, xor_word, dst);
 }
 
