@@ -432,8 +432,7 @@ class DenseIndex:
         errors = get("errors") if self._keep_originals else None
         originals = None
         if self._keep_originals:
-            header, data_start = storage._read_header(os.fspath(path))
-            offset = data_start + header["originals"]["data_offsets"][0]
+            offset = storage.tensor_offset(path, "originals")
             originals = _Originals.in_file(path, offset, tensors["originals"])
             if n:  # the checksum pass read the mapped originals: give those pages back
                 compiled_extension().release_file_pages(originals.view(n).data_ptr(), n * self._dim * 4)

@@ -115,6 +115,15 @@ def _read_header(path: str) -> tuple[dict, int]:
     return header, data_start
 
 
+def tensor_offset(path: str | os.PathLike, name: str) -> int:
+    """Byte offset of tensor `name`'s data in a file written by save_tensors, for
+    readers that pread or map that tensor directly (the header is checked as on load)."""
+    header, data_start = _read_header(os.fspath(path))
+    if name not in header or name == "__metadata__":
+        raise FormatError(f"{os.fspath(path)}: no tensor {name!r}")
+    return data_start + header[name]["data_offsets"][0]
+
+
 def load_tensors(path: str | os.PathLike, *, mmap: bool = False, verify: bool = True
                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a file written by save_tensors.

@@ -211,6 +211,19 @@ def test_loads_format_version_1(tmp_path):
     assert torch.equal(index.vectors(), x) and index.ids.tolist()[:2] == [100, 101]
 
 
+def test_tensor_offset_points_at_the_tensor_bytes(tmp_path):
+    from pyrag import storage
+    tensors = {"a": torch.arange(5, dtype=torch.int64), "b": torch.randn(3, 4)}
+    path = tmp_path / "t.safetensors"
+    storage.save_tensors(path, tensors, {"format": "test"})
+    raw = path.read_bytes()
+    for name, t in tensors.items():
+        offset = storage.tensor_offset(path, name)
+        assert raw[offset:offset + t.numel() * t.element_size()] == t.numpy().tobytes()
+    with pytest.raises(storage.FormatError, match="no tensor 'c'"):
+        storage.tensor_offset(path, "c")
+
+
 @pytest.mark.parametrize("dtype", QDTYPES)
 def test_corrupted_or_truncated_files_are_rejected(tmp_path, dtype):
     index = build(dtype, data("normal", 200, 16))
