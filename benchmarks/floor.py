@@ -60,6 +60,16 @@ def measure_read_bandwidth(threads: int = 2, nbytes: int = 1 << 30, repeats: int
     return x.numel() * 4 / best
 
 
+def read_probe_search(x: torch.Tensor, threads: int):
+    """A search-shaped callable (queries and k ignored) that streams x's bytes once with
+    pyrag's read probe, to time beside the searches over the same x."""
+    from pyrag import _C
+
+    x = x.contiguous()
+    nbytes = x.numel() * x.element_size()
+    return lambda queries, k: _C.read_probe(x.data_ptr(), nbytes, threads)
+
+
 def measure_gemm_rate(threads: int = 2, size: int = 3072, repeats: int = 5) -> float:
     """fp32 GEMM rate in flop/s: torch.mm on square matrices large enough to be compute-bound."""
     g = torch.Generator().manual_seed(0)

@@ -42,6 +42,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+_READ_PROBE = "read probe"
+
+
 def best_rates(rates: list) -> floor.MachineRates:
     """The floor uses the best rate seen in the run: the machine can do at least that."""
     return floor.MachineRates(max(r.read_bytes_per_s for r in rates),
@@ -76,8 +79,14 @@ def run_cases(cfg: Config, names) -> Results:
     for group in filter(None, groups):
         _log(f"building {', '.join(group)}")
         fns = {name: providers.search_fn(name) for name in group}
+        # pyrag's rounds also stream the corpus once with the read probe, so that the
+        # bandwidth floor is measured side by side with the searches it bounds.
+        probe = {_READ_PROBE: floor.read_probe_search(corpus, cfg.threads)} if group is pyrag_names else {}
         for b in cfg.batches:
-            times, outs = time_interleaved(fns, queries[:b], cfg.k, cfg.rounds)
+            times, outs = time_interleaved({**fns, **probe}, queries[:b], cfg.k, cfg.rounds)
+            if probe:
+                res.rates.append(floor.MachineRates(corpus.numel() * corpus.element_size() / min(times[_READ_PROBE]),
+                                                    0.0, cfg.threads))
             for name in group:
                 res.times[(name, b)] = times[name]
                 res.ids[(name, b)] = result_ids(outs[name])
@@ -121,7 +130,10 @@ def format_report(res: Results) -> str:
              + (f" (1-min load average {load})" if load else ""),
              f"floor rates: {rates.describe()}"]
     if len(res.rates) > 1:
-        lines.append("  (best of: " + "; ".join(r.describe() for r in res.rates) + ")")
+        reads = ", ".join(f"{r.read_bytes_per_s / 1e9:.1f}" for r in res.rates)
+        gemms = ", ".join(f"{r.gemm_flops_per_s / 1e9:.1f}" for r in res.rates if r.gemm_flops_per_s)
+        lines.append(f"  (best of: read GB/s {reads}, at the start, in pyrag's rounds and at the end; "
+                     f"GEMM GFLOP/s {gemms}, at the start and the end)")
     lines += ["", _row("time per search, ms", [f"B={b}" for b in bs]),
               _row("floor (fp32)", [_ms(rates.floor_s(cfg.n, cfg.d, b)) for b in bs]),
               _row("  floor is", [rates.bound(cfg.n, cfg.d, b) for b in bs])]
