@@ -47,9 +47,9 @@ def measure_read_bandwidth(threads: int = 2, nbytes: int = 1 << 30, repeats: int
     The probes read each byte once with almost no arithmetic, on a 1 GiB buffer (32x
     this machine's 32 MiB L3), so they run at the memory's read speed: pyrag's
     read_probe (one contiguous slice per thread, XOR of 64-bit words) and torch's sum
-    and max. torch's reductions alone under-read this machine: their per-core
-    arithmetic caps them near 25 GB/s on 2 threads, where two plain read streams reach
-    about 40, and a floor that a kernel can beat is no floor.
+    and max. torch's reductions alone under-read this machine: in one run they
+    measured 23 GB/s while a B=1 DenseIndex search streamed its 1.5 GB at 42 GB/s,
+    and a floor that a kernel can beat is no floor.
     """
     from pyrag import _C
 
