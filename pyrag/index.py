@@ -156,7 +156,9 @@ class DenseIndex:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         snap = self._snap
         scores, rows = topk_scores(q, snap.vectors[:snap.size], k, backend=backend)
-        ids = torch.where(rows >= 0, snap.ids[rows.clamp(min=0)], rows)
+        hit = rows >= 0
+        ids = torch.full_like(rows, -1)
+        ids[hit] = snap.ids[rows[hit]]
         if as_numpy:
             return scores.numpy(), ids.numpy()
         return scores, ids

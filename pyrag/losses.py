@@ -37,6 +37,7 @@ def lsr_weights(lm_scores: torch.Tensor, tau: float = 1.0, mask: Optional[torch.
                 backend: str = "auto") -> torch.Tensor:
     """p_LSR(c|x, y) [B, K]: softmax over the valid contexts of lm_scores / tau, 0 where
     masked. lm_scores are typically log p_LM(y | c∘x) from GeneratorAdapter.score."""
+    check_tau(tau, "tau")  # before the op: its float argument would turn True into 1.0
     return torch.ops.pyrag.lsr_weights(lm_scores, tau, mask, backend)
 
 
@@ -53,6 +54,8 @@ def lsr_loss(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, *, tau_ret
     """
     check_direction(direction)
     _check_reduction(reduction)
+    check_tau(tau_retriever, "tau_retriever")
+    check_tau(tau_lm, "tau_lm")
     kl = torch.ops.pyrag.lsr_kl(retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction, backend)
     return _reduce(kl, reduction)
 
@@ -70,6 +73,7 @@ def marginal_nll(retriever_scores: torch.Tensor, lm_logprobs: torch.Tensor, *, t
     both inputs, so it trains the retriever and the LM end to end.
     """
     _check_reduction(reduction)
+    check_tau(tau_retriever, "tau_retriever")
     nll = torch.ops.pyrag.marginal_nll(retriever_scores, lm_logprobs, tau_retriever, mask, token_mask, backend)
     return _reduce(nll, reduction)
 
@@ -137,7 +141,7 @@ def _gather_candidates(tensors, group):
         padded[:t.shape[0]] = t.detach()
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded, group=group)
-        pieces = [p[:n] for p, n in zip(parts, counts)]
+        pieces = [p[:n] for p, n in zip(parts, counts, strict=True)]
         pieces[rank] = t
         out.append(torch.cat(pieces))
     offset = sum(sizes[r][0] for r in range(rank))

@@ -130,8 +130,8 @@ def lsr_kl_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm_score
         kl = (r * diff).sum(dim=-1, keepdim=True)
         out = g * r * (diff - kl)
     elif direction == "reverse":
-        l = torch.where(valid, torch.exp(log_l), torch.zeros_like(log_l))
-        out = g * (r - l)
+        p_lsr = torch.where(valid, torch.exp(log_l), torch.zeros_like(log_l))
+        out = g * (r - p_lsr)
     else:
         raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
     return torch.where(valid, out, torch.zeros_like(out)).to(retriever_scores.dtype)
@@ -170,7 +170,8 @@ def marginal_nll(retriever_scores: torch.Tensor, lm_logprobs: torch.Tensor, tau_
     summed = torch.exp(joint - col_max).sum(dim=1, keepdim=True)
     # A row with no valid context sums to 0: count it as 0 loss, not -log 0.
     empty = summed == 0
-    lse = torch.where(empty, torch.zeros_like(summed), torch.log(summed.clamp_min(torch.finfo(joint.dtype).tiny)) + col_max)
+    log_summed = torch.log(summed.clamp_min(torch.finfo(joint.dtype).tiny))
+    lse = torch.where(empty, torch.zeros_like(summed), log_summed + col_max)
     nll = -lse.squeeze(1)  # [B] or [B, T]
     if nll.dim() == 2:
         if token_mask is not None:

@@ -131,10 +131,12 @@ class Retriever:
 
     # ------------------------------------------------------------------ internals
     def _search(self, q: torch.Tensor, k: int, need_vectors: bool):
-        """(ids [B, k] on CPU, index version, stored vectors of the valid hits or None),
-        all read from one version of the index."""
+        """(ids [B, k], index version, stored vectors of the valid hits or None), all
+        read from one version of the index."""
         index = self.index
-        query = q.detach().to(device="cpu", dtype=getattr(torch, getattr(index, "dtype", "float32"), torch.float32))
+        stored = index.vectors()  # the query goes to the index's device and dtype
+        query = q.detach().to(device=stored.device,
+                              dtype=stored.dtype if stored.is_floating_point() else torch.float32)
         for _ in range(_MAX_SEARCH_ATTEMPTS):
             version = getattr(index, "version", 0)
             with torch.no_grad():

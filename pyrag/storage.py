@@ -40,7 +40,8 @@ class FormatError(ValueError):
 
 
 def _crc_tensor(t: torch.Tensor, crc: int) -> int:
-    data = t.contiguous().view(torch.uint8).reshape(-1).numpy() if t.numel() else np.empty(0, np.uint8)
+    # reshape first: view(uint8) needs at least one dimension (0-d tensors have none)
+    data = t.contiguous().reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8)
     for start in range(0, data.size, _CHUNK):
         crc = zlib.crc32(data[start:start + _CHUNK], crc)
     return crc

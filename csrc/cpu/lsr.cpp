@@ -1,9 +1,8 @@
-// LSR kernels: each row recomputes log p_R and log p_LSR with masked_log_softmax_row
-// (O(K), two scratch rows per thread) and reduces them; the backward recomputes the
-// same instead of saving [B, K] softmaxes from the forward.
+// LSR kernels: each row computes p_R and p_LSR (and their logs) with masked_softmax_row,
+// one exp per entry each, into per-thread scratch rows (O(K)), and reduces them; the
+// backward recomputes the same instead of saving [B, K] softmaxes from the forward.
 #include "cpu/lsr.h"
 
-#include <cmath>
 #include <vector>
 
 #include "cpu/loss_rows.h"
@@ -13,47 +12,60 @@ namespace pyrag {
 template <typename T>
 void lsr_weights(const T* lm_scores, const uint8_t* mask, int64_t rows, int64_t k, T tau,
                  int num_threads, T* weights) {
+  check_loss_sizes("lsr_weights", rows, k, 1, tau);
   parallel_rows(rows, k, num_threads, [&](int64_t begin, int64_t end) {
+    std::vector<T> log_p(k);
     for (int64_t b = begin; b < end; ++b) {
-      const uint8_t* m = mask ? mask + b * k : nullptr;
-      T* out = weights + b * k;
-      masked_log_softmax_row(lm_scores + b * k, m, k, tau, out);
-      for (int64_t c = 0; c < k; ++c) out[c] = std::exp(out[c]);  // exp(-inf) = 0 when masked
+      masked_softmax_row(lm_scores + b * k, mask ? mask + b * k : nullptr, k, tau, log_p.data(),
+                         weights + b * k, "lm_scores", b);
     }
   });
 }
 
 namespace {
 
-// log p_R and log p_LSR of row b; false if the row has no valid context.
+// p_R and p_LSR of one row, with their logs.
 template <typename T>
-bool row_log_probs(const T* retriever_scores, const T* lm_scores, const uint8_t* mask, int64_t b,
-                   int64_t k, T tau_retriever, T tau_lm, T* log_r, T* log_l) {
-  const uint8_t* m = mask ? mask + b * k : nullptr;
-  if (!masked_log_softmax_row(retriever_scores + b * k, m, k, tau_retriever, log_r)) return false;
-  masked_log_softmax_row(lm_scores + b * k, m, k, tau_lm, log_l);
-  return true;
-}
+struct LsrRow {
+  std::vector<T> log_r, r, log_l, l, term;
+
+  explicit LsrRow(int64_t k) : log_r(k), r(k), log_l(k), l(k), term(k) {}
+
+  // False if row b has no valid context.
+  bool compute(const T* retriever_scores, const T* lm_scores, const uint8_t* mask, int64_t b,
+               int64_t k, T tau_retriever, T tau_lm) {
+    const uint8_t* m = mask ? mask + b * k : nullptr;
+    if (!masked_softmax_row(retriever_scores + b * k, m, k, tau_retriever, log_r.data(), r.data(),
+                            "retriever_scores", b)) {
+      return false;
+    }
+    masked_softmax_row(lm_scores + b * k, m, k, tau_lm, log_l.data(), l.data(), "lm_scores", b);
+    return true;
+  }
+
+  // KL(p || q) = sum_c p_c (log p_c - log q_c); terms with p_c = 0 (masked, or underflowed)
+  // are 0, which also keeps -inf - -inf = NaN out of masked entries.
+  T kl(bool reverse, int64_t k) {
+    const T* p = reverse ? l.data() : r.data();
+    const T* log_p = reverse ? log_l.data() : log_r.data();
+    const T* log_q = reverse ? log_r.data() : log_l.data();
+    for (int64_t c = 0; c < k; ++c) term[c] = select(p[c] > T(0), p[c] * (log_p[c] - log_q[c]), T(0));
+    return sum_of(term.data(), k);
+  }
+};
 
 }  // namespace
 
 template <typename T>
 void lsr_kl(const T* retriever_scores, const T* lm_scores, const uint8_t* mask, int64_t rows,
             int64_t k, T tau_retriever, T tau_lm, bool reverse, int num_threads, T* kl) {
+  check_loss_sizes("lsr_kl", rows, k, 1, tau_retriever);
+  check_loss_sizes("lsr_kl", rows, k, 1, tau_lm);
   parallel_rows(rows, k, num_threads, [&](int64_t begin, int64_t end) {
-    std::vector<T> log_r(k), log_l(k);
+    LsrRow<T> row(k);
     for (int64_t b = begin; b < end; ++b) {
-      double total = 0.0;
-      if (row_log_probs(retriever_scores, lm_scores, mask, b, k, tau_retriever, tau_lm,
-                        log_r.data(), log_l.data())) {
-        const T* log_p = reverse ? log_l.data() : log_r.data();
-        const T* log_q = reverse ? log_r.data() : log_l.data();
-        const uint8_t* m = mask ? mask + b * k : nullptr;
-        for (int64_t c = 0; c < k; ++c) {
-          if (is_valid(m, c)) total += std::exp(double(log_p[c])) * double(log_p[c] - log_q[c]);
-        }
-      }
-      kl[b] = static_cast<T>(total);
+      const bool any = row.compute(retriever_scores, lm_scores, mask, b, k, tau_retriever, tau_lm);
+      kl[b] = any ? row.kl(reverse, k) : T(0);
     }
   });
 }
@@ -62,30 +74,27 @@ template <typename T>
 void lsr_kl_backward(const T* grad, const T* retriever_scores, const T* lm_scores,
                      const uint8_t* mask, int64_t rows, int64_t k, T tau_retriever, T tau_lm,
                      bool reverse, int num_threads, T* grad_scores) {
+  check_loss_sizes("lsr_kl_backward", rows, k, 1, tau_retriever);
+  check_loss_sizes("lsr_kl_backward", rows, k, 1, tau_lm);
   parallel_rows(rows, k, num_threads, [&](int64_t begin, int64_t end) {
-    std::vector<T> log_r(k), log_l(k);
+    LsrRow<T> row(k);
     for (int64_t b = begin; b < end; ++b) {
       T* out = grad_scores + b * k;
-      if (!row_log_probs(retriever_scores, lm_scores, mask, b, k, tau_retriever, tau_lm,
-                         log_r.data(), log_l.data())) {
+      if (!row.compute(retriever_scores, lm_scores, mask, b, k, tau_retriever, tau_lm)) {
         std::fill(out, out + k, T(0));
         continue;
       }
-      const uint8_t* m = mask ? mask + b * k : nullptr;
       const T g = grad[b] / tau_retriever;
-      if (reverse) {  // d KL(l || r) / d s_c = (r_c - l_c) / tau
-        for (int64_t c = 0; c < k; ++c) {
-          out[c] = is_valid(m, c) ? g * (std::exp(log_r[c]) - std::exp(log_l[c])) : T(0);
-        }
+      const T* r = row.r.data();
+      const T* l = row.l.data();
+      if (reverse) {  // d KL(l || r) / d s_c = (r_c - l_c) / tau; both are 0 where masked
+        for (int64_t c = 0; c < k; ++c) out[c] = g * (r[c] - l[c]);
       } else {  // d KL(r || l) / d s_c = r_c (log r_c - log l_c - KL) / tau
-        double kl = 0.0;
+        const T kl = row.kl(false, k);
+        const T* log_r = row.log_r.data();
+        const T* log_l = row.log_l.data();
         for (int64_t c = 0; c < k; ++c) {
-          if (is_valid(m, c)) kl += std::exp(double(log_r[c])) * double(log_r[c] - log_l[c]);
-        }
-        for (int64_t c = 0; c < k; ++c) {
-          out[c] = is_valid(m, c)
-                       ? g * std::exp(log_r[c]) * static_cast<T>(double(log_r[c] - log_l[c]) - kl)
-                       : T(0);
+          out[c] = select(r[c] > T(0), g * r[c] * ((log_r[c] - log_l[c]) - kl), T(0));
         }
       }
     }

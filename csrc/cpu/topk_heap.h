@@ -35,43 +35,10 @@ class TopkHeaps {
   const float* scores(int64_t q) const { return scores_.data() + q * k_; }
   const int64_t* ids(int64_t q) const { return ids_.data() + q * k_; }
 
-  void push(int64_t q, float score, int64_t id) {
-    float* s = scores_.data() + q * k_;
-    int64_t* ix = ids_.data() + q * k_;
-    int64_t n = sizes_[q];
-    if (n < k_) {
-      // Sift up from the new leaf.
-      int64_t i = n;
-      while (i > 0) {
-        int64_t parent = (i - 1) / 2;
-        if (!ranks_before(s[parent], ix[parent], score, id)) break;  // parent is worse
-        s[i] = s[parent];
-        ix[i] = ix[parent];
-        i = parent;
-      }
-      s[i] = score;
-      ix[i] = id;
-      sizes_[q] = ++n;
-      if (n == k_) thresholds_[q] = s[0];
-      return;
-    }
-    if (!ranks_before(score, id, s[0], ix[0])) return;
-    // Replace the root and sift down: the root must stay the worst.
-    int64_t i = 0;
-    for (;;) {
-      int64_t l = 2 * i + 1;
-      if (l >= n) break;
-      int64_t worst = l;
-      if (l + 1 < n && ranks_before(s[l], ix[l], s[l + 1], ix[l + 1])) worst = l + 1;
-      if (!ranks_before(score, id, s[worst], ix[worst])) break;  // candidate is worst
-      s[i] = s[worst];
-      ix[i] = ix[worst];
-      i = worst;
-    }
-    s[i] = score;
-    ix[i] = id;
-    thresholds_[q] = s[0];
-  }
+  // Out of line (topk_scores.cpp, built without -m flags): the per-ISA kernels call it,
+  // and an inline copy compiled with their flags could be the one the linker keeps,
+  // which would crash the scalar path on a CPU without that instruction set.
+  void push(int64_t q, float score, int64_t id);
 
  private:
   int64_t k_;

@@ -11,6 +11,44 @@
 
 namespace pyrag {
 
+void TopkHeaps::push(int64_t q, float score, int64_t id) {
+  float* s = scores_.data() + q * k_;
+  int64_t* ix = ids_.data() + q * k_;
+  int64_t n = sizes_[q];
+  if (n < k_) {
+    // Sift up from the new leaf.
+    int64_t i = n;
+    while (i > 0) {
+      int64_t parent = (i - 1) / 2;
+      if (!ranks_before(s[parent], ix[parent], score, id)) break;  // parent is worse
+      s[i] = s[parent];
+      ix[i] = ix[parent];
+      i = parent;
+    }
+    s[i] = score;
+    ix[i] = id;
+    sizes_[q] = ++n;
+    if (n == k_) thresholds_[q] = s[0];
+    return;
+  }
+  if (!ranks_before(score, id, s[0], ix[0])) return;
+  // Replace the root and sift down: the root must stay the worst.
+  int64_t i = 0;
+  for (;;) {
+    int64_t l = 2 * i + 1;
+    if (l >= n) break;
+    int64_t worst = l;
+    if (l + 1 < n && ranks_before(s[l], ix[l], s[l + 1], ix[l + 1])) worst = l + 1;
+    if (!ranks_before(score, id, s[worst], ix[worst])) break;  // candidate is worst
+    s[i] = s[worst];
+    ix[i] = ix[worst];
+    i = worst;
+  }
+  s[i] = score;
+  ix[i] = id;
+  thresholds_[q] = s[0];
+}
+
 ScanF32Fn scan_f32_for(Isa isa) {
 #if defined(PYRAG_X86)
   if (isa >= Isa::avx512) return scan_f32_avx512;

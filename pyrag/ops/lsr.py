@@ -12,7 +12,8 @@ pyrag.reference.lsr_weights / lsr_kl / lsr_kl_backward.
 
 Backend implementations (register_impl) take exactly the op's arguments without
 `backend`; inputs may be any floating dtype (the CPU kernel computes float32, or
-float64 for float64 inputs), mask is a bool tensor or None.
+float64 for float64 inputs), mask is a bool tensor or None. The op checks that valid
+entries are finite before calling them (the CPU kernel does that check itself).
 """
 from __future__ import annotations
 
@@ -51,10 +52,12 @@ def _kl_dtype(retriever_scores, lm_scores) -> torch.dtype:
 def _lsr_weights(lm_scores: torch.Tensor, tau: float = 1.0, mask: Optional[torch.Tensor] = None,
                  backend: str = "auto") -> torch.Tensor:
     _check_weights_args(lm_scores, tau, mask)
-    fn = get_impl("lsr_weights", backend, lm_scores.device)
+    name = resolve_backend("lsr_weights", backend, lm_scores.device)
+    fn = get_impl("lsr_weights", name, lm_scores.device)
     if lm_scores.numel() == 0:
         return torch.zeros_like(lm_scores)
-    check_finite_where_valid(lm_scores, "lm_scores", mask)
+    if name != "cpu":  # the CPU kernel checks as it reads, for free
+        check_finite_where_valid(lm_scores, "lm_scores", mask)
     return fn(lm_scores, tau, mask).to(lm_scores.dtype)
 
 
@@ -93,12 +96,14 @@ def _lsr_kl(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, tau_retriev
             tau_lm: float = 1.0, mask: Optional[torch.Tensor] = None, direction: str = "forward",
             backend: str = "auto") -> torch.Tensor:
     _check_kl_args(retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction)
-    fn = get_impl("lsr_kl", backend, retriever_scores.device)
+    name = resolve_backend("lsr_kl", backend, retriever_scores.device)
+    fn = get_impl("lsr_kl", name, retriever_scores.device)
     out_dtype = _kl_dtype(retriever_scores, lm_scores)
     if retriever_scores.numel() == 0:
         return retriever_scores.new_zeros(retriever_scores.shape[0], dtype=out_dtype)
-    check_finite_where_valid(retriever_scores, "retriever_scores", mask)
-    check_finite_where_valid(lm_scores, "lm_scores", mask)
+    if name != "cpu":  # the CPU kernel checks as it reads, for free
+        check_finite_where_valid(retriever_scores, "retriever_scores", mask)
+        check_finite_where_valid(lm_scores, "lm_scores", mask)
     return fn(retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction).to(out_dtype)
 
 
@@ -179,12 +184,12 @@ def _cpu_weights(lm_scores, tau, mask):
 @register_impl("lsr_kl", "cpu")
 def _cpu_kl(retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction):
     ct = reference.compute_dtype(retriever_scores.dtype, lm_scores.dtype)
-    s, l = cpu_operand(retriever_scores, ct), cpu_operand(lm_scores, ct)
+    s, lm = cpu_operand(retriever_scores, ct), cpu_operand(lm_scores, ct)
     m, m_addr = mask_address(mask)
     b, k = s.shape
     out = torch.empty(b, dtype=ct)
     getattr(compiled_extension(), f"lsr_kl_{kernel_suffix(ct)}")(
-        s.data_ptr(), l.data_ptr(), m_addr, b, k, float(tau_retriever), float(tau_lm),
+        s.data_ptr(), lm.data_ptr(), m_addr, b, k, float(tau_retriever), float(tau_lm),
         direction == "reverse", get_num_threads(), out.data_ptr())
     return out.to(_kl_dtype(retriever_scores, lm_scores))
 
@@ -193,11 +198,11 @@ def _cpu_kl(retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction)
 def _cpu_kl_backward(grad, retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction):
     ct = reference.compute_dtype(retriever_scores.dtype, lm_scores.dtype)
     g = cpu_operand(grad, ct)
-    s, l = cpu_operand(retriever_scores, ct), cpu_operand(lm_scores, ct)
+    s, lm = cpu_operand(retriever_scores, ct), cpu_operand(lm_scores, ct)
     m, m_addr = mask_address(mask)
     b, k = s.shape
     out = torch.empty_like(s)
     getattr(compiled_extension(), f"lsr_kl_backward_{kernel_suffix(ct)}")(
-        g.data_ptr(), s.data_ptr(), l.data_ptr(), m_addr, b, k, float(tau_retriever), float(tau_lm),
+        g.data_ptr(), s.data_ptr(), lm.data_ptr(), m_addr, b, k, float(tau_retriever), float(tau_lm),
         direction == "reverse", get_num_threads(), out.data_ptr())
     return out.to(retriever_scores.dtype)

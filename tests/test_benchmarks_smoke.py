@@ -1,0 +1,141 @@
+"""The benchmark code paths at tiny sizes, so that CI exercises them in seconds.
+
+Nothing here asserts on a timing: speed targets live in the benchmarks' reports.
+What is checked is that the harness measures the right thing: the floor formula,
+every provider's answer against the reference, peak-memory accounting, and that the
+report, the scaling tables and `pytest benchmarks/ --benchmark-only` run end to end.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import floor  # noqa: E402
+import report_topk_scores  # noqa: E402
+import topk_cases  # noqa: E402
+from peak_memory import peak_rss_growth  # noqa: E402
+
+import pyrag  # noqa: E402
+from pyrag.reference import topk_scores as reference_topk  # noqa: E402
+
+TINY = dict(n=2000, d=48, k=10, batches=(1, 5), threads=2, rounds=1, memory_batch=16,
+            floor_bytes=1 << 22, gemm_size=128)
+TINY_ENV = {"PYRAG_BENCH_N": "2000", "PYRAG_BENCH_D": "48", "PYRAG_BENCH_B": "1,5",
+            "PYRAG_BENCH_ROUNDS": "1", "PYRAG_BENCH_MEMORY_B": "16",
+            "PYRAG_BENCH_FLOOR_BYTES": str(1 << 22), "PYRAG_BENCH_GEMM_SIZE": "128"}
+
+
+@pytest.fixture(autouse=True)
+def restore_thread_counts():
+    """The report sets every library's thread count; later tests expect the defaults."""
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+    pyrag.set_num_threads(None)
+
+
+@pytest.mark.parametrize("b, expected_s, bound", [
+    (1, 1000 * 100 * 4 / 10e9, "bandwidth"),      # 40 us to read 400 kB; 2 us of flops
+    (1000, 2 * 1000 * 1000 * 100 / 100e9, "compute"),
+])
+def test_floor_is_the_larger_of_read_time_and_gemm_time(b, expected_s, bound):
+    rates = floor.MachineRates(read_bytes_per_s=10e9, gemm_flops_per_s=100e9, threads=2)
+    assert rates.floor_s(1000, 100, b) == pytest.approx(expected_s)
+    assert rates.bound(1000, 100, b) == bound
+
+
+def test_floor_rates_are_measured():
+    rates = floor.measure(threads=2, nbytes=1 << 22, gemm_size=128, repeats=1)
+    assert rates.read_bytes_per_s > 0 and rates.gemm_flops_per_s > 0
+    assert "GB/s" in rates.describe()
+
+
+@pytest.mark.parametrize("text, expected", [("1,16,256", (1, 16, 256)),
+                                            ("100k, 1.5M", (100_000, 1_500_000))])
+def test_parse_ints(text, expected):
+    assert topk_cases.parse_ints(text) == expected
+
+
+@pytest.mark.parametrize("name", list(topk_cases.BY_NAME))
+def test_every_provider_answers_like_the_reference(name):
+    reason = topk_cases.unsupported(name)
+    if reason:
+        pytest.skip(reason)
+    corpus = topk_cases.make_corpus(TINY["n"], TINY["d"])
+    queries = topk_cases.make_queries(7, TINY["d"])
+    providers = topk_cases.Providers(corpus)
+    ids = topk_cases.result_ids(providers.search_fn(name)(queries, 10))
+    truth = reference_topk(queries, corpus, 10)[1]
+    assert ids.shape == truth.shape
+    recall = topk_cases.recall_at_k(ids, truth)
+    # Random unit vectors have no near-ties at this size: exact providers find every id.
+    assert recall == 1.0 if topk_cases.BY_NAME[name].exact else recall >= 0.8
+
+
+def test_recall_at_k_counts_shared_ids_and_ignores_padding():
+    truth = torch.tensor([[1, 2, 3], [4, -1, -1]])
+    assert topk_cases.recall_at_k(torch.tensor([[3, 9, 1], [4, -1, -1]]), truth) == 3 / 4
+
+
+def test_providers_reuse_an_index_and_evict_the_oldest():
+    providers = topk_cases.Providers(topk_cases.make_corpus(100, 8), max_alive=1)
+    providers.search_fn("pyrag-float32")
+    first = providers._built["index-float32"]
+    providers.search_fn("pyrag-float32")
+    assert providers._built["index-float32"] is first  # reused, not rebuilt
+    if topk_cases.unsupported("faiss-scan") is None:
+        providers.search_fn("faiss-scan")
+        providers.search_fn("faiss-blas")
+        assert list(providers._built) == ["faiss"]
+
+
+def test_interleaved_timing_gives_each_function_its_rounds():
+    calls = []
+    fns = {name: (lambda q, k, name=name: calls.append(name) or name) for name in "ab"}
+    times, outs = topk_cases.time_interleaved(fns, None, 1, rounds=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 3} and outs == {"a": "a", "b": "b"}
+
+
+def test_peak_rss_growth_sees_a_buffer_freed_before_the_call_returns():
+    mib = 64
+    growth, method, total = peak_rss_growth(
+        lambda: float(torch.ones(mib * 2**20 // 4).sum()))  # allocated, touched, freed
+    assert total == mib * 2**20 // 4
+    assert growth >= 0.9 * mib * 2**20, (growth, method)
+
+
+def test_report_prints_times_ratios_recall_and_memory():
+    res = report_topk_scores.run_cases(topk_cases.Config(**TINY), list(topk_cases.BY_NAME))
+    text = report_topk_scores.format_report(res)
+    for expected in ("floor (fp32)", "pyrag DenseIndex float32 / floor", "speedup vs torch",
+                     "speedup vs best of torch and faiss", "recall@10 against torch",
+                     "peak RSS growth during one search at B=16"):
+        assert expected in text
+    assert "exact provider disagrees" not in text
+    assert set(res.memory) == {n for n in report_topk_scores.MEMORY_PROVIDERS
+                               if topk_cases.unsupported(n) is None}
+
+
+def test_scaling_tables(capsys):
+    report_topk_scores.main(["--scaling", "--n", "1500", "--d", "16", "--rounds", "1",
+                             "--scaling-n", "500,1000", "--scaling-b", "1,4",
+                             "--floor-bytes", str(1 << 22), "--gemm-size", "128"])
+    out = capsys.readouterr().out
+    assert "time vs N (B=16)" in out and "time vs B (N=1,500)" in out
+    assert "pyrag-float32 ms" in out
+
+
+def test_pytest_benchmark_suite_runs_with_benchmark_only():
+    env = {**os.environ, **TINY_ENV}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/bench_topk_scores.py",
+                           "--benchmark-only", "-q", "-p", "no:cacheprovider"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pyrag top-k: ratios measured side by side" in proc.stdout
