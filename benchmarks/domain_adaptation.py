@@ -6,14 +6,14 @@ Data: paragraphs of the Python documentation (Debian's python3-doc, via pyrag.da
 Queries are cloze sentences (pyrag.train.make_cloze_task): a sentence of a passage with
 its most telling word blanked, the answer being that word, and the sentence removed from
 the indexed passage. Held-out queries come from passages that no training query uses; a
-training passage gives up to three queries (all their sentences removed), a held-out one
-gives one.
+training passage can give several queries (--train-queries-per-passage; all their
+sentences are removed), a held-out one gives one.
 
 Runs, all starting from the same MiniLM and the same index:
 1. REPLUG-LSR, query encoder only, with a black-box LM (CopyLM: smoothed copy/unigram):
    held-out recall@10 before and after. The LSR candidates are the whole corpus (the
-   passage vectors are the index's, so this is cheap), and the stopping step is chosen
-   on the queries of 15% of the training passages, set aside (never on held-out ones).
+   passage vectors are the index's, so this is cheap). --validation sets aside the queries
+   of a fraction of the training passages to choose the stopping step (never held-out ones).
 2. The same, also training the passage encoder, with AsyncReindexer refreshing the index
    in the background: refreshes, staleness, then the median time of the same training
    steps run three times from the same state: without a refresh, while one runs (the
@@ -59,13 +59,14 @@ def parse_args(argv=None):
     p.add_argument("--heldout", type=float, default=0.2, help="held-out fraction of the queries")
     p.add_argument("--steps", type=int, default=150, help="run 1 training steps")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--train-queries-per-passage", type=int, default=3,
+    p.add_argument("--train-queries-per-passage", type=int, default=1,
                    help="cloze queries per training passage (held-out passages give one)")
     p.add_argument("--k", type=int, default=0,
                    help="run 1: passages per query in the LSR loss (0: the whole corpus)")
     p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--validation", type=float, default=0.15,
-                   help="run 1: fraction of the training passages whose queries choose the stopping step")
+    p.add_argument("--validation", type=float, default=0.0,
+                   help="run 1: fraction of the training passages whose queries choose the stopping step "
+                        "(0: no early stopping, train all --steps)")
     p.add_argument("--validate-every", type=int, default=25)
     p.add_argument("--train-layers", type=int, default=0,
                    help="fine-tune only the last N transformer layers of MiniLM (0: all of it)")
@@ -215,15 +216,21 @@ def main(argv=None):
     cfg = TrainConfig(mode="replug_lsr", steps=args.steps, batch_size=args.batch, k=k,
                       tau_retriever=args.tau_retriever, tau_lm=args.tau_lm, lr_query=args.lr,
                       log_every=25, seed=args.seed)
-    train, validation = split_validation(task.train, args.validation, args.seed)
+    train, validation = task.train, []
+    if args.validation:
+        train, validation = split_validation(task.train, args.validation, args.seed)
     trainer = Trainer(retriever, cfg, train, lm=lm, eval_data=task.heldout, progress=progress)
     before, before_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
     say(f"held-out recall@10 before: {before:.3f} (answer in a top-10 passage), "
         f"{before_gold:.3f} (the query's own passage in the top 10)")
     t0 = time.perf_counter()
-    best_step, best_val = train_with_early_stopping(trainer, validation, args.validate_every)
-    say(f"early stopping: validation recall@10 by answer ({len(validation)} queries of training "
-        f"passages, not trained on) was best at step {best_step}: {best_val:.3f}; keeping those weights")
+    if validation:
+        best_step, best_val = train_with_early_stopping(trainer, validation, args.validate_every)
+        say(f"early stopping: validation recall@10 by answer ({len(validation)} queries of training "
+            f"passages, not trained on) was best at step {best_step}: {best_val:.3f}; keeping those weights")
+    else:
+        trainer.train()
+        best_step = args.steps
     after, after_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
     train_slice = train[:len(task.heldout)]
     say(f"held-out recall@10 after step {best_step} of {args.steps}: {after:.3f} ({after - before:+.3f}) by answer, "
