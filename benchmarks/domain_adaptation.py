@@ -5,14 +5,19 @@
 Data: paragraphs of the Python documentation (Debian's python3-doc, via pyrag.data).
 Queries are cloze sentences (pyrag.train.make_cloze_task): a sentence of a passage with
 its most telling word blanked, the answer being that word, and the sentence removed from
-the indexed passage. Held-out queries come from passages that no training query uses.
+the indexed passage. Held-out queries come from passages that no training query uses; a
+training passage can give several queries (--train-queries-per-passage; all their
+sentences are removed), a held-out one gives one.
 
 Runs, all starting from the same MiniLM and the same index:
 1. REPLUG-LSR, query encoder only, with a black-box LM (CopyLM: smoothed copy/unigram):
-   held-out recall@10 before and after.
+   held-out recall@10 before and after. The LSR candidates are the whole corpus (the
+   passage vectors are the index's, so this is cheap). --validation sets aside the queries
+   of a fraction of the training passages to choose the stopping step (never held-out ones).
 2. The same, also training the passage encoder, with AsyncReindexer refreshing the index
-   in the background: refreshes, staleness, and the median training step time while a
-   refresh runs against while none does.
+   in the background: refreshes, staleness, then the median time of the same training
+   steps run three times from the same state: without a refresh, while one runs (the
+   final refresh, from the last step's weights), and without again.
 3. RA-DIT dual: a small transformer LM (TinyClozeLM) trained from scratch by the same
    loop, the retriever frozen for the first steps and then trained by LSR on its scores.
 
@@ -42,9 +47,9 @@ import torch  # noqa: E402
 
 import pyrag  # noqa: E402
 from pyrag.data import encode, load_minilm, python_doc_passages
-from pyrag.reindex import AsyncReindexer  # noqa: E402
+from pyrag.reindex import AsyncReindexer, Schedule  # noqa: E402
 from pyrag.train import (CopyLM, SentenceTransformerEncoder, TinyClozeLM, TrainConfig, Trainer,
-                         make_cloze_task, recall_at_k, step_time_medians)
+                         make_cloze_task, recall_at_k)
 
 
 def parse_args(argv=None):
@@ -54,17 +59,26 @@ def parse_args(argv=None):
     p.add_argument("--heldout", type=float, default=0.2, help="held-out fraction of the queries")
     p.add_argument("--steps", type=int, default=150, help="run 1 training steps")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--k", type=int, default=20, help="passages per query in training")
+    p.add_argument("--train-queries-per-passage", type=int, default=1,
+                   help="cloze queries per training passage (held-out passages give one)")
+    p.add_argument("--k", type=int, default=0,
+                   help="run 1: passages per query in the LSR loss (0: the whole corpus)")
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--validation", type=float, default=0.0,
+                   help="run 1: fraction of the training passages whose queries choose the stopping step "
+                        "(0: no early stopping, train all --steps)")
+    p.add_argument("--validate-every", type=int, default=25)
     p.add_argument("--train-layers", type=int, default=0,
                    help="fine-tune only the last N transformer layers of MiniLM (0: all of it)")
     p.add_argument("--tau-retriever", type=float, default=0.05)
     p.add_argument("--tau-lm", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=64, help="MiniLM max_seq_length (passages are truncated)")
-    p.add_argument("--passage-steps", type=int, default=80, help="run 2 training steps")
+    p.add_argument("--passage-steps", type=int, default=50, help="run 2 training steps")
     p.add_argument("--passage-batch", type=int, default=4)
     p.add_argument("--passage-k", type=int, default=8)
-    p.add_argument("--schedule", default="0-:30", help="run 2 re-index schedule")
+    p.add_argument("--schedule", default="0-:20", help="run 2 re-index schedule")
+    p.add_argument("--timing-steps", type=int, default=12,
+                   help="run 2: steps timed with and without a refresh running (each, A-B-A)")
     p.add_argument("--dual-steps", type=int, default=100, help="run 3 training steps")
     p.add_argument("--dual-freeze", type=int, default=50, help="run 3: retriever frozen before this step")
     p.add_argument("--skip", default="", help="comma-separated runs to skip: passage,dual")
@@ -93,6 +107,72 @@ def say(*parts):
     print(*parts, flush=True)
 
 
+def split_validation(train, fraction: float, seed: int):
+    """(training queries, validation queries): the queries of a seeded `fraction` of the
+    training passages are set aside to choose when to stop. Held-out queries never are."""
+    pids = sorted({e.positive for e in train})
+    random.Random(seed).shuffle(pids)
+    chosen = set(pids[:round(len(pids) * fraction)])
+    return [e for e in train if e.positive not in chosen], [e for e in train if e.positive in chosen]
+
+
+def train_with_early_stopping(trainer, validation, every: int):
+    """Trains to trainer.config.steps, measuring recall@10 by answer on `validation` every
+    `every` steps, and restores the query encoder's weights at the best measurement
+    (step 0 included). Returns (best step, its validation recall)."""
+    encoder = trainer.retriever.query_encoder
+
+    def measure():
+        encoder.eval()  # no dropout
+        return recall_at_k(trainer.retriever, validation, match="answer")
+
+    best = (0, measure(), copy.deepcopy(encoder.state_dict()))
+    say(f"  step 0: validation recall@10 {best[1]:.3f}")
+    while trainer.state.step < trainer.config.steps:
+        trainer.train(min(trainer.state.step + every, trainer.config.steps))
+        recall = measure()
+        say(f"  step {trainer.state.step}: validation recall@10 {recall:.3f}")
+        if recall > best[1]:
+            best = (trainer.state.step, recall, copy.deepcopy(encoder.state_dict()))
+    encoder.load_state_dict(best[2])
+    return best[0], best[1]
+
+
+def paired_step_times(trainer, reindexer, steps: int):
+    """Times the same `steps` training steps three times, from the same weights and
+    optimiser state and on the same batches: with no refresh running, while a refresh
+    runs, and with none again (A-B-A, so that a drift in the machine's other load shows
+    up as a difference between the two A's). The refresh snapshots the weights the
+    steps start from, so when it completes, the index matches the restored models.
+
+    Returns (step records without a refresh, step records with one running).
+    """
+    retriever = trainer.retriever
+    modules = (retriever.query_encoder, retriever.passage_encoder)
+    saved = ([copy.deepcopy(m.state_dict()) for m in modules],
+             copy.deepcopy(trainer.optimizer.state_dict()), trainer.state.step)
+
+    def restore():
+        for m, state in zip(modules, saved[0]):
+            m.load_state_dict(state)
+        trainer.optimizer.load_state_dict(copy.deepcopy(saved[1]))
+        trainer.state.step = saved[2]
+
+    reindexer.wait()
+    reindexer.schedule = Schedule("none")  # only the refresh started below runs
+    without, during = [], []
+    for phase in ("without", "with", "without"):
+        restore()
+        if phase == "with":
+            reindexer.refresh(trainer.state.step)
+        records = [trainer.train_step() for _ in range(steps)]
+        (during if phase == "with" else without).extend(records)
+    restore()
+    # Only steps that a refresh spanned from start to end count as "with"; without
+    # counts steps that saw none.
+    return ([r for r in without if r.refreshing is False], [r for r in during if r.refreshing is True])
+
+
 def main(argv=None):
     args = parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -104,7 +184,8 @@ def main(argv=None):
     passages = python_doc_passages()
     random.Random(args.seed).shuffle(passages)
     task = make_cloze_task(passages[:args.passages], heldout_fraction=args.heldout,
-                           max_queries=args.queries, seed=args.seed)
+                           max_queries=args.queries, seed=args.seed,
+                           train_queries_per_passage=args.train_queries_per_passage)
     say(f"corpus: {len(task.passages)} python3-doc passages; {len(task.train)} training and "
         f"{len(task.heldout)} held-out cloze queries; torch threads {torch.get_num_threads()}")
     say(f"  e.g. query {task.heldout[0].query!r} -> answer {task.heldout[0].answer!r}")
@@ -127,18 +208,32 @@ def main(argv=None):
     say("\n[1] REPLUG-LSR, query encoder only, black-box CopyLM")
     query_encoder = trainable(SentenceTransformerEncoder(copy.deepcopy(minilm)), args.train_layers)
     retriever = pyrag.Retriever(query_encoder, fresh_index(), passages=task.passages, tau=args.tau_retriever)
-    cfg = TrainConfig(mode="replug_lsr", steps=args.steps, batch_size=args.batch, k=args.k,
+    # Only the query encoder trains, so every candidate's score is a dot product with a
+    # stored vector: scoring the whole corpus costs little more than its top 20, and
+    # gives every query passages that hold its answer (a top 20 without one gives a flat
+    # LSR target, which only teaches the retriever to flatten its scores).
+    k = args.k or len(task.passages)
+    cfg = TrainConfig(mode="replug_lsr", steps=args.steps, batch_size=args.batch, k=k,
                       tau_retriever=args.tau_retriever, tau_lm=args.tau_lm, lr_query=args.lr,
-                      log_every=25, eval_every=50, seed=args.seed)
-    trainer = Trainer(retriever, cfg, task.train, lm=lm, eval_data=task.heldout, progress=progress)
+                      log_every=25, seed=args.seed)
+    train, validation = task.train, []
+    if args.validation:
+        train, validation = split_validation(task.train, args.validation, args.seed)
+    trainer = Trainer(retriever, cfg, train, lm=lm, eval_data=task.heldout, progress=progress)
     before, before_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
     say(f"held-out recall@10 before: {before:.3f} (answer in a top-10 passage), "
         f"{before_gold:.3f} (the query's own passage in the top 10)")
     t0 = time.perf_counter()
-    trainer.train()
+    if validation:
+        best_step, best_val = train_with_early_stopping(trainer, validation, args.validate_every)
+        say(f"early stopping: validation recall@10 by answer ({len(validation)} queries of training "
+            f"passages, not trained on) was best at step {best_step}: {best_val:.3f}; keeping those weights")
+    else:
+        trainer.train()
+        best_step = args.steps
     after, after_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
-    train_slice = task.train[:len(task.heldout)]
-    say(f"held-out recall@10 after {args.steps} steps: {after:.3f} ({after - before:+.3f}) by answer, "
+    train_slice = train[:len(task.heldout)]
+    say(f"held-out recall@10 after step {best_step} of {args.steps}: {after:.3f} ({after - before:+.3f}) by answer, "
         f"{after_gold:.3f} ({after_gold - before_gold:+.3f}) by own passage; train-split "
         f"{recall_at_k(retriever, train_slice, match='answer'):.3f} / {recall_at_k(retriever, train_slice):.3f}; "
         f"{time.perf_counter() - t0:.0f}s, median step "
@@ -165,31 +260,34 @@ def main(argv=None):
             t0 = time.perf_counter()
             trainer.train()
             train_s = time.perf_counter() - t0
-            history = trainer.state.history
-            busy, idle, n_busy, n_idle = step_time_medians(history)
-            stale = [r.staleness for r in history]
+            stale = [r.staleness for r in trainer.state.history]
             # The index in service lags the passage encoder (staleness above): evaluate
             # with it, then with a final refresh from the last step's weights.
             reindexer.wait()
             stale_version, stale_step = reindexer.version, reindexer.index.step
             stale_recall = trainer.evaluate("answer"), trainer.evaluate("positive")
-            t0 = time.perf_counter()
-            reindexer.refresh(trainer.state.step)
-            reindexer.wait()
-            waited = time.perf_counter() - t0
-            recall2, recall2_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
             s = reindexer.stats
             say(f"{args.passage_steps} steps in {train_s:.0f}s; refreshes completed {s.completed}, "
                 f"skipped {s.skipped}, failed {s.failed}; mean refresh {s.total_duration_s / max(s.started, 1):.0f}s")
             say(f"staleness (steps behind the encoder): median {statistics.median(stale):.0f}, max {max(stale)}")
-            if busy is not None and idle is not None:
-                say(f"step time median: {busy:.3f}s with a refresh running ({n_busy} steps), "
-                    f"{idle:.3f}s without ({n_idle} steps): ratio {busy / idle:.2f}x")
+            # Step time with and without a refresh running, on the same steps; the refresh
+            # it starts is the final one, from the last training step's weights.
+            without, during = paired_step_times(trainer, reindexer, args.timing_steps)
+            reindexer.wait()
+            if without and during:
+                idle = statistics.median(r.seconds for r in without)
+                busy = statistics.median(r.seconds for r in during)
+                first, second = without[:len(without) // 2], without[len(without) // 2:]
+                say(f"step time median over the same {args.timing_steps} steps (A-B-A): {busy:.3f}s with a "
+                    f"refresh running ({len(during)} steps), {idle:.3f}s without ({len(without)} steps, "
+                    f"{statistics.median(r.seconds for r in first):.3f}s before and "
+                    f"{statistics.median(r.seconds for r in second):.3f}s after): ratio {busy / idle:.2f}x")
             else:
-                say(f"step time: not enough steps of each kind ({n_busy} with a refresh, {n_idle} without)")
+                say(f"step time: not enough steps of each kind ({len(during)} with a refresh, {len(without)} without)")
+            recall2, recall2_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
             say(f"held-out recall@10 with the index in service at the end (v{stale_version}, from step "
                 f"{stale_step}): {stale_recall[0]:.3f} by answer, {stale_recall[1]:.3f} by own passage")
-            say(f"held-out recall@10 after a final refresh (v{reindexer.version}, {waited:.0f}s): "
+            say(f"held-out recall@10 after a final refresh (v{reindexer.version}): "
                 f"{recall2:.3f} ({recall2 - before:+.3f}) by answer, {recall2_gold:.3f} "
                 f"({recall2_gold - before_gold:+.3f}) by own passage")
         del trainer, retriever, query_encoder, passage_encoder, reindexer

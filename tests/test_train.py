@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections import Counter
 
 import pytest
 import torch
@@ -139,7 +140,24 @@ def test_cloze_task_is_split_by_passage(task):
         assert e.query.replace(BLANK, e.answer).lower() not in task.passages[e.positive].lower()
 
 
-@pytest.mark.parametrize("kwargs", [dict(heldout_fraction=0.0), dict(heldout_fraction=1.0)])
+def test_cloze_task_takes_several_queries_per_training_passage(task):
+    multi = make_cloze_task(synthetic_corpus(), heldout_fraction=0.25, seed=0, train_queries_per_passage=3)
+    assert multi.heldout == task.heldout  # held-out passages still give one query each
+    heldout_pos = {e.positive for e in multi.heldout}
+    assert not heldout_pos & {e.positive for e in multi.train}
+    per_passage = Counter(e.positive for e in multi.train)
+    assert max(per_passage.values()) == 3 and len(multi.train) > len(task.train)
+    assert set(per_passage) == {e.positive for e in task.train}
+    for e in multi.train:
+        # every query's answer survives the removal of all its passage's query sentences
+        assert e.answer in words(multi.passages[e.positive])
+        assert e.query.replace(BLANK, e.answer).lower() not in multi.passages[e.positive].lower()
+    for pid in heldout_pos:
+        assert multi.passages[pid] == task.passages[pid]
+
+
+@pytest.mark.parametrize("kwargs", [dict(heldout_fraction=0.0), dict(heldout_fraction=1.0),
+                                    dict(train_queries_per_passage=0)])
 def test_cloze_task_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         make_cloze_task(synthetic_corpus(2, 3), **kwargs)

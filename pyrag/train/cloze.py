@@ -58,15 +58,21 @@ def words(text: str) -> list[str]:
 
 
 def make_cloze_task(passages: Sequence[str], *, heldout_fraction: float = 0.2,
-                    max_queries: Optional[int] = None, min_sentence_words: int = 6,
-                    min_answer_chars: int = 4, seed: int = 0) -> ClozeTask:
+                    max_queries: Optional[int] = None, train_queries_per_passage: int = 1,
+                    min_sentence_words: int = 6, min_answer_chars: int = 4, seed: int = 0) -> ClozeTask:
     """Cloze queries over `passages`, split by passage into train and held-out.
 
-    At most one query per passage; passages with no usable sentence stay in the corpus
-    unchanged (as distractors). max_queries caps the number of queries (train + held-out).
+    A held-out passage gives one query; a training passage gives up to
+    train_queries_per_passage, from distinct sentences, all removed from its indexed text
+    (each answer still occurs in what remains). Passages with no usable sentence stay in
+    the corpus unchanged (as distractors). max_queries caps the number of passages that
+    give queries (train + held-out): the queries themselves when train_queries_per_passage
+    is 1. The held-out queries do not depend on train_queries_per_passage.
     """
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    if not isinstance(train_queries_per_passage, int) or train_queries_per_passage < 1:
+        raise ValueError(f"train_queries_per_passage must be an int >= 1, got {train_queries_per_passage!r}")
     if len(passages) == 0:
         raise ValueError("passages is empty")
     doc_freq = Counter()
@@ -75,44 +81,57 @@ def make_cloze_task(passages: Sequence[str], *, heldout_fraction: float = 0.2,
 
     rng = random.Random(seed)
     corpus = list(passages)
-    candidates = []  # (passage id, query, answer)
+    candidates = []  # (passage id, its sentences, its clozes: (sentence index, query, answer))
     for pid, passage in enumerate(passages):
-        cloze = _cloze(passage, doc_freq, min_sentence_words, min_answer_chars, rng)
-        if cloze is not None:
-            query, answer, rest = cloze
-            candidates.append((pid, query, answer, rest))
+        sentences, clozes = _clozes(passage, doc_freq, train_queries_per_passage, min_sentence_words,
+                                    min_answer_chars, rng)
+        if clozes:
+            candidates.append((pid, sentences, clozes))
     rng.shuffle(candidates)
     if max_queries is not None:
         candidates = candidates[:max_queries]
     if len(candidates) < 2:
         raise ValueError(f"only {len(candidates)} passages yield a cloze query; need at least 2")
     n_heldout = max(1, round(len(candidates) * heldout_fraction))
-    examples = []
-    for pid, query, answer, rest in candidates:
-        corpus[pid] = rest
-        examples.append(Example(query, answer, pid))
-    return ClozeTask(corpus, train=examples[n_heldout:], heldout=examples[:n_heldout])
+    train, heldout = [], []
+    for rank, (pid, sentences, clozes) in enumerate(candidates):
+        if rank < n_heldout:
+            clozes = clozes[:1]
+        used = {i for i, _, _ in clozes}
+        corpus[pid] = " ".join(s for i, s in enumerate(sentences) if i not in used)
+        (heldout if rank < n_heldout else train).extend(Example(q, a, pid) for _, q, a in clozes)
+    return ClozeTask(corpus, train=train, heldout=heldout)
 
 
-def _cloze(passage: str, doc_freq: Counter, min_sentence_words: int, min_answer_chars: int,
-           rng: random.Random):
+def _clozes(passage: str, doc_freq: Counter, limit: int, min_sentence_words: int,
+            min_answer_chars: int, rng: random.Random):
+    """(the passage's sentences, up to `limit` clozes (sentence index, query, answer)).
+
+    Sentences are tried in a seeded order; each cloze's answer, and every earlier one's,
+    must occur in the passage without all the chosen sentences, so any prefix of the list
+    is a valid set of queries for the passage."""
     sentences = _SENTENCE_END.split(passage.strip())
     if len(sentences) < 2:
-        return None
+        return sentences, []
     order = list(range(len(sentences)))
     rng.shuffle(order)
+    chosen: list[tuple[int, str, str]] = []
     for i in order:
+        if len(chosen) == limit or len(chosen) + 1 == len(sentences):  # keep one sentence
+            break
         sentence = sentences[i]
         if len(sentence.split()) < min_sentence_words:
             continue
-        rest = " ".join(sentences[:i] + sentences[i + 1:])
-        rest_words = set(words(rest))
-        choices = [w for w in dict.fromkeys(words(sentence))
-                   if len(w) >= min_answer_chars and w not in _STOPWORDS and w in rest_words]
-        if not choices:
+        removed = {j for j, _, _ in chosen} | {i}
+        rest_words = set(words(" ".join(s for j, s in enumerate(sentences) if j not in removed)))
+        if any(a not in rest_words for _, _, a in chosen):
             continue
-        answer = min(choices, key=lambda w: doc_freq[w])  # the most telling word
+        options = [w for w in dict.fromkeys(words(sentence))
+                   if len(w) >= min_answer_chars and w not in _STOPWORDS and w in rest_words]
+        if not options:
+            continue
+        answer = min(options, key=lambda w: doc_freq[w])  # the most telling word
         query = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(answer)}(?![A-Za-z0-9_])", BLANK, sentence,
                        flags=re.IGNORECASE)
-        return query, answer, rest
-    return None
+        chosen.append((i, query, answer))
+    return sentences, chosen
