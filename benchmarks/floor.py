@@ -60,14 +60,15 @@ def measure_read_bandwidth(threads: int = 2, nbytes: int = 1 << 30, repeats: int
     return x.numel() * 4 / best
 
 
-def read_probe_search(x: torch.Tensor, threads: int):
-    """A search-shaped callable (queries and k ignored) that streams x's bytes once with
-    pyrag's read probe, to time beside the searches over the same x."""
+def read_searches(x: torch.Tensor, threads: int) -> dict:
+    """Search-shaped callables (queries and k ignored) that each stream x's bytes once:
+    pyrag's read probe and torch's sum, to time beside the searches over the same x."""
     from pyrag import _C
 
     x = x.contiguous()
     nbytes = x.numel() * x.element_size()
-    return lambda queries, k: _C.read_probe(x.data_ptr(), nbytes, threads)
+    return {"read probe": lambda queries, k: _C.read_probe(x.data_ptr(), nbytes, threads),
+            "torch sum": lambda queries, k: x.sum()}
 
 
 def measure_gemm_rate(threads: int = 2, size: int = 3072, repeats: int = 5) -> float:

@@ -42,9 +42,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-_READ_PROBE = "read probe"
-
-
 def best_rates(rates: list) -> floor.MachineRates:
     """The floor uses the best rate seen in the run: the machine can do at least that."""
     return floor.MachineRates(max(r.read_bytes_per_s for r in rates),
@@ -79,13 +76,14 @@ def run_cases(cfg: Config, names) -> Results:
     for group in filter(None, groups):
         _log(f"building {', '.join(group)}")
         fns = {name: providers.search_fn(name) for name in group}
-        # pyrag's rounds also stream the corpus once with the read probe, so that the
-        # bandwidth floor is measured side by side with the searches it bounds.
-        probe = {_READ_PROBE: floor.read_probe_search(corpus, cfg.threads)} if group is pyrag_names else {}
+        # pyrag's rounds also stream the corpus once with the read probe and torch's sum,
+        # so that the bandwidth floor is measured side by side with the searches it bounds.
+        reads = floor.read_searches(corpus, cfg.threads) if group is pyrag_names else {}
         for b in cfg.batches:
-            times, outs = time_interleaved({**fns, **probe}, queries[:b], cfg.k, cfg.rounds)
-            if probe:
-                res.rates.append(floor.MachineRates(corpus.numel() * corpus.element_size() / min(times[_READ_PROBE]),
+            times, outs = time_interleaved({**fns, **reads}, queries[:b], cfg.k, cfg.rounds)
+            if reads:
+                best_read = min(min(times[name]) for name in reads)
+                res.rates.append(floor.MachineRates(corpus.numel() * corpus.element_size() / best_read,
                                                     0.0, cfg.threads))
             for name in group:
                 res.times[(name, b)] = times[name]
