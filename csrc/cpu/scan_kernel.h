@@ -79,10 +79,14 @@ inline uint32_t low_lanes(int64_t n, int lanes) {
   return (1u << n) - 1;
 }
 
-// Lines of the next tile to prefetch into L2 per step of the dimension loop: spread over
-// the compute of this tile, the DRAM traffic of the next one overlaps it (B=16 reads the
-// tile 4 times from L2 and would otherwise wait on DRAM during the first pass).
-constexpr int kPrefetchPerStep = 2;
+// The next tile, prefetched into L2 a few lines per step of the dimension loop: spread
+// over the compute of this tile, the DRAM traffic of the next one overlaps it (B=16
+// reads the tile 4 times from L2 and would otherwise wait on DRAM during the first pass).
+struct Prefetch {
+  const uint8_t* next;
+  const uint8_t* end;
+  int lines;  // per step: enough to cover the next tile within the first query block
+};
 
 // Offers one vector of scores (tile rows r0 .. r0 + kLanes - 1, query q) to the heap:
 // one compare against the query's threshold, and a push per lane that passes.
@@ -104,7 +108,7 @@ inline void select(const ScanTile& t, int64_t q, int64_t r0, typename Op::F s, T
 
 template <class Op, int MQ, int MB>
 inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, uint32_t& bad,
-                  const uint8_t*& prefetch) {
+                  Prefetch& prefetch) {
   constexpr int kVpb = vectors_per_block<Op>();
   constexpr int kNv = MB * kVpb;
   constexpr int64_t kVecBytes = kGroupStride / kVpb;
@@ -121,10 +125,9 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
     for (int n = 0; n < kNv; ++n) acc[i][n] = Op::zero();
   }
   for (int64_t j = 0; j < t.groups; ++j) {
-    if (prefetch < t.prefetch_end) {
-#pragma GCC unroll 4
-      for (int p = 0; p < kPrefetchPerStep; ++p) __builtin_prefetch(prefetch + 64 * p, 0, 2);
-      prefetch += 64 * kPrefetchPerStep;
+    if (prefetch.next < prefetch.end) {
+      for (int p = 0; p < prefetch.lines; ++p) __builtin_prefetch(prefetch.next + 64 * p, 0, 2);
+      prefetch.next += 64 * prefetch.lines;
     }
     typename Op::X x[kNv];
     const uint8_t* g = base + j * kGroupStride;
@@ -156,7 +159,7 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
   }
 }
 
-using PanelFn = void (*)(const ScanTile&, int64_t, int64_t, TopkHeaps&, uint32_t&, const uint8_t*&);
+using PanelFn = void (*)(const ScanTile&, int64_t, int64_t, TopkHeaps&, uint32_t&, Prefetch&);
 
 template <class Op, int MQ, size_t... I>
 constexpr std::array<PanelFn, sizeof...(I)> narrow_panels(std::index_sequence<I...>) {
@@ -164,7 +167,7 @@ constexpr std::array<PanelFn, sizeof...(I)> narrow_panels(std::index_sequence<I.
 }
 
 template <class Op, int MQ>
-void panels(const ScanTile& t, int64_t q0, TopkHeaps& heaps, uint32_t& bad, const uint8_t*& prefetch) {
+void panels(const ScanTile& t, int64_t q0, TopkHeaps& heaps, uint32_t& bad, Prefetch& prefetch) {
   constexpr int kMb = blocks_for<Op>(MQ);
   int64_t b = 0;
   for (; b + kMb <= t.num_blocks; b += kMb) panel<Op, MQ, kMb>(t, q0, b, heaps, bad, prefetch);
@@ -174,7 +177,7 @@ void panels(const ScanTile& t, int64_t q0, TopkHeaps& heaps, uint32_t& bad, cons
   }
 }
 
-using PanelsFn = void (*)(const ScanTile&, int64_t, TopkHeaps&, uint32_t&, const uint8_t*&);
+using PanelsFn = void (*)(const ScanTile&, int64_t, TopkHeaps&, uint32_t&, Prefetch&);
 
 template <class Op, size_t... I>
 constexpr std::array<PanelsFn, sizeof...(I)> panels_table(std::index_sequence<I...>) {
@@ -186,10 +189,17 @@ bool scan(const ScanTile& t, TopkHeaps& heaps) {
   constexpr int kMq = main_mq<Op>();
   static constexpr auto table = panels_table<Op>(std::make_index_sequence<kMq>{});
   uint32_t bad = 0;
-  const uint8_t* prefetch = t.prefetch;
   // Balanced query blocks: B=16 with kMq=5 runs 4+4+4+4, not 5+5+5+1.
   const int64_t nq = t.q_end - t.q_begin;
   const int64_t nblk = (nq + kMq - 1) / kMq;
+  // The first query block's steps fetch the whole next tile (at B=1 two lines a step
+  // covered only half of it, and the rest came late from the hardware prefetcher).
+  const int first_mq = static_cast<int>((nq + nblk - 1) / std::max<int64_t>(nblk, 1));
+  const int64_t first_mb = blocks_for<Op>(std::clamp(first_mq, 1, kMq));
+  const int64_t steps = std::max<int64_t>(1, (t.num_blocks + first_mb - 1) / first_mb * t.groups);
+  const int64_t next_lines = t.prefetch == nullptr ? 0 : (t.prefetch_end - t.prefetch + 63) / 64;
+  Prefetch prefetch{t.prefetch, t.prefetch_end,
+                    static_cast<int>(std::clamp<int64_t>((next_lines + steps - 1) / steps, 2, 8))};
   int64_t q = t.q_begin;
   for (int64_t i = 0; i < nblk; ++i) {
     const int64_t left = nblk - i;
