@@ -279,6 +279,7 @@ class Results:
     memory: dict = field(default_factory=dict)      # provider -> peak_memory.MemoryGrowth
     skipped: dict = field(default_factory=dict)     # provider -> reason
     load: list = field(default_factory=list)        # 1-minute load average, start and end
+    round_reads: dict = field(default_factory=dict) # B -> read bytes/s of the probes in pyrag's rounds
 
     def measure_rates(self) -> None:
         self.rates.append(floor.measure(self.cfg.threads, self.cfg.floor_bytes, self.cfg.gemm_size))
