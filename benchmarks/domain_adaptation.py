@@ -70,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--validate-every", type=int, default=25)
     p.add_argument("--train-layers", type=int, default=0,
                    help="fine-tune only the last N transformer layers of MiniLM (0: all of it)")
-    p.add_argument("--tau-retriever", type=float, default=0.05)
+    p.add_argument("--tau-retriever", type=float, default=0.1)
     p.add_argument("--tau-lm", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=64, help="MiniLM max_seq_length (passages are truncated)")
     p.add_argument("--passage-steps", type=int, default=50, help="run 2 training steps")
