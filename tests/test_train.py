@@ -112,15 +112,8 @@ def same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These models are tiny: a second OpenMP thread buys nothing, and on a busy 2-core
-    machine its barrier waits cost 10x (measured: a TinyClozeLM step took 0.24 s with 1
-    thread, 2-4 s with 2, while other jobs loaded the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread for every test here: the models are tiny (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 BASE = dict(steps=40, batch_size=16, k=10, tau_retriever=0.1, lr_query=0.1, lr_passage=0.1,
