@@ -10,8 +10,9 @@ training passage can give several queries (--train-queries-per-passage; all thei
 sentences are removed), a held-out one gives one.
 
 Runs, all starting from the same MiniLM and the same index:
-1. REPLUG-LSR, query encoder only, with a black-box LM (CopyLM: smoothed copy/unigram):
-   held-out recall@10 before and after. The LSR candidates are the whole corpus (the
+1. REPLUG-LSR, query encoder only, with a black-box LM (CopyLM: smoothed copy/unigram,
+   counting the answer's occurrences in a passage per --copy-length words, whatever the
+   passage's length): held-out recall@10 before and after. The LSR candidates are the whole corpus (the
    passage vectors are the index's, so this is cheap). --validation sets aside the queries
    of a fraction of the training passages to choose the stopping step (never held-out ones).
 2. The same, also training the passage encoder, with AsyncReindexer refreshing the index
@@ -72,6 +73,9 @@ def parse_args(argv=None):
                    help="fine-tune only the last N transformer layers of MiniLM (0: all of it)")
     p.add_argument("--tau-retriever", type=float, default=0.1)
     p.add_argument("--tau-lm", type=float, default=1.0)
+    p.add_argument("--copy-length", type=int, default=30,
+                   help="CopyLM's context_length: its copy rate is count(answer, passage) / this "
+                        "(0: / the passage's own length, which favours short passages)")
     p.add_argument("--max-tokens", type=int, default=64, help="MiniLM max_seq_length (passages are truncated)")
     p.add_argument("--passage-steps", type=int, default=50, help="run 2 training steps")
     p.add_argument("--passage-batch", type=int, default=4)
@@ -197,7 +201,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     vectors = encode(minilm, task.passages, batch_size=64, progress=progress)
     say(f"index v0: {len(task.passages)} passages encoded in {time.perf_counter() - t0:.0f}s")
-    lm = CopyLM(task.passages)
+    lm = CopyLM(task.passages, context_length=args.copy_length or None)
 
     def fresh_index():
         index = pyrag.DenseIndex(vectors.shape[1])

@@ -168,6 +168,25 @@ def test_copy_lm_matches_its_formula():
     torch.testing.assert_close(out, expected)
 
 
+def test_copy_lm_fixed_context_length_counts_occurrences():
+    lm = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5, context_length=2)
+    contexts = [["beta", "beta alpha gamma delta", "beta beta beta", "gamma"]]
+    out = lm(["q"], contexts, ["beta"])
+    p_beta = 0.5 * (2 + 1) / (4 + 1 + 4 + 1)
+    # One occurrence scores the same in a 1-word and a 4-word context; the rate caps at 1.
+    expected = torch.log(torch.tensor([[0.5 * 1 / 2 + p_beta, 0.5 * 1 / 2 + p_beta, 0.5 + p_beta, p_beta]]))
+    torch.testing.assert_close(out, expected)
+    # Dividing by |c| instead ranks the 1-word context four times the 4-word one.
+    by_length = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5)(["q"], contexts, ["beta"])
+    assert by_length[0, 0] > by_length[0, 1]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_copy_lm_rejects_bad_context_length(bad):
+    with pytest.raises(ValueError, match="context_length"):
+        CopyLM(["alpha"], context_length=bad)
+
+
 def test_tiny_cloze_lm_scores_and_gradients():
     lm = TinyClozeLM(dim=16, layers=1, heads=2, buckets=256, seed=3)
     queries = [f"the {BLANK} runs fast", "no blank here"]

@@ -31,24 +31,36 @@ def _word_counts(text: str) -> tuple[Counter, int]:
 
 
 class CopyLM:
-    """p(y | c∘x) = λ·count(y, c)/|c| + (1 − λ)·p_unigram(y), per word of y.
+    """p(y | c∘x) = λ·min(1, count(y, c)/L) + (1 − λ)·p_unigram(y), per word of y, where
+    L is the context's own word count |c| or, given context_length, that fixed count.
 
     Args:
         corpus: texts for the unigram model (add-one smoothed over its vocabulary).
         copy_weight: λ, the trust in the context.
+        context_length: None divides by |c|, a copy rate; an int L divides every context's
+            count by L. Dividing by |c| makes a short passage that holds y score up to
+            |c_long|/|c_short| times a long one that holds it as often, so LSR targets
+            built on it teach the retriever to prefer short passages whatever the query.
+            A fixed L (about a typical passage's length) scores by occurrences alone.
     """
 
-    def __init__(self, corpus: Sequence[str], copy_weight: float = 0.5):
+    def __init__(self, corpus: Sequence[str], copy_weight: float = 0.5,
+                 context_length: Optional[int] = None):
         if not 0.0 <= copy_weight < 1.0:
             raise ValueError(f"copy_weight must be in [0, 1), got {copy_weight}")
+        if context_length is not None and (isinstance(context_length, bool)
+                                           or not isinstance(context_length, int) or context_length < 1):
+            raise ValueError(f"context_length must be None or an int >= 1, got {context_length!r}")
         self.copy_weight = copy_weight
+        self.context_length = context_length
         self._unigram = Counter()
         for text in corpus:
             self._unigram.update(words(text))
         self._total = sum(self._unigram.values()) + len(self._unigram) + 1
 
     def __repr__(self) -> str:
-        return f"CopyLM(copy_weight={self.copy_weight}, vocab={len(self._unigram)})"
+        return (f"CopyLM(copy_weight={self.copy_weight}, context_length={self.context_length}, "
+                f"vocab={len(self._unigram)})")
 
     def __call__(self, queries: Sequence[str], contexts: Sequence[Sequence[Optional[str]]],
                  targets: Sequence[str]) -> torch.Tensor:
@@ -65,7 +77,9 @@ class CopyLM:
                 if context is None:
                     continue
                 counts, n = _word_counts(context)
-                out[i, j] = sum(math.log(lam * counts[w] / max(n, 1) + p) for w, p in zip(target_words, prior))
+                length = self.context_length or max(n, 1)
+                out[i, j] = sum(math.log(lam * min(1.0, counts[w] / length) + p)
+                                for w, p in zip(target_words, prior))
         return out
 
 
