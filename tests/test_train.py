@@ -203,7 +203,8 @@ def test_tiny_cloze_lm_scores_and_gradients():
 
 # ----------------------------------------------------------------------------- config
 @pytest.mark.parametrize("kwargs", [dict(mode="rag"), dict(k=0), dict(tau_retriever=0.0), dict(lr_lm=-1.0),
-                                    dict(dual_schedule="both"), dict(freeze_retriever_steps=-1)])
+                                    dict(dual_schedule="both"), dict(freeze_retriever_steps=-1),
+                                    dict(warmup_steps=-1), dict(lr_decay="cosine")])
 def test_config_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
@@ -258,9 +259,26 @@ def test_retriever_stays_frozen_until_its_unfreeze_step(task):
     assert not same(params(trainer.retriever.query_encoder), q0)
 
 
-@pytest.mark.parametrize("mode, lm", [("replug_lsr", "copy"), ("ra_dit", "tiny")])
-def test_checkpoint_resume_continues_identically(task, tmp_path, mode, lm):
-    cfg = TrainConfig(mode=mode, **{**BASE, "steps": 12})
+def test_learning_rate_schedule(task):
+    cfg = TrainConfig(mode="ra_dit", warmup_steps=4, lr_decay="linear", **{**BASE, "steps": 10, "lr_lm": 1e-2})
+    trainer = make_trainer(task, cfg, lm="tiny")
+    assert [trainer.lr_scale(s) for s in range(11)] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0])
+    seen = []
+    for _ in range(10):
+        trainer.train_step()
+        seen.append({g["role"]: g["lr"] for g in trainer.optimizer.param_groups})
+    expected = [trainer.lr_scale(s) for s in range(10)]
+    assert [lr["query_encoder"] for lr in seen] == pytest.approx([cfg.lr_query * f for f in expected])
+    assert [lr["lm"] for lr in seen] == pytest.approx([cfg.lr_lm * f for f in expected])
+    constant = make_trainer(task, TrainConfig(mode="ra_dit", warmup_steps=3, **{**BASE, "steps": 10}), lm="tiny")
+    assert [constant.lr_scale(s) for s in (0, 2, 3, 9, 50)] == pytest.approx([1 / 3, 1.0, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("mode, lm, schedule", [("replug_lsr", "copy", {}), ("ra_dit", "tiny", {}),
+                                                ("replug_lsr", "copy", dict(warmup_steps=4, lr_decay="linear"))])
+def test_checkpoint_resume_continues_identically(task, tmp_path, mode, lm, schedule):
+    cfg = TrainConfig(mode=mode, **{**BASE, "steps": 12}, **schedule)
     straight = make_trainer(task, cfg, lm=lm)
     straight.train()
 

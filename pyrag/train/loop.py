@@ -50,6 +50,10 @@ class TrainConfig:
     dual_schedule: RA-DIT: "joint" sums both losses each step; "alternate" trains the LM
         on even steps and the retriever on odd ones.
     hard_negatives: DPR: retrieved non-positive passages per query added as negatives.
+    warmup_steps / lr_decay: every learning rate rises linearly over the first warmup_steps
+        steps, then stays ("constant") or falls linearly to 0 at `steps` ("linear"), as
+        Atlas's scheduler does. The rate follows from the step alone, so a resumed run
+        continues the same schedule.
     """
     mode: str = "replug_lsr"
     steps: int = 1000
@@ -63,6 +67,8 @@ class TrainConfig:
     lr_lm: float = 1e-3
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = 1.0
+    warmup_steps: int = 0
+    lr_decay: str = "constant"
     train_passage_encoder: bool = False
     freeze_retriever_steps: int = 0
     dual_schedule: str = "joint"
@@ -82,7 +88,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("freeze_retriever_steps", "hard_negatives", "eval_every", "log_every", "checkpoint_every"):
+        if self.lr_decay not in ("constant", "linear"):
+            raise ValueError(f"lr_decay must be 'constant' or 'linear', got {self.lr_decay!r}")
+        for name in ("freeze_retriever_steps", "hard_negatives", "eval_every", "log_every", "checkpoint_every",
+                     "warmup_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
@@ -293,9 +302,21 @@ class Trainer:
             modules["lm"] = self.lm_module
         return modules
 
-    def _param_groups(self) -> list[dict]:
+    def _base_lrs(self) -> dict[str, float]:
         cfg = self.config
-        lrs = {"query_encoder": cfg.lr_query, "passage_encoder": cfg.lr_passage, "lm": cfg.lr_lm}
+        return {"query_encoder": cfg.lr_query, "passage_encoder": cfg.lr_passage, "lm": cfg.lr_lm}
+
+    def lr_scale(self, step: int) -> float:
+        """The factor on every base learning rate at `step` (warmup, then constant or linear decay)."""
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_decay == "linear":
+            return max(0.0, (cfg.steps - step) / max(cfg.steps - cfg.warmup_steps, 1))
+        return 1.0
+
+    def _param_groups(self) -> list[dict]:
+        lrs = self._base_lrs()
         groups, seen = [], set()
         for role, module in self._modules.items():
             params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
@@ -349,6 +370,10 @@ class Trainer:
             loss = self.loss(step, self.batch(step))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.warmup_steps or cfg.lr_decay != "constant":
+                lrs, scale = self._base_lrs(), self.lr_scale(step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lrs[group["role"]] * scale
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                                cfg.max_grad_norm)
