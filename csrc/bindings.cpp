@@ -82,6 +82,14 @@ void unpack_rows(const std::string& dtype, std::uintptr_t packed, int64_t row_be
   pyrag::unpack_rows(t, ptr<const void>(packed), row_begin, n, dim, ptr<void>(dst));
 }
 
+void gather_rows_f32(const std::string& dtype, std::uintptr_t packed, std::uintptr_t rows, int64_t n,
+                     int64_t dim, std::uintptr_t scales, std::uintptr_t dst) {
+  const auto t = pyrag::parse_dtype(dtype);
+  py::gil_scoped_release release;
+  pyrag::gather_rows_f32(t, ptr<const void>(packed), ptr<const int64_t>(rows), n, dim, ptr<const float>(scales),
+                         ptr<float>(dst));
+}
+
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
   for (auto isa : pyrag::supported_isas()) out.emplace_back(pyrag::isa_name(isa));
@@ -193,6 +201,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("packed"), py::arg("row_offset"));
   m.def("unpack_rows", &unpack_rows, py::arg("dtype"), py::arg("packed"), py::arg("row_begin"),
         py::arg("n"), py::arg("dim"), py::arg("dst"));
+  m.def("gather_rows_f32", &gather_rows_f32, py::arg("dtype"), py::arg("packed"), py::arg("rows"), py::arg("n"),
+        py::arg("dim"), py::arg("scales"), py::arg("dst"),
+        "Rows of a packed buffer as float32, dequantised as the index scores them.");
   m.def("packed_block_bytes", [](const std::string& dtype, int64_t dim) {
     return pyrag::block_bytes(pyrag::parse_dtype(dtype), dim);
   }, py::arg("dtype"), py::arg("dim"), "Bytes of one packed block of 16 rows.");
