@@ -1,9 +1,9 @@
 """pyrag: a retrieval engine for retrieval-augmented generation.
 
-    import pyrag
-    index = pyrag.DenseIndex(384)
-    index.add(passage_embeddings)
-    scores, ids = index.search(query_embeddings, k=10)
+import pyrag
+index = pyrag.DenseIndex(384)
+index.add(passage_embeddings)
+scores, ids = index.search(query_embeddings, k=10)
 """
 
 from pyrag.generator import GenerationResult, GeneratorAdapter, Source

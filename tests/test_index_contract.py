@@ -183,7 +183,9 @@ def test_snapshots_keep_their_state_and_refuse_mutation(dtype):
     index.remove([0, 1, 2])
     assert index.version == version + 2 and snap.version == version and len(snap) == 30
     after = snap.search(torch.ones(1, D), 5)
-    assert torch.equal(before[1], after[1]) and torch.equal(snap.get([0]), as_scored(dtype, integer_rows(30, seed=8))[:1])
+    assert torch.equal(before[1], after[1]) and torch.equal(
+        snap.get([0]), as_scored(dtype, integer_rows(30, seed=8))[:1]
+    )
     with pytest.raises(TypeError, match="read-only"):
         snap.add(integer_rows(1))
     with pytest.raises(TypeError, match="read-only"):
