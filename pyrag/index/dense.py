@@ -429,10 +429,20 @@ class DenseIndex:
         metadata: strings stored beside it, returned as `.metadata` by load."""
         snap = self._snap
         n = snap.size
-        blocks = packed.num_blocks(n)
-        tensors = {"packed": snap.packed[:blocks], "ids": snap.ids[:n]}
+        # Everything saved must be immutable: a later add writes rows >= n, which share the
+        # last, partly filled packed block and its 16 scales with rows < n. So those are
+        # copied (one block, rows < n only, padding zero); the rest is saved in place.
+        full = n // _BLOCK
+        tensors: dict[str, Any] = {"packed": [snap.packed[:full]], "ids": snap.ids[:n]}
+        if n > full * _BLOCK:
+            tail = torch.zeros((1, self._block_bytes), dtype=torch.uint8)
+            rows = packed.unpack_rows(self._dtype, snap.packed, full * _BLOCK, n - full * _BLOCK, self._dim)
+            packed.pack_rows(self._dtype, rows, tail, 0)
+            tensors["packed"].append(tail)
         if snap.scales is not None:
-            tensors["scales"] = snap.scales[: blocks * _BLOCK]
+            scales_tail = torch.zeros(packed.num_blocks(n) * _BLOCK - full * _BLOCK, dtype=torch.float32)
+            scales_tail[: n - full * _BLOCK] = snap.scales[full * _BLOCK : n]
+            tensors["scales"] = [snap.scales[: full * _BLOCK], scales_tail]
         if snap.originals is not None and snap.norms is not None and snap.errors is not None:
             tensors.update(norms=snap.norms[:n], errors=snap.errors[:n], originals=snap.originals.view(n))
         meta = {
@@ -449,8 +459,9 @@ class DenseIndex:
     def load(cls, path: storage.PathLike, mmap: bool = False, *, verify: bool = True) -> DenseIndex:
         """Opens an index written by save. mmap=True maps the corpus instead of reading it
         into RAM (float32 originals of a quantised index are always mapped, never read);
-        verify=False skips the checksum pass over the data. Everything is read through
-        one open file, so a save over the same path meanwhile cannot mix two files."""
+        verify=False skips the pass over the data (the checksum, and NaN / Inf). Everything
+        is read through one open file, so a save over the same path meanwhile cannot mix
+        two files."""
         name = os.fspath(path)
         try:
             f = storage.open_regular_file(path)
@@ -458,7 +469,7 @@ class DenseIndex:
             raise IndexFormatError(str(e)) from None
         try:
             stored = storage.open_tensors(f, name=name, mmap=True, verify=verify)
-            index = cls._from_stored(name, stored, f, mmap)
+            index = cls._from_stored(name, stored, f, mmap, verify)
         except storage.FormatError as e:
             f.close()
             raise IndexFormatError(str(e)) from None
@@ -470,7 +481,7 @@ class DenseIndex:
         return index
 
     @classmethod
-    def _from_stored(cls, name: str, stored: storage.StoredTensors, f: Any, mmap: bool) -> DenseIndex:
+    def _from_stored(cls, name: str, stored: storage.StoredTensors, f: Any, mmap: bool, verify: bool) -> DenseIndex:
         tensors, meta = stored.tensors, stored.metadata
         if meta.get("format") != FORMAT:
             raise IndexFormatError(f"{name}: not a pyrag index (format={meta.get('format')!r})")
@@ -493,13 +504,16 @@ class DenseIndex:
             vectors = tensors.get("vectors")
             if dtype != "float32" or vectors is None or vectors.shape != (n, dim) or vectors.dtype != torch.float32:
                 raise IndexFormatError(f"{name}: index tensors do not match its metadata")
-            index.add(vectors.clone(), ids.clone())
+            try:
+                index.add(vectors.clone(), ids.clone())
+            except (ValueError, TypeError) as e:  # negative or duplicate ids, NaN vectors
+                raise IndexFormatError(f"{name}: bad index contents ({e})") from None
             return index
-        index._snap = index._loaded_snapshot(name, stored, f, n, mmap, version)
+        index._snap = index._loaded_snapshot(name, stored, f, n, mmap, version, verify)
         return index
 
     def _loaded_snapshot(
-        self, name: str, stored: storage.StoredTensors, f: Any, n: int, mmap: bool, version: int
+        self, name: str, stored: storage.StoredTensors, f: Any, n: int, mmap: bool, version: int, verify: bool
     ) -> _Snapshot:
         tensors, meta = stored.tensors, stored.metadata
         blocks = packed.num_blocks(n)
@@ -524,6 +538,19 @@ class DenseIndex:
             raise IndexFormatError(f"{name}: duplicate ids")
         if sorted_ids is None and n > 1 and bool((ids[1:] == ids[:-1]).any()):
             raise IndexFormatError(f"{name}: duplicate ids")
+
+        for t in ("scales", "norms", "errors"):
+            v = tensors.get(t)
+            if v is not None and v.numel() and not bool(torch.isfinite(v).all() and (v >= 0).all()):
+                raise IndexFormatError(f"{name}: index tensor {t!r} holds negative or non-finite values")
+        if verify:  # the data were just read for the checksum: check them as add checks vectors
+            data = tensors["packed"]
+            values = data.view(packed.DTYPES[self._dtype]) if data.numel() and self._dtype != "int8" else None
+            for t, v, bound in (("packed", values, math.inf), ("originals", tensors.get("originals"), 1e30)):
+                if v is not None and v.numel():
+                    lo, hi = (float(x) for x in torch.aminmax(v))
+                    if not (math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= bound):
+                        raise IndexFormatError(f"{name}: index tensor {t!r} holds NaN, Inf or values past {bound:g}")
 
         def get(t: str) -> torch.Tensor:
             return tensors[t] if mmap else tensors[t].clone()

@@ -9,7 +9,8 @@ refreshes them in the background on a schedule (Atlas's "0-100:10,100-:500" synt
 3. add the embeddings, chunk by chunk as they are encoded, to a new index with the dtype
    and options of the one in service (space for every row reserved first, so the refresh
    holds the new index and one chunk, never a second float32 copy of the corpus); every
-   chunk is checked (shape, dimension, finiteness) before it is added;
+   chunk is checked (a floating-point tensor of the right count and dimension, finite)
+   before it is added;
 4. publish it in a VersionedIndex with one reference assignment: atomic, so every search
    sees the old index or the new one, whole, and returns the version it searched.
 
@@ -176,6 +177,7 @@ class AsyncReindexer:
         # Runs at close(), when the reindexer is collected, or at interpreter exit
         # (before daemon threads are killed), whichever comes first.
         self._finalizer = weakref.finalize(self, _shutdown, self._state, self._worker)
+        self._raise_pending()  # a worker that could not even start says why here
 
     # ----------------------------------------------------------------- trainer side
     def step(self, step: int) -> bool:
@@ -216,7 +218,7 @@ class AsyncReindexer:
         st = self._state
         deadline = None if timeout is None else time.monotonic() + timeout
         with st.cond:
-            while (st.running is not None or st.pending is not None) and st.error is None:
+            while (st.running is not None or st.pending is not None) and st.error is None and not st.dead:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
@@ -278,6 +280,8 @@ class AsyncReindexer:
     def _check_open(self) -> None:
         if self._state.closed:
             raise RuntimeError("AsyncReindexer is closed")
+        if self._state.dead:
+            raise RuntimeError("the re-index worker has stopped after an internal error (raised earlier)")
 
     def _raise_pending(self) -> None:
         st = self._state
@@ -285,10 +289,9 @@ class AsyncReindexer:
             error, st.error = st.error, None
         if error is not None:
             step, exc = error
+            what = f"background re-index from the step {step} snapshot" if step >= 0 else "the re-index worker"
             raise ReindexError(
-                f"background re-index from the step {step} snapshot failed "
-                f"({type(exc).__name__}: {exc}); version {self.version} stays "
-                f"in service"
+                f"{what} failed ({type(exc).__name__}: {exc}); version {self.version} stays in service"
             ) from exc
 
     def _snapshot_weights(self) -> dict:
@@ -314,8 +317,9 @@ class AsyncReindexer:
     ) -> Optional[DenseIndex]:
         """Encodes every passage with `encoder` (on the reindexer's CUDA stream when it
         has one) into a new index like `template` (or a DenseIndex of `dtype`), chunk by
-        chunk; None if `stop` was set meanwhile. A chunk of the wrong shape, dimension or
-        with NaN/Inf is a ValueError, and nothing is published."""
+        chunk; None if `stop` was set meanwhile. A chunk that is not a floating-point tensor
+        is a TypeError; one of the wrong count or dimension, or with NaN / Inf, a ValueError;
+        and nothing is published."""
         from tqdm.auto import tqdm
 
         n = len(self._passages)
@@ -329,19 +333,11 @@ class AsyncReindexer:
                 if stop is not None and stop.is_set():
                     return None
                 chunk = self._passages[start : start + self.chunk_size]
-                emb = self._encode(encoder, chunk)
-                if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or emb.shape[0] != len(chunk):
-                    got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-                    raise ValueError(f"encode returned {got} for {len(chunk)} passages; expected [{len(chunk)}, dim]")
+                emb = _checked_chunk(self._encode(encoder, chunk), len(chunk), template)
                 if index is None:
-                    if template is not None and emb.shape[1] != template.dim:
-                        raise ValueError(
-                            f"encode returned vectors of dim {emb.shape[1]} but the index in service "
-                            f"has dim {template.dim}"
-                        )
                     index = template.empty_like() if template is not None else DenseIndex(int(emb.shape[1]), dtype)
                     index.reserve(n)
-                index.add(emb.detach().float().cpu(), self._ids[start : start + len(chunk)])
+                index.add(emb, self._ids[start : start + len(chunk)])  # checks finiteness
                 bar.update(len(chunk))
         assert index is not None
         return index
@@ -368,6 +364,22 @@ class AsyncReindexer:
         log.info("re-index from step %d done: version %d in service", job.step, version)
 
 
+def _checked_chunk(emb: Any, n: int, template: Optional[DenseIndex]) -> torch.Tensor:
+    """One encoded chunk as float32 CPU rows [n, dim], or a ValueError / TypeError that says
+    what is wrong with it (DenseIndex.add then rejects NaN / Inf)."""
+    if not isinstance(emb, torch.Tensor):
+        raise TypeError(f"encode returned a {type(emb).__name__} for {n} passages; expected a tensor [{n}, dim]")
+    if emb.device.type == "meta":
+        raise TypeError("encode returned a meta tensor (it has no data)")
+    if not emb.dtype.is_floating_point:
+        raise TypeError(f"encode returned {emb.dtype} vectors; expected floating point")
+    if emb.dim() != 2 or emb.shape[0] != n:
+        raise ValueError(f"encode returned {tuple(emb.shape)} for {n} passages; expected [{n}, dim]")
+    if template is not None and emb.shape[1] != template.dim:
+        raise ValueError(f"encode returned vectors of dim {emb.shape[1]} but the index in service has dim {template.dim}")
+    return emb.detach().to(device="cpu", dtype=torch.float32)
+
+
 def _on_stream(stream: Optional[torch.cuda.Stream]) -> contextlib.AbstractContextManager[Any]:
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
@@ -381,6 +393,7 @@ class _WorkerState:
         self.stop = threading.Event()
         self.pinned = threading.Event()
         self.closed = False
+        self.dead = False  # the worker loop itself failed (its error is in `error`)
 
 
 def _pin_worker_threads(num_threads: int, nice: int) -> None:
@@ -403,6 +416,23 @@ def _pin_worker_threads(num_threads: int, nice: int) -> None:
 
 
 def _worker_main(owner_ref: Callable[[], Optional[AsyncReindexer]], st: _WorkerState) -> None:
+    """The worker thread: runs refreshes until stopped. It never dies silently: a failure
+    of a refresh is reported and the loop goes on; a failure of the loop itself (which no
+    refresh can cause) is reported, and the reindexer then refuses new refreshes."""
+    try:
+        _worker_loop(owner_ref, st)
+    except BaseException as e:
+        log.error("re-index worker stopped: %r", e)
+        with st.cond:
+            st.error = (st.running if st.running is not None else -1, e)
+            st.running = st.pending = None
+            st.dead = True
+            st.cond.notify_all()
+    finally:
+        st.pinned.set()
+
+
+def _worker_loop(owner_ref: Callable[[], Optional[AsyncReindexer]], st: _WorkerState) -> None:
     owner = owner_ref()
     if owner is None:  # pragma: no cover
         st.pinned.set()

@@ -14,13 +14,15 @@ torch.save and read back with torch.load(weights_only=True).
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -69,48 +71,146 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
 
 def load(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     """Restores a checkpoint written by save() into `trainer`'s models, optimiser and
-    reindexer (which must be idle). The config must match in mode and in what trains."""
+    reindexer (which must be idle). The config must match in mode and in what trains.
+
+    FileNotFoundError if there is no checkpoint at `path`; CheckpointFormatError (a
+    ValueError) for a malformed or corrupted one, or one that does not fit this trainer
+    (other models, optimiser or index). Everything is read and checked before the trainer
+    changes: on any error it is left exactly as it was."""
     directory = os.fspath(path)
     state_path = os.path.join(directory, STATE_FILE)
     if not os.path.isdir(directory) or not os.path.exists(state_path):
         raise FileNotFoundError(f"no pyrag training checkpoint at {directory} (no {STATE_FILE})")
-    tensors, meta = storage.load_tensors(state_path)
+    if trainer.reindexer is not None and trainer.reindexer.busy:
+        raise RuntimeError("cannot load a checkpoint while the reindexer is refreshing; wait() for it first")
+    try:
+        tensors, meta = storage.load_tensors(state_path)
+    except storage.FormatError as e:
+        raise CheckpointFormatError(str(e)) from None
     if meta.get("format") != FORMAT:
         raise CheckpointFormatError(f"{state_path}: not a pyrag training checkpoint")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointFormatError(f"{state_path}: unsupported checkpoint version {meta.get('format_version')!r}")
-    try:
-        saved = json.loads(meta["config"])
-        step = int(meta["step"])
-        evals = [(int(s), float(r)) for s, r in json.loads(meta["evals"])]
-        optimizer_state = torch.load(io.BytesIO(tensors["optimizer"].numpy().tobytes()), weights_only=True)
-        rng = tensors["rng/torch"]
-    except (KeyError, ValueError, TypeError, RuntimeError, EOFError) as e:
-        raise CheckpointFormatError(f"{state_path}: bad checkpoint contents ({type(e).__name__}: {e})") from None
+    step, evals, saved = _read_progress(state_path, meta)
     cfg = trainer.config
     for key in ("mode", "train_passage_encoder"):
-        if not isinstance(saved, dict) or saved.get(key) != getattr(cfg, key):
-            got = saved.get(key) if isinstance(saved, dict) else None
-            raise ValueError(f"checkpoint has {key}={got!r} but this trainer has {getattr(cfg, key)!r}")
-    index = None
-    if trainer.reindexer is not None and "index" in meta:
-        name = meta["index"]
-        if not name.startswith(_INDEX_PREFIX) or os.sep in name:
-            raise CheckpointFormatError(f"{state_path}: bad index name {name!r}")
-        index = VersionedIndex.load(os.path.join(directory, name))
-    # Everything is read and checked: now change the trainer.
-    for role, module in trainer.trainable_modules().items():
-        prefix = f"{role}/"
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
-    groups = optimizer_state.get("param_groups", []) if isinstance(optimizer_state, dict) else []
-    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in trainer.optimizer.param_groups]:
-        raise ValueError("the checkpoint's optimiser has other parameter groups than this trainer's")
-    trainer.optimizer.load_state_dict(optimizer_state)
-    torch.set_rng_state(rng)
+        if saved.get(key) != getattr(cfg, key):
+            raise CheckpointFormatError(
+                f"{state_path}: checkpoint has {key}={saved.get(key)!r} but this trainer has {getattr(cfg, key)!r}"
+            )
+    modules = trainer.trainable_modules()
+    states = {role: _module_state(state_path, role, module, tensors) for role, module in modules.items()}
+    rng = tensors.get("rng/torch")
+    if rng is None or rng.dtype != torch.uint8 or tuple(rng.shape) != tuple(torch.get_rng_state().shape):
+        raise CheckpointFormatError(f"{state_path}: missing or malformed RNG state")
+    optimizer_state = _optimizer_state(state_path, tensors.get("optimizer"), trainer.optimizer)
+    index = _read_index(directory, state_path, meta, trainer) if "index" in meta else None
+
+    # Everything is read and checked: now change the trainer. The optimiser first, as its
+    # load is the one step torch may still refuse: it is rolled back if it does.
+    before = copy.deepcopy(trainer.optimizer.state_dict())
+    try:
+        trainer.optimizer.load_state_dict(optimizer_state)
+    except Exception as e:
+        trainer.optimizer.load_state_dict(before)
+        raise CheckpointFormatError(f"{state_path}: bad optimiser state ({type(e).__name__}: {e})") from None
+    for role, module in modules.items():
+        module.load_state_dict(states[role], strict=True)
+    torch.set_rng_state(rng.clone())
     if index is not None:
         current = index.snapshot()
         trainer.reindexer.restore(current.index, version=current.version, step=current.step)  # type: ignore[union-attr]
     trainer.restore_state(step, evals)
+
+
+def _read_progress(state_path: str, meta: dict[str, str]) -> tuple[int, list[tuple[int, float]], dict[str, Any]]:
+    """(step, evals, saved config) from the metadata."""
+    try:
+        saved = json.loads(meta["config"])
+        step = int(meta["step"])
+        evals = [(int(s), float(r)) for s, r in json.loads(meta["evals"])]
+    except (KeyError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise CheckpointFormatError(f"{state_path}: bad checkpoint contents ({type(e).__name__}: {e})") from None
+    if not isinstance(saved, dict) or step < 0:
+        raise CheckpointFormatError(f"{state_path}: bad checkpoint contents (config or step)")
+    return step, evals, saved
+
+
+def _module_state(
+    state_path: str, role: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The saved state of `module` (its role's tensors), checked against the module's own
+    names and shapes, so that load_state_dict cannot fail half-way."""
+    prefix = f"{role}/"
+    got = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    want = module.state_dict()
+    if set(got) != set(want):
+        missing, extra = sorted(set(want) - set(got))[:3], sorted(set(got) - set(want))[:3]
+        raise CheckpointFormatError(
+            f"{state_path}: the checkpoint's {role} does not match this trainer's (missing {missing}, unexpected {extra})"
+        )
+    for name, t in got.items():
+        if t.shape != want[name].shape or t.dtype.is_floating_point != want[name].dtype.is_floating_point:
+            raise CheckpointFormatError(
+                f"{state_path}: {role}/{name} is {t.dtype} {tuple(t.shape)} in the checkpoint but "
+                f"{want[name].dtype} {tuple(want[name].shape)} in this trainer"
+            )
+    return got
+
+
+def _optimizer_state(state_path: str, raw: torch.Tensor | None, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The saved optimiser state_dict, checked against `optimizer`: the same parameter
+    groups, and per-parameter state of the parameters' shapes."""
+    if raw is None or raw.dtype != torch.uint8 or raw.dim() != 1:
+        raise CheckpointFormatError(f"{state_path}: missing or malformed optimiser state")
+    try:
+        state = torch.load(io.BytesIO(raw.numpy().tobytes()), weights_only=True)
+    except Exception as e:  # untrusted bytes: torch.load can fail in many ways
+        raise CheckpointFormatError(f"{state_path}: bad optimiser state ({type(e).__name__}: {e})") from None
+    bad = CheckpointFormatError(f"{state_path}: the optimiser state does not match this trainer's optimiser")
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict):
+        raise bad
+    groups = state.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise bad
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise bad
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    saved_ids = [i for g in groups for i in g["params"]]
+    if len(set(map(repr, saved_ids))) != len(saved_ids) or not all(isinstance(i, int) for i in saved_ids):
+        raise bad
+    shapes = {i: p.shape for i, p in zip(saved_ids, params)}
+    for key, entry in state["state"].items():
+        if key not in shapes or not isinstance(entry, dict):
+            raise bad
+        for value in entry.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != shapes[key]:
+                raise bad
+    return state
+
+
+def _read_index(directory: str, state_path: str, meta: dict[str, str], trainer: Trainer) -> VersionedIndex | None:
+    """The index the checkpoint names, checked against the trainer's reindexer."""
+    reindexer = trainer.reindexer
+    if reindexer is None:
+        return None
+    name = meta["index"]
+    if not re.fullmatch(r"index-[0-9]+-[0-9a-f]+", name):
+        raise CheckpointFormatError(f"{state_path}: bad index name {name!r}")
+    index_path = os.path.join(directory, name)
+    try:
+        index = VersionedIndex.load(index_path)
+    except FileNotFoundError:
+        raise CheckpointFormatError(f"{state_path}: names the index {name}, which is missing") from None
+    except storage.FormatError as e:
+        raise CheckpointFormatError(f"{state_path}: its index is unreadable ({e})") from None
+    current = reindexer.index
+    if index.dim != current.dim or len(index) != len(current):  # the dtype may differ: the checkpoint's wins
+        raise CheckpointFormatError(
+            f"{index_path}: an index of {len(index)} vectors of dim {index.dim}, but this trainer's reindexer "
+            f"serves {len(current)} of dim {current.dim}"
+        )
+    return index
 
 
 def _remove(path: str) -> None:

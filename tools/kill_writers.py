@@ -1,0 +1,245 @@
+"""SIGKILL every writer of pyrag's files at random moments and check what it leaves.
+
+Each trial starts a process that writes states k, k+1, ... of one writer back to back,
+kills it with SIGKILL after a random delay, then checks that:
+
+  1. the files load, and hold one whole state: the last one the writer finished, or the
+     one it was renaming into place when it died (never a mix, never an error);
+  2. the next write (here, in this process) succeeds and leaves 0 temporary files:
+     whatever the killed writer left behind is removed by it.
+
+    python tools/kill_writers.py --trials 30          # the measured run
+    python tools/kill_writers.py --trials 2           # what CI runs (tests/test_kill_writers.py)
+
+WRITERS lists every writer. A new file format adds one entry: write(directory, k) writes
+state k, read(directory) loads what is there, checks it against the state it claims and
+returns that k, and temp_files(directory) lists leftovers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import pyrag
+from pyrag.index import storage
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stress_save_load import DIM, check_index, vectors  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Writer:
+    name: str
+    write: Callable[[str, int], None]  # writes state k into the directory
+    read: Callable[[str], int]  # loads the directory, checks it whole, returns its k
+    temp_files: Callable[[str], list[str]]  # what a killed write may leave behind
+    window_s: float  # kills land uniformly in [0, window_s] after the writer starts
+
+
+def _temp_files(directory: str) -> list[str]:
+    return sorted(e for e in os.listdir(directory) if e.startswith(storage.TEMP_PREFIX))
+
+
+# ----------------------------------------------------------------------------- DenseIndex.save
+DENSE_ROWS = 20000
+
+
+def _dense_rows(k: int) -> int:
+    return DENSE_ROWS + (k % 5) * 97  # sizes differ from state to state
+
+
+def _dense_write(dtype: str) -> Callable[[str, int], None]:
+    def write(directory: str, k: int) -> None:
+        index = pyrag.DenseIndex(DIM, dtype)
+        ids = torch.arange(_dense_rows(k))
+        index.add(vectors(ids, k), ids)
+        index.save(os.path.join(directory, "index.safetensors"), metadata={"state": str(k)})
+
+    return write
+
+
+def _dense_read(directory: str) -> int:
+    index = pyrag.DenseIndex.load(os.path.join(directory, "index.safetensors"))
+    k = int(index.metadata["state"])
+    problem = check_index(index, torch.arange(_dense_rows(k)), k)
+    if problem is not None:
+        raise AssertionError(f"state {k}: {problem}")
+    return k
+
+
+# ----------------------------------------------------------------------------- Trainer checkpoints
+CKPT_ROWS, CKPT_FEATURES = 8000, 8
+
+
+def _trainer(k: int):  # type: ignore[no-untyped-def]
+    """A small trainer whose whole state (weights, learning rates, step, evals and the
+    reindexer's index with its version) is a function of k."""
+    from pyrag.reindex import AsyncReindexer
+    from pyrag.train import Example, TrainConfig, Trainer
+
+    g = torch.Generator().manual_seed(1000 + k)
+    query_encoder = torch.nn.Linear(CKPT_FEATURES, DIM, bias=False)
+    passage_encoder = torch.nn.Linear(CKPT_FEATURES, DIM, bias=False)
+    with torch.no_grad():
+        query_encoder.weight.copy_(torch.randn(DIM, CKPT_FEATURES, generator=g))
+        passage_encoder.weight.copy_(torch.randn(DIM, CKPT_FEATURES, generator=g))
+    features = torch.zeros(CKPT_ROWS, CKPT_FEATURES)
+    ids = torch.arange(CKPT_ROWS)
+    index = pyrag.DenseIndex(DIM, "bfloat16")
+    index.add(vectors(ids, k), ids)
+    reindexer = AsyncReindexer(passage_encoder, features, index=index, schedule="none", progress=False)
+    reindexer.restore(index, version=k, step=k)
+    retriever = pyrag.Retriever(query_encoder, reindexer.index, passages=features, passage_encoder=passage_encoder)
+    cfg = TrainConfig(mode="dpr", train_passage_encoder=True, batch_size=2, steps=10**6)
+    trainer = Trainer(
+        retriever, cfg, [Example("q", "a", 0)] * 2, reindexer=reindexer, progress=False, log=lambda line: None
+    )
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 1e-3 * (k + 1)
+    trainer.restore_state(k, [(k, k / 100)])
+    return trainer
+
+
+def _checkpoint_write(directory: str, k: int) -> None:
+    trainer = _trainer(k)
+    with trainer.reindexer:
+        trainer.save_checkpoint(directory)
+
+
+def _checkpoint_read(directory: str) -> int:
+    trainer = _trainer(0)
+    with trainer.reindexer:
+        trainer.load_checkpoint(directory)
+        k = trainer.state.step
+        want = _trainer(k)
+        with want.reindexer:
+            for role, module in want.trainable_modules().items():
+                got = trainer.trainable_modules()[role].state_dict()
+                if any(not torch.equal(got[n], t) for n, t in module.state_dict().items()):
+                    raise AssertionError(f"state {k}: {role} weights differ")
+            if [g["lr"] for g in trainer.optimizer.param_groups] != [g["lr"] for g in want.optimizer.param_groups]:
+                raise AssertionError(f"state {k}: learning rates differ")
+        if trainer.state.evals != [(k, k / 100)] or trainer.reindexer.version != k:
+            raise AssertionError(f"state {k}: evals or index version differ")
+        problem = check_index(trainer.reindexer.index.snapshot().index, torch.arange(CKPT_ROWS), k)
+        if problem is not None:
+            raise AssertionError(f"state {k}: the checkpoint's index: {problem}")
+    entries = sorted(e for e in os.listdir(directory) if not e.startswith(storage.TEMP_PREFIX))
+    if len(entries) > 3 or "trainer.safetensors" not in entries:
+        raise AssertionError(f"unexpected files in the checkpoint: {entries}")
+    return k
+
+
+def _checkpoint_leftovers(directory: str) -> list[str]:
+    """Temp files, and index files that trainer.safetensors does not name (a save killed
+    between the index and the state file leaves one; the next save removes it)."""
+    _, meta = storage.load_tensors(os.path.join(directory, "trainer.safetensors"), verify=False)
+    stale = [e for e in os.listdir(directory) if e.startswith("index-") and e != meta.get("index")]
+    return _temp_files(directory) + sorted(stale)
+
+
+WRITERS: list[Writer] = [
+    Writer("DenseIndex.save float32", _dense_write("float32"), _dense_read, _temp_files, 1.0),
+    Writer("DenseIndex.save bfloat16", _dense_write("bfloat16"), _dense_read, _temp_files, 1.0),
+    Writer("DenseIndex.save int8", _dense_write("int8"), _dense_read, _temp_files, 1.0),
+    Writer("Trainer.save_checkpoint", _checkpoint_write, _checkpoint_read, _checkpoint_leftovers, 1.5),
+    # TextIndex.add_texts and ShardedIndex.save: one line each once they are on main.
+]
+
+
+def _child(name: str, directory: str, start: int, started: mp.Event, done: mp.Value) -> None:  # type: ignore[valid-type]
+    torch.set_num_threads(1)
+    writer = next(w for w in WRITERS if w.name == name)
+    started.set()
+    k = start
+    while True:
+        writer.write(directory, k)
+        done.value = k  # the last state written whole
+        k += 1
+
+
+@dataclass
+class Result:
+    name: str
+    trials: int = 0
+    loadable: int = 0
+    killed_mid_write: int = 0  # trials whose kill left a temp file behind
+    leftovers_after_next_write: int = 0
+    problems: list[str] | None = None
+
+
+def run_trials(writer: Writer, trials: int, directory: str, seed: int = 0) -> Result:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "pyrag", "pyrag.train", "pyrag.reindex"])
+    rng = random.Random(seed)
+    result = Result(writer.name, problems=[])
+    assert result.problems is not None
+    writer.write(directory, 0)
+    last = 0
+    for _ in range(trials):
+        started, done = ctx.Event(), ctx.Value("q", -1)
+        child = ctx.Process(target=_child, args=(writer.name, directory, last + 1, started, done), daemon=True)
+        child.start()
+        if not started.wait(120):
+            raise RuntimeError(f"{writer.name}: the writer process did not start")
+        time.sleep(rng.uniform(0, writer.window_s))
+        child.kill()
+        child.join()
+        result.trials += 1
+        finished = done.value if done.value >= 0 else last
+        left = writer.temp_files(directory)
+        result.killed_mid_write += bool(left)
+        try:
+            k = writer.read(directory)
+            if not finished <= k <= finished + 1:
+                raise AssertionError(f"loaded state {k}, but the writer had finished state {finished}")
+            result.loadable += 1
+        except Exception as e:
+            result.problems.append(f"{type(e).__name__}: {e}")
+            k = finished
+        writer.write(directory, k + 1)  # the next write cleans up after the killed one
+        left = writer.temp_files(directory)
+        result.leftovers_after_next_write += len(left)
+        if left:
+            result.problems.append(f"left after the next write: {left}")
+        last = k + 1
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=30, help="kills per writer")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    failed = False
+    for writer in WRITERS:
+        with tempfile.TemporaryDirectory() as directory:
+            t0 = time.perf_counter()
+            r = run_trials(writer, args.trials, directory, args.seed)
+            ok = r.loadable == r.trials and r.leftovers_after_next_write == 0
+            failed |= not ok
+            print(
+                f"{r.name:<26} trials {r.trials:>3}  previous state loadable {r.loadable}/{r.trials} "
+                f"({100 * r.loadable / max(r.trials, 1):.0f}%)  kills mid-write (temp file left) "
+                f"{r.killed_mid_write}  temp files after the next write {r.leftovers_after_next_write}  "
+                f"{time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+            for p in (r.problems or [])[:5]:
+                print("   ", p)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
