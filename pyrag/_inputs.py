@@ -53,7 +53,11 @@ def as_ids(ids: Any, what: str = "ids") -> torch.Tensor:
     t = as_tensor(ids, what)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{what} must be integers, got {t.dtype}")
-    if t.dtype == torch.uint64:
-        if t.numel() and int(t.max()) > INT64_MAX:
-            raise ValueError(f"{what}: {int(t.max())} is outside the int64 range")
-    return t.detach().cpu().reshape(-1).to(torch.int64).contiguous()
+    t = t.detach().cpu().reshape(-1)
+    if t.dtype == torch.uint64:  # torch has few uint64 ops: look at the bits as int64
+        signed = t.view(torch.int64)
+        past = signed < 0  # exactly the values > INT64_MAX
+        if bool(past.any()):
+            raise ValueError(f"{what}: {int(signed[past][0]) + 2**64} is outside the int64 range")
+        t = signed
+    return t.to(torch.int64).contiguous()

@@ -104,31 +104,29 @@ def damaged(draw: st.DrawFn, header: dict[str, Any], data: bytes) -> bytes:
 
 @st.composite
 def handmade_files(draw: st.DrawFn, names: list[str], meta_keys: list[str], meta_values: list[str]) -> bytes:
-    """Headers written by hand: entries and metadata of any JSON type and any size."""
-    header: dict[str, Any] = {}
-    if draw(st.booleans()):
-        header["__metadata__"] = draw(
-            st.dictionaries(st.sampled_from(meta_keys) | st.text(max_size=6), st.sampled_from(meta_values) | JSON_ANY)
-            | JSON_ANY
-        )
-    data = b""
-    for name in draw(st.lists(st.sampled_from(names) | st.text(max_size=6), max_size=4, unique=True)):
-        if draw(st.booleans()):
-            tag = draw(st.sampled_from(sorted(storage._DTYPES)))
-            shape = draw(st.lists(SMALL, max_size=3))
-            count = 1
-            for s in shape:
-                count *= s
-            nbytes = count * storage._DTYPES[tag][0]().itemsize
-            begin = len(data) + draw(st.sampled_from([0, 0, 0, 1, 3]))
-            end = begin + nbytes + draw(st.sampled_from([0, 0, 0, 0, -1, 1]))
-            data += draw(st.binary(min_size=max(end - len(data), 0), max_size=max(end - len(data), 0)))
-            entry: Any = {"dtype": tag, "shape": shape, "data_offsets": [begin, end]}
-            if draw(st.integers(0, 5)) == 0:  # one field of any JSON type
-                entry[draw(st.sampled_from(["dtype", "shape", "data_offsets"]))] = draw(JSON_ANY)
+    """Headers written by hand: tensors of any dtype and shape, metadata from the format's
+    keys and values; then metadata, an entry or one of its fields replaced by any JSON
+    value, an offset shifted, or an entry deleted."""
+    chosen = draw(st.lists(st.sampled_from(names) | st.text(max_size=6), max_size=4, unique=True))
+    tensors = {name: draw(odd_tensor(None)) for name in chosen if name != "__metadata__"}
+    meta = draw(
+        st.dictionaries(st.sampled_from(meta_keys) | st.text(max_size=6), st.sampled_from(meta_values), max_size=6)
+    )
+    header, data = tensors_to_file(tensors, meta, crc=draw(st.sampled_from(["right", "right", "wrong", "none"])))
+    for _ in range(draw(st.integers(0, 2)) if header else 0):
+        target = draw(st.sampled_from(sorted(header)))
+        how = draw(st.sampled_from(["replace", "field", "offset", "delete"]))
+        if how == "replace" or (how in ("field", "offset") and not isinstance(header[target], dict)):
+            header[target] = draw(JSON_ANY)
+        elif how == "field":
+            header[target][draw(st.sampled_from(["dtype", "shape", "data_offsets", "checksum"]))] = draw(JSON_ANY)
+        elif how == "offset" and isinstance(header[target].get("data_offsets"), list):
+            at = draw(st.integers(0, 1))
+            header[target]["data_offsets"][at] += draw(st.sampled_from([-1, 1, 2, 4, 2**40]))
         else:
-            entry = draw(JSON_ANY)
-        header[name] = entry
+            header.pop(target)
+        if not header:
+            break
     return draw(damaged(header, data))
 
 
@@ -355,12 +353,12 @@ def checkpoint_dirs(draw: st.DrawFn) -> tuple[bytes, bytes | None]:
             meta[draw(st.sampled_from(CKPT_META))] = draw(st.sampled_from(CKPT_VALUES) | st.text(max_size=6))
         elif what == "drop meta":
             meta.pop(draw(st.sampled_from(sorted(meta))), None)
-        elif what == "tensor":
+        elif what == "tensor" and tensors:
             name = draw(st.sampled_from(sorted(tensors)))
             tensors[name] = draw(odd_tensor(tensors[name]))
-        elif what == "drop tensor":
+        elif what == "drop tensor" and tensors:
             tensors.pop(draw(st.sampled_from(sorted(tensors))))
-        elif what == "optimizer":
+        elif what == "optimizer" and "optimizer" in tensors:
             tensors["optimizer"] = draw(optimizer_bytes(tensors["optimizer"]))
         else:
             index = draw(st.none() | index_files())
@@ -424,9 +422,18 @@ LOADERS: list[Loader] = [
 ]
 
 
-def fuzz(loader: Loader, cases: int, seed: int = 0) -> collections.Counter:
-    """Runs `cases` generated files through `loader`; returns the outcomes
-    ('ok', or the documented error's type). Raises on any other exception."""
+def _gist(message: str) -> str:
+    """An error message without its path and numbers: what kind of problem it names."""
+    text = message.split(": ", 1)[-1]
+    return "".join("#" if c.isdigit() else c for c in text)[:70]
+
+
+def fuzz(
+    loader: Loader, cases: int, seed: int = 0, messages: collections.Counter | None = None
+) -> collections.Counter:
+    """Runs `cases` generated files through `loader`; returns the outcomes ('ok', or the
+    documented error's type) and counts the errors' messages into `messages`. Raises on
+    any other exception."""
     outcomes: collections.Counter = collections.Counter()
     directory = tempfile.mkdtemp(prefix="pyrag-fuzz-")
 
@@ -447,6 +454,8 @@ def fuzz(loader: Loader, cases: int, seed: int = 0) -> collections.Counter:
                 outcomes[loader.load(path, mmap)] += 1
             except loader.errors as e:
                 outcomes[type(e).__name__] += 1
+                if messages is not None:
+                    messages[_gist(str(e))] += 1
             finally:
                 faulthandler.cancel_dump_traceback_later()
         finally:
@@ -463,16 +472,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=12000, help="cases in all, shared among the loaders")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--messages", type=int, default=0, help="show the N commonest error messages per loader")
     args = parser.parse_args()
     torch.set_num_threads(1)
     total = 0
-    for loader in LOADERS:
+    for i, loader in enumerate(LOADERS):
         t0 = time.perf_counter()
-        outcomes = fuzz(loader, args.cases // len(LOADERS), args.seed)
+        messages: collections.Counter = collections.Counter()
+        outcomes = fuzz(loader, args.cases // len(LOADERS), args.seed + i, messages)
         n = sum(outcomes.values())
         total += n
         detail = ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
         print(f"{loader.name:<24} {n:>6} cases in {time.perf_counter() - t0:.0f} s: {detail}", flush=True)
+        for message, count in messages.most_common(args.messages):
+            print(f"    {count:>5}  {message}")
     print(f"total: {total} cases, 0 undocumented exceptions, no crash, no hang")
     return 0
 

@@ -13,7 +13,7 @@ kills it with SIGKILL after a random delay, then checks that:
 
 WRITERS lists every writer. A new file format adds one entry: write(directory, k) writes
 state k, read(directory) loads what is there, checks it against the state it claims and
-returns that k, and temp_files(directory) lists leftovers.
+returns that k, and leftovers(directory) lists what a killed write left behind.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,14 +41,24 @@ from stress_save_load import DIM, check_index, vectors  # noqa: E402
 @dataclass(frozen=True)
 class Writer:
     name: str
-    write: Callable[[str, int], None]  # writes state k into the directory
+    prepare: Callable[[int], Any]  # builds state k in memory
+    commit: Callable[[Any, str], None]  # writes a prepared state into the directory: the writer under test
     read: Callable[[str], int]  # loads the directory, checks it whole, returns its k
-    temp_files: Callable[[str], list[str]]  # what a killed write may leave behind
-    window_s: float  # kills land uniformly in [0, window_s] after the writer starts
+    leftovers: Callable[[str], list[str]]  # files other than the state: what a killed write left
+    window_s: float  # kills land uniformly in [0, window_s] after the first commit starts
+    release: Callable[[Any], None] = lambda state: None
+
+    def write(self, directory: str, k: int) -> None:
+        state = self.prepare(k)
+        try:
+            self.commit(state, directory)
+        finally:
+            self.release(state)
 
 
-def _temp_files(directory: str) -> list[str]:
-    return sorted(e for e in os.listdir(directory) if e.startswith(storage.TEMP_PREFIX))
+def _dense_leftovers(directory: str) -> list[str]:
+    """Everything but the index file."""
+    return sorted(e for e in os.listdir(directory) if e != "index.safetensors")
 
 
 # ----------------------------------------------------------------------------- DenseIndex.save
@@ -58,14 +69,19 @@ def _dense_rows(k: int) -> int:
     return DENSE_ROWS + (k % 5) * 97  # sizes differ from state to state
 
 
-def _dense_write(dtype: str) -> Callable[[str, int], None]:
-    def write(directory: str, k: int) -> None:
+def _dense_prepare(dtype: str) -> Callable[[int], Any]:
+    def prepare(k: int) -> tuple[pyrag.DenseIndex, int]:
         index = pyrag.DenseIndex(DIM, dtype)
         ids = torch.arange(_dense_rows(k))
         index.add(vectors(ids, k), ids)
-        index.save(os.path.join(directory, "index.safetensors"), metadata={"state": str(k)})
+        return index, k
 
-    return write
+    return prepare
+
+
+def _dense_commit(state: tuple[pyrag.DenseIndex, int], directory: str) -> None:
+    index, k = state
+    index.save(os.path.join(directory, "index.safetensors"), metadata={"state": str(k)})
 
 
 def _dense_read(directory: str) -> int:
@@ -81,7 +97,7 @@ def _dense_read(directory: str) -> int:
 CKPT_ROWS, CKPT_FEATURES = 8000, 8
 
 
-def _trainer(k: int):  # type: ignore[no-untyped-def]
+def _trainer(k: int) -> Any:
     """A small trainer whose whole state (weights, learning rates, step, evals and the
     reindexer's index with its version) is a function of k."""
     from pyrag.reindex import AsyncReindexer
@@ -110,10 +126,12 @@ def _trainer(k: int):  # type: ignore[no-untyped-def]
     return trainer
 
 
-def _checkpoint_write(directory: str, k: int) -> None:
-    trainer = _trainer(k)
-    with trainer.reindexer:
-        trainer.save_checkpoint(directory)
+def _checkpoint_commit(trainer: Any, directory: str) -> None:
+    trainer.save_checkpoint(directory)
+
+
+def _checkpoint_release(trainer: Any) -> None:
+    trainer.reindexer.close()
 
 
 def _checkpoint_read(directory: str) -> int:
@@ -134,36 +152,40 @@ def _checkpoint_read(directory: str) -> int:
         problem = check_index(trainer.reindexer.index.snapshot().index, torch.arange(CKPT_ROWS), k)
         if problem is not None:
             raise AssertionError(f"state {k}: the checkpoint's index: {problem}")
-    entries = sorted(e for e in os.listdir(directory) if not e.startswith(storage.TEMP_PREFIX))
-    if len(entries) > 3 or "trainer.safetensors" not in entries:
-        raise AssertionError(f"unexpected files in the checkpoint: {entries}")
     return k
 
 
 def _checkpoint_leftovers(directory: str) -> list[str]:
-    """Temp files, and index files that trainer.safetensors does not name (a save killed
-    between the index and the state file leaves one; the next save removes it)."""
+    """Everything but trainer.safetensors and the index it names: temp files, and an
+    index file of a save killed between the index and the state file."""
     _, meta = storage.load_tensors(os.path.join(directory, "trainer.safetensors"), verify=False)
-    stale = [e for e in os.listdir(directory) if e.startswith("index-") and e != meta.get("index")]
-    return _temp_files(directory) + sorted(stale)
+    return sorted(e for e in os.listdir(directory) if e not in ("trainer.safetensors", meta.get("index")))
 
 
 WRITERS: list[Writer] = [
-    Writer("DenseIndex.save float32", _dense_write("float32"), _dense_read, _temp_files, 1.0),
-    Writer("DenseIndex.save bfloat16", _dense_write("bfloat16"), _dense_read, _temp_files, 1.0),
-    Writer("DenseIndex.save int8", _dense_write("int8"), _dense_read, _temp_files, 1.0),
-    Writer("Trainer.save_checkpoint", _checkpoint_write, _checkpoint_read, _checkpoint_leftovers, 1.5),
+    *(
+        Writer(f"DenseIndex.save {dtype}", _dense_prepare(dtype), _dense_commit, _dense_read, _dense_leftovers, 0.2)
+        for dtype in ("float32", "bfloat16", "int8")
+    ),
+    Writer(
+        "Trainer.save_checkpoint", _trainer, _checkpoint_commit, _checkpoint_read, _checkpoint_leftovers, 0.4,
+        _checkpoint_release,
+    ),
     # TextIndex.add_texts and ShardedIndex.save: one line each once they are on main.
 ]
+
+
+AHEAD = 8  # states prepared before the first commit, so that kills land in commits
 
 
 def _child(name: str, directory: str, start: int, started: mp.Event, done: mp.Value) -> None:  # type: ignore[valid-type]
     torch.set_num_threads(1)
     writer = next(w for w in WRITERS if w.name == name)
+    prepared = [writer.prepare(k) for k in range(start, start + AHEAD)]
     started.set()
     k = start
     while True:
-        writer.write(directory, k)
+        writer.commit(prepared.pop(0) if prepared else writer.prepare(k), directory)
         done.value = k  # the last state written whole
         k += 1
 
@@ -180,7 +202,8 @@ class Result:
 
 def run_trials(writer: Writer, trials: int, directory: str, seed: int = 0) -> Result:
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "pyrag", "pyrag.train", "pyrag.reindex"])
+    # torch._dynamo: the first optimiser imports it (seconds); once, in the server.
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "pyrag", "pyrag.train", "pyrag.reindex"])
     rng = random.Random(seed)
     result = Result(writer.name, problems=[])
     assert result.problems is not None
@@ -197,7 +220,7 @@ def run_trials(writer: Writer, trials: int, directory: str, seed: int = 0) -> Re
         child.join()
         result.trials += 1
         finished = done.value if done.value >= 0 else last
-        left = writer.temp_files(directory)
+        left = writer.leftovers(directory)
         result.killed_mid_write += bool(left)
         try:
             k = writer.read(directory)
@@ -208,7 +231,7 @@ def run_trials(writer: Writer, trials: int, directory: str, seed: int = 0) -> Re
             result.problems.append(f"{type(e).__name__}: {e}")
             k = finished
         writer.write(directory, k + 1)  # the next write cleans up after the killed one
-        left = writer.temp_files(directory)
+        left = writer.leftovers(directory)
         result.leftovers_after_next_write += len(left)
         if left:
             result.problems.append(f"left after the next write: {left}")

@@ -253,7 +253,7 @@ class DenseIndex:
                 start = int(snap.ids_sorted()[-1]) + 1 if snap.size else 0
                 if start + n - 1 > INT64_MAX:
                     raise ValueError(f"automatic ids would pass the largest int64 ({INT64_MAX}); pass ids=")
-                new_ids = torch.arange(start, start + n, dtype=torch.int64)
+                new_ids = torch.arange(n, dtype=torch.int64) + start  # arange(start, start + n) overflows at the top
             else:
                 new_ids = new_ids_given
                 self._check_no_clash(snap, new_ids)
