@@ -35,7 +35,7 @@ import pyrag
 from pyrag.index import storage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stress_save_load import DIM, check_index, vectors  # noqa: E402
+from stress_save_load import DIM, check_index, process_context, vectors  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -201,9 +201,7 @@ class Result:
 
 
 def run_trials(writer: Writer, trials: int, directory: str, seed: int = 0) -> Result:
-    ctx = mp.get_context("forkserver")
-    # torch._dynamo: the first optimiser imports it (seconds); once, in the server.
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", "pyrag", "pyrag.train", "pyrag.reindex"])
+    ctx = process_context()
     rng = random.Random(seed)
     result = Result(writer.name, problems=[])
     assert result.problems is not None

@@ -29,6 +29,15 @@ DIM = 32
 DTYPES = ("float32", "bfloat16", "int8")
 
 
+def process_context() -> mp.context.BaseContext:
+    """Where test processes start: a fork server that imported torch and pyrag once (a
+    fresh interpreter per process would import them again, seconds each)."""
+    ctx = mp.get_context("forkserver")
+    # torch._dynamo: the first optimiser imports it (seconds); once, in the server.
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "pyrag", "pyrag.train", "pyrag.reindex"])
+    return ctx
+
+
 def vectors(ids: torch.Tensor, salt: int = 0, dim: int = DIM) -> torch.Tensor:
     """The vector of each id: integers in [-127, 127], the first one 127, so that bf16 and
     int8 (scale 1) store them exactly and every inner product is exact in float32."""
@@ -52,7 +61,7 @@ def expected_search(ids: torch.Tensor, salt: int, q: torch.Tensor, k: int) -> tu
     found = torch.full((b, k), -1, dtype=torch.int64)
     if ids.numel():
         by_id = torch.argsort(ids)
-        s = (q @ vectors(ids, salt).T)[:, by_id]
+        s = (q @ vectors(ids, salt, q.shape[1]).T)[:, by_id]
         order = torch.argsort(-s, dim=1, stable=True)[:, :k]  # stable: ties keep the id order
         m = order.shape[1]
         scores[:, :m] = torch.gather(s, 1, order)
@@ -64,9 +73,9 @@ def check_index(index: pyrag.DenseIndex, ids: torch.Tensor, salt: int) -> str | 
     """None if `index` holds exactly the vectors(ids, salt) in that row order, else what differs."""
     if not torch.equal(index.ids, ids):
         return f"ids differ: {len(index)} rows, expected {ids.numel()}"
-    if ids.numel() and not torch.equal(index.get(ids), vectors(ids, salt)):
+    if ids.numel() and not torch.equal(index.get(ids), vectors(ids, salt, index.dim)):
         return "stored vectors differ"
-    q = queries()
+    q = queries(dim=index.dim)
     k = min(ids.numel(), 5) + 1  # one padding column
     want = expected_search(ids, salt, q, k)
     exact_modes = [False, True] if index.keep_originals else [False]
@@ -187,7 +196,7 @@ def load_racing_save(dtype: str, loads: int, directory: str) -> Tally:
     while this one loads the path (mmap and not, in turn) and checks that each load is
     one of the three, whole: its ids, vectors, scores and float32 originals."""
     path = os.path.join(directory, f"racing-load-{dtype}.safetensors")
-    ctx = mp.get_context("spawn")
+    ctx = process_context()
     ready, stop, count = ctx.Event(), ctx.Event(), ctx.Value("i", 0)
     saver = ctx.Process(target=_saver, args=(path, dtype, ready, stop, count), daemon=True)
     saver.start()
