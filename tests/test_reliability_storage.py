@@ -89,7 +89,7 @@ def test_parts_are_written_as_one_tensor(tmp_path):
     storage.save_tensors(tmp_path / "f", {"t": [a, b], "s": torch.tensor(3.5)}, {"k": "v"})
     tensors, meta = storage.load_tensors(tmp_path / "f")
     assert torch.equal(tensors["t"], torch.cat([a, b])) and float(tensors["s"]) == 3.5 and meta["k"] == "v"
-    assert meta["checksum"] == storage.checksum({"t": torch.cat([a, b]), "s": torch.tensor(3.5)})
+    assert meta["checksum"] == storage.checksum({"t": torch.cat([a, b]), "s": torch.tensor(3.5)}, {"k": "v"})
 
 
 @pytest.mark.parametrize(
@@ -115,6 +115,41 @@ def test_a_failed_write_leaves_the_target_and_no_temp_file(tmp_path):
         f.write(b"partial")
         raise RuntimeError("disk full")
     assert (tmp_path / "f").read_bytes() == before and os.listdir(tmp_path) == ["f"]
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [(b'"version":"1"', b'"version":"7"'), (b'"user.note":"abc"', b'"user.note":"abd"'), (b'"dim":"5"', b'"dim":"6"')],
+)
+def test_damaged_header_values_are_caught_by_the_checksum(tmp_path, old, new):
+    index = pyrag.DenseIndex(5)
+    index.add(rows(4))
+    index.save(tmp_path / "i", metadata={"note": "abc"})
+    blob = (tmp_path / "i").read_bytes()
+    assert blob.count(old) == 1
+    (tmp_path / "i").write_bytes(blob.replace(old, new))
+    with pytest.raises(pyrag.IndexFormatError, match="checksum mismatch"):
+        pyrag.DenseIndex.load(tmp_path / "i")
+
+
+def test_files_with_the_older_checksum_still_load(tmp_path):
+    """Files written before the checksum covered the header: safetensors' own writer,
+    and a CRC over the tensors' names and bytes."""
+    from safetensors.torch import save_file
+
+    index = pyrag.DenseIndex(5, "int8")
+    index.add(rows(21))
+    index.save(tmp_path / "new")
+    tensors, meta = storage.load_tensors(tmp_path / "new")
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    meta["checksum"] = storage._checksum_v1(tensors)
+    save_file(tensors, str(tmp_path / "old"), metadata=meta)
+    old = pyrag.DenseIndex.load(tmp_path / "old")
+    assert torch.equal(old.get(old.ids), index.get(index.ids))
+    meta["checksum"] = "crc32:00000000"
+    save_file(tensors, str(tmp_path / "bad"), metadata=meta)
+    with pytest.raises(pyrag.IndexFormatError, match="checksum mismatch"):
+        pyrag.DenseIndex.load(tmp_path / "bad")
 
 
 # ----------------------------------------------------------------------------- G: stale temp files

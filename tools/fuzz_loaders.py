@@ -59,8 +59,8 @@ def encode_file(header: Any, data: bytes, *, header_text: bytes | None = None, l
 def tensors_to_file(
     tensors: dict[str, torch.Tensor], metadata: dict[str, Any], *, crc: str | None = "right"
 ) -> tuple[dict[str, Any], bytes]:
-    """(header, data) of `tensors` (widest first, like the writer), with a right checksum,
-    a wrong one, or none."""
+    """(header, data) of `tensors` (widest first, like the writer), with a right checksum
+    (or one of the older kind, over the tensors only), a wrong one, or none."""
     entries: dict[str, Any] = {}
     chunks, offset = [], 0
     for name in sorted(tensors, key=lambda n: (-tensors[n].element_size(), n)):
@@ -72,7 +72,9 @@ def tensors_to_file(
         offset += len(raw)
     meta = dict(metadata)
     if crc == "right":
-        meta["checksum"] = storage.checksum(tensors)
+        meta["checksum"] = storage.checksum(tensors, meta)
+    elif crc == "v1":
+        meta["checksum"] = storage._checksum_v1(tensors)
     elif crc == "wrong":
         meta["checksum"] = "crc32:deadbeef"
     return {"__metadata__": meta, **entries}, b"".join(chunks)
@@ -227,7 +229,7 @@ def index_files(draw: st.DrawFn) -> bytes:
             tensors.pop(draw(st.sampled_from(sorted(tensors))))
         elif what == "add tensor":
             tensors[draw(st.sampled_from(INDEX_TENSORS))] = draw(odd_tensor(None))
-    crc = draw(st.sampled_from(["right"] * 8 + ["wrong", "none"]))
+    crc = draw(st.sampled_from(["right"] * 7 + ["v1", "wrong", "none"]))
     header, data = tensors_to_file(tensors, meta, crc=crc)
     return draw(damaged(header, data))
 

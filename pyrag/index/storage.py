@@ -84,12 +84,39 @@ def _crc_tensor(t: torch.Tensor, crc: int) -> int:
     return crc
 
 
-def checksum(tensors: Mapping[str, torch.Tensor]) -> str:
-    """The checksum save_tensors stores: CRC32 over each name and its bytes, by name."""
+def _crc_text(text: str, crc: int) -> int:
+    # surrogatepass: a header may hold any JSON string, lone surrogates included
+    return zlib.crc32(text.encode("utf-8", "surrogatepass") + b"\0", crc)
+
+
+def _crc_metadata(metadata: Mapping[str, str], crc: int) -> int:
+    for key in sorted(metadata):
+        if key != "checksum":
+            crc = _crc_text(metadata[key], _crc_text(key, crc))
+    return crc
+
+
+def _crc_entry(name: str, dtype: torch.dtype, shape: Sequence[int], crc: int) -> int:
+    return _crc_text(f"{_TAGS[dtype]}{list(shape)}", _crc_text(name, crc))
+
+
+def checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """The checksum save_tensors stores ("crc32h:"): CRC32 over the metadata (but the
+    checksum itself), then each tensor's name, dtype, shape and bytes, by name. So a
+    damaged header value (a step, a version, a shape) is caught like damaged data."""
+    crc = _crc_metadata(metadata, 0)
+    for name in sorted(tensors):
+        t = tensors[name]
+        crc = _crc_tensor(t, _crc_entry(name, t.dtype, t.shape, crc))
+    return f"crc32h:{crc:08x}"
+
+
+def _checksum_v1(tensors: Mapping[str, torch.Tensor]) -> str:
+    """The checksum of files written before the header was covered ("crc32:"): each
+    tensor's name and bytes, by name."""
     crc = 0
     for name in sorted(tensors):
-        crc = zlib.crc32(name.encode(), crc)
-        crc = _crc_tensor(tensors[name], crc)
+        crc = _crc_tensor(tensors[name], zlib.crc32(name.encode(), crc))
     return f"crc32:{crc:08x}"
 
 
@@ -130,23 +157,25 @@ def _write_safetensors(f: BinaryIO, tensors: dict[str, list[torch.Tensor]], meta
     is aligned to its element size, as the safetensors library lays them out. The
     checksum is computed first, over the same bytes: the caller's tensors must not change
     meanwhile (DenseIndex.save hands over only rows no later add writes)."""
-    crc = 0
+    shapes = {}
+    for name, parts in tensors.items():
+        shapes[name] = list(parts[0].shape)
+        if len(parts) > 1:
+            shapes[name][0] = sum(p.shape[0] for p in parts)
+    crc = _crc_metadata(metadata, 0)
     for name in sorted(tensors):
-        crc = zlib.crc32(name.encode(), crc)
+        crc = _crc_entry(name, tensors[name][0].dtype, shapes[name], crc)
         for part in tensors[name]:
             crc = _crc_tensor(part, crc)
     order = sorted(tensors, key=lambda n: (-tensors[n][0].element_size(), n))
     entries: dict[str, Any] = {}
     offset = 0
     for name in order:
-        parts = tensors[name]
-        shape = list(parts[0].shape)
-        if len(parts) > 1:
-            shape[0] = sum(p.shape[0] for p in parts)
-        nbytes = sum(p.numel() * p.element_size() for p in parts)
-        entries[name] = {"dtype": _TAGS[parts[0].dtype], "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        nbytes = sum(p.numel() * p.element_size() for p in tensors[name])
+        tag = _TAGS[tensors[name][0].dtype]
+        entries[name] = {"dtype": tag, "shape": shapes[name], "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
-    header = {"__metadata__": {**metadata, "checksum": f"crc32:{crc:08x}"}, **entries}
+    header = {"__metadata__": {**metadata, "checksum": f"crc32h:{crc:08x}"}, **entries}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     f.write(struct.pack("<Q", len(raw)) + raw)
@@ -338,7 +367,13 @@ def open_tensors(f: BinaryIO, *, name: str = "file", mmap: bool = False, verify:
         expected = metadata.get("checksum")
         if expected is None:
             raise FormatError(f"{name}: no checksum in the metadata; not written by pyrag")
-        if checksum(tensors) != expected:
+        if expected.startswith("crc32h:"):
+            actual = checksum(tensors, metadata)
+        elif expected.startswith("crc32:"):
+            actual = _checksum_v1(tensors)
+        else:
+            raise FormatError(f"{name}: unknown checksum {expected[:20]!r}")
+        if actual != expected:
             raise FormatError(f"{name}: checksum mismatch; the file is corrupted")
     return StoredTensors(tensors, metadata, offsets)
 
