@@ -12,8 +12,10 @@ the last result is back) over one float32 DenseIndex, for `--seconds`:
 
 Printed for each repeat: throughput (queries/s), median and p99 latency, the mean batch
 and fused-scan time, and the ratios the issue's bar names: coalesced / direct throughput,
-and median latency / one lone B = 1 search (measured in the same repeat, on an idle
-index). The CPU, the ISA path (pyrag.cpu_isa()), the kernel threads and the load average
+and median and p99 latency / one lone B = 1 search (timed on the idle index just before
+and just after each closed loop; the shared machine drifts). A tiny-index run then shows
+the Python-side cost per query that the searcher adds (checks, queueing, hand-offs
+between threads under the GIL). The CPU, the ISA path (pyrag.cpu_isa()), the kernel threads and the load average
 before and after each repeat are printed with them: on a shared machine, read the spread
 over repeats together with the load.
 """
@@ -113,7 +115,7 @@ def run(
     seconds: float = 10.0,
     windows: tuple[float, ...] = (0.0, 2.0),
     repeats: int = 3,
-    lone_reps: int = 15,
+    lone_reps: int = 8,
     max_batch: int = 64,
     index: Optional[pyrag.DenseIndex] = None,
 ) -> list[dict[str, float]]:
@@ -138,58 +140,78 @@ def run(
     rows = []
     for rep in range(repeats):
         load_before = load()
-        lone = statistics.median(timed(lambda: index.search(queries[0], k), lone_reps))
-        fused = statistics.median(timed(lambda: index.search(batch, k), max(3, lone_reps // 3)))
+        fused = statistics.median(timed(lambda: index.search(batch, k), max(3, lone_reps // 2)))
         with pyrag.CoalescingSearcher(index) as s:
             lone_via = statistics.median(timed(lambda: s.search(queries[0], k), lone_reps))
+            lone_plain = statistics.median(timed(lambda: index.search(queries[0], k), lone_reps))
 
-        def direct() -> dict[str, float]:
-            count, wall, lat = closed_loop(lambda q: index.search(q, k), queries, callers, seconds)
-            return {"qps": count / wall, "median": statistics.median(lat), "p99": percentile(lat, 99), "count": count}
+        def measured(search: Callable[[torch.Tensor], object]) -> dict[str, float]:
+            """The closed loop, with the lone B = 1 search that its latencies are compared
+            with timed just before and just after it (the shared machine drifts)."""
+            before = timed(lambda: index.search(queries[0], k), lone_reps)
+            count, wall, lat = closed_loop(search, queries, callers, seconds)
+            after = timed(lambda: index.search(queries[0], k), lone_reps)
+            return {
+                "qps": count / wall, "median": statistics.median(lat), "p99": percentile(lat, 99),
+                "lone": statistics.median(before + after), "count": count,
+            }  # fmt: skip
 
         def coalesced(window: float) -> dict[str, float]:
             with pyrag.CoalescingSearcher(index, window_ms=window, max_batch=max_batch) as s:
-                count, wall, lat = closed_loop(lambda q: s.search(q, k), queries, callers, seconds)
+                r = measured(lambda q: s.search(q, k))
                 st = s.stats()
-            return {
-                "qps": count / wall, "median": statistics.median(lat), "p99": percentile(lat, 99), "count": count,
-                "batch": st["queries"] / st["scans"], "scan": st["scan_seconds"] / st["scans"],
-            }  # fmt: skip
+            return {**r, "batch": st["queries"] / st["scans"], "scan": st["scan_seconds"] / st["scans"]}
 
-        # Alternate the order, so that neither side always runs first after the lone runs.
+        # Alternate the order, so that neither side always runs first.
         if rep % 2 == 0:
-            base = direct()
+            base = measured(lambda q: index.search(q, k))
             runs = {w: coalesced(w) for w in windows}
         else:
             runs = {w: coalesced(w) for w in windows}
-            base = direct()
-        load_after = load()
+            base = measured(lambda q: index.search(q, k))
         print(
-            f"\nrepeat {rep + 1}/{repeats} (load {load_before} -> {load_after}): lone B=1 {lone * 1e3:.1f} ms, "
-            f"lone B={callers} {fused * 1e3:.1f} ms ({fused / lone:.2f} x B=1), "
-            f"lone B=1 through the searcher {lone_via * 1e3:.1f} ms ({lone_via / lone:.3f} x)"
+            f"\nrepeat {rep + 1}/{repeats} (load {load_before} -> {load()}): lone B={callers} {fused * 1e3:.1f} ms "
+            f"= {fused / lone_plain:.2f} x lone B=1 ({lone_plain * 1e3:.1f} ms); lone B=1 through the searcher "
+            f"{lone_via * 1e3:.1f} ms ({lone_via / lone_plain:.3f} x)"
         )
         print(
-            f"  {'mode':<22} {'queries/s':>9} {'median ms':>9} {'p99 ms':>8} {'batch':>6} {'scan ms':>8} "
-            f"{'x direct qps':>12} {'median / lone':>13} {'p99 / lone':>10}"
+            f"  {'mode':<18} {'lone ms':>7} {'queries/s':>9} {'median ms':>9} {'p99 ms':>8} {'batch':>6} "
+            f"{'scan ms':>8} {'x direct qps':>12} {'median / lone':>13} {'p99 / lone':>10}"
         )
         print(
-            f"  {'direct':<22} {base['qps']:9.1f} {base['median'] * 1e3:9.1f} {base['p99'] * 1e3:8.1f} {'':>6} "
-            f"{'':>8} {1.0:12.2f} {base['median'] / lone:13.2f} {base['p99'] / lone:10.2f}"
+            f"  {'direct':<18} {base['lone'] * 1e3:7.1f} {base['qps']:9.1f} {base['median'] * 1e3:9.1f} "
+            f"{base['p99'] * 1e3:8.1f} {'':>6} {'':>8} {1.0:12.2f} {base['median'] / base['lone']:13.2f} "
+            f"{base['p99'] / base['lone']:10.2f}"
         )
         for w, r in runs.items():
             row = {
-                "repeat": rep, "window_ms": w, "lone": lone, "fused": fused, "lone_via": lone_via,
+                "repeat": rep, "window_ms": w, "lone": r["lone"], "fused": fused, "lone_via": lone_via,
                 "direct_qps": base["qps"], "direct_median": base["median"], "direct_p99": base["p99"],
                 "qps": r["qps"], "median": r["median"], "p99": r["p99"], "batch": r["batch"], "scan": r["scan"],
-                "speedup": r["qps"] / base["qps"], "median_ratio": r["median"] / lone, "p99_ratio": r["p99"] / lone,
+                "speedup": r["qps"] / base["qps"], "median_ratio": r["median"] / r["lone"],
+                "p99_ratio": r["p99"] / r["lone"],
             }  # fmt: skip
             rows.append(row)
             print(
-                f"  {f'coalesced {w:g} ms':<22} {r['qps']:9.1f} {r['median'] * 1e3:9.1f} {r['p99'] * 1e3:8.1f} "
-                f"{r['batch']:6.1f} {r['scan'] * 1e3:8.1f} {row['speedup']:12.2f} {row['median_ratio']:13.2f} "
-                f"{row['p99_ratio']:10.2f}"
+                f"  {f'coalesced {w:g} ms':<18} {r['lone'] * 1e3:7.1f} {r['qps']:9.1f} {r['median'] * 1e3:9.1f} "
+                f"{r['p99'] * 1e3:8.1f} {r['batch']:6.1f} {r['scan'] * 1e3:8.1f} {row['speedup']:12.2f} "
+                f"{row['median_ratio']:13.2f} {row['p99_ratio']:10.2f}"
             )
+    # Where the time goes besides the scan: the same callers over a tiny index, whose scan
+    # costs microseconds, show the Python-side cost per query (checks, queueing, thread
+    # hand-offs under the GIL) that the searcher adds.
+    tiny = build_index(1000, d, seed=2)
+    lone_tiny = statistics.median(timed(lambda: tiny.search(queries[0], k), 200))
+    count, wall, _ = closed_loop(lambda q: tiny.search(q, k), queries, callers, min(seconds, 2.0))
+    direct_tiny = wall / count
+    with pyrag.CoalescingSearcher(tiny, window_ms=0, max_batch=max_batch) as s:
+        count, wall, _ = closed_loop(lambda q: s.search(q, k), queries, callers, min(seconds, 2.0))
+        st = s.stats()
+    print(
+        f"\noverhead, over a 1,000-row index: lone B=1 {lone_tiny * 1e6:.0f} us; {callers} callers direct "
+        f"{direct_tiny * 1e6:.0f} us/query; coalesced {wall / count * 1e6:.0f} us/query "
+        f"(mean batch {st['queries'] / st['scans']:.1f}, scan {st['scan_seconds'] / st['scans'] * 1e6:.0f} us)"
+    )
     print("\nover the repeats (min / median / max); the bar: throughput >= 6 x direct, median <= 2.5 x lone B=1")
     for w in windows:
         mine = [r for r in rows if r["window_ms"] == w]
@@ -213,7 +235,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, float]]:
     ap.add_argument("--windows", default="0,2", help="window_ms values to run, comma-separated")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--lone-reps", type=int, default=15)
+    ap.add_argument("--lone-reps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: pyrag's)")
     a = ap.parse_args(argv)
     if a.threads is not None:

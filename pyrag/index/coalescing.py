@@ -250,6 +250,7 @@ class _Batcher:
         self._max_batch = max_batch
         self._cond = threading.Condition()
         self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
         self._closed = False
         self._last_batch = 1  # callers in the previous batch: how many to wait for
         self._counts: dict[str, float] = {"queries": 0, "scans": 0, "fallbacks": 0, "scan_seconds": 0.0}
@@ -282,7 +283,9 @@ class _Batcher:
                 raise SearcherClosedError("this CoalescingSearcher is closed")
             request.queued_at = time.monotonic()
             self._queue.append(request)
-            self._cond.notify()
+            self._queued_rows += request.queries.shape[0]
+            if self._batch_ready() or len(self._queue) == 1:  # else the worker sleeps on
+                self._cond.notify()
         return request.future
 
     def close(self) -> None:
@@ -305,6 +308,7 @@ class _Batcher:
                     self._closed = True
                     batch += self._queue
                     self._queue.clear()
+                    self._queued_rows = 0
                 for r in batch:
                     _fail(r, SearcherClosedError(f"the CoalescingSearcher's worker failed: {e!r}"))
                 return
@@ -318,7 +322,7 @@ class _Batcher:
                     return None
                 self._cond.wait()
             deadline = self._queue[0].queued_at + self._window_s
-            while not self._closed and len(self._queue) < self._last_batch and self._rows() < self._max_batch:
+            while not self._batch_ready():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -327,14 +331,16 @@ class _Batcher:
             rows = 0
             while self._queue and (not batch or rows + self._queue[0].queries.shape[0] <= self._max_batch):
                 r = self._queue.popleft()
+                self._queued_rows -= r.queries.shape[0]
                 batch.append(r)
                 rows += r.queries.shape[0]
             self._last_batch = len(batch)
             self._counts["queries"] += rows
             return batch
 
-    def _rows(self) -> int:
-        return sum(r.queries.shape[0] for r in self._queue)
+    def _batch_ready(self) -> bool:
+        """Whether to scan now rather than wait for more callers (under the lock)."""
+        return self._closed or len(self._queue) >= self._last_batch or self._queued_rows >= self._max_batch
 
     def _answer(self, batch: list[_Request]) -> None:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
