@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyrag
+from pyrag.index import coalescing
 
 DTYPES = ["float32", "bfloat16", "int8"]
 D = 12
@@ -407,7 +408,14 @@ def test_a_lone_caller_does_not_wait_for_the_window():
             assert time.monotonic() - t0 < 5.0  # not the 10 s window
 
 
-def test_after_a_burst_a_lone_caller_waits_at_most_the_window():
+@pytest.fixture
+def wait_by_window_only(monkeypatch):
+    """Lifts the cap of a batch's wait at a quarter of the previous scan (this tiny
+    index scans in microseconds), so that window_ms alone bounds it."""
+    monkeypatch.setattr(coalescing, "_WAIT_PER_SCAN", float("inf"))
+
+
+def test_after_a_burst_a_lone_caller_waits_at_most_the_window(wait_by_window_only):
     index = make_index("float32", cls=GatedIndex)
     q = integer_rows(1, seed=51)
     with pyrag.CoalescingSearcher(index, window_ms=300) as searcher:
@@ -482,7 +490,20 @@ def test_close_answers_queued_callers_and_refuses_later_ones():
     assert "closed" in repr(searcher)
 
 
-def test_close_cuts_the_window_short():
+def test_a_batch_waits_at_most_a_quarter_of_the_previous_scan():
+    index = make_index("float32", cls=GatedIndex)
+    with pyrag.CoalescingSearcher(index, window_ms=10_000) as searcher:
+        first = hold_worker(searcher, index)
+        burst = [searcher.submit(integer_rows(1, seed=53 + j), 3) for j in range(5)]
+        index.gate.set()
+        for f in [first] + burst:
+            f.result(timeout=LIMIT_S)
+        t0 = time.monotonic()
+        searcher.search(integer_rows(1, seed=58), 3)  # expects 5 callers, but scans take microseconds
+        assert time.monotonic() - t0 < 5.0
+
+
+def test_close_cuts_the_window_short(wait_by_window_only):
     index = make_index("float32", cls=GatedIndex)
     searcher = pyrag.CoalescingSearcher(index, window_ms=10_000)
     first = hold_worker(searcher, index)
