@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyrag
+from pyrag import _C
 from pyrag.index import coalescing
 
 DTYPES = ["float32", "bfloat16", "int8"]
@@ -184,6 +185,29 @@ def test_many_threads_get_exactly_their_lone_results(dtype):
         assert len(got[t]) == per_thread
         for g_, w_ in zip(got[t], want[t]):
             assert_same(g_, w_)
+
+
+@pytest.fixture(params=_C.supported_cpu_isas())
+def isa(request):
+    _C.set_cpu_isa(request.param)
+    yield request.param
+    _C.set_cpu_isa("")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_fused_scan_scores_each_query_as_a_lone_scan_on_float_data(isa, dtype):
+    """Why a fused scan may answer for lone searches beyond integer data: on every ISA
+    path the kernels score each query the same way whatever else is in its batch, so
+    the scores are bit-identical, not merely close."""
+    g = torch.Generator().manual_seed(5)
+    index = pyrag.DenseIndex(37, dtype)
+    index.add(torch.randn(1500, 37, generator=g))
+    q = torch.randn(19, 37, generator=g)
+    for exact in (False, True):
+        scores, ids = index.search(q, 10, exact=exact)
+        for i in range(q.shape[0]):
+            s, j = index.search(q[i], 10, exact=exact)
+            assert torch.equal(s, scores[i]) and torch.equal(j, ids[i]), (isa, exact, i)
 
 
 def test_results_follow_the_callers_kind_and_shape():
