@@ -10,6 +10,7 @@ waits on an event) holds the worker in its scan while the test queues them.
 from __future__ import annotations
 
 import gc
+import os
 import random
 import threading
 import time
@@ -556,6 +557,48 @@ def test_a_dropped_searcher_stops_its_worker_and_still_answers_its_queue():
     assert not thread.is_alive()
     first.result(timeout=0)
     assert_same(pending.result(timeout=0), index.search(integer_rows(1, seed=95), 3))
+
+
+def test_a_forked_child_gets_an_error_not_a_hang():
+    index = make_index("float32")
+    q = integer_rows(1, seed=97)
+    with pyrag.CoalescingSearcher(index) as searcher:
+        searcher.search(q, 3)
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the searcher has no worker thread
+            code = 1
+            try:
+                searcher.search(q, 3)
+            except pyrag.SearcherClosedError as e:
+                code = 0 if "fork" in str(e) else 2
+            finally:
+                searcher.close()  # and closing it there neither hangs nor fails
+                os._exit(code)
+        deadline = time.monotonic() + LIMIT_S
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert_same(searcher.search(q, 3), index.search(q, 3))  # the parent's is unaffected
+
+
+def test_the_searcher_copies_queries_the_caller_may_reuse():
+    index = make_index("float32", cls=GatedIndex)
+    buffer = integer_rows(1, seed=98)
+    want = index.search(buffer.clone(), 4)
+    with pyrag.CoalescingSearcher(index, window_ms=0) as searcher:
+        first = hold_worker(searcher, index)
+        pending = searcher.submit(buffer, 4)
+        buffer.fill_(3.0)  # reused for the next query before the scan ran
+        index.gate.set()
+        first.result(timeout=LIMIT_S)
+        assert_same(pending.result(timeout=LIMIT_S), want)
 
 
 def test_a_held_snapshot_keeps_its_searcher_open():

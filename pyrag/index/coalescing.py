@@ -11,6 +11,7 @@ first k columns of a larger k's result are exactly the k result.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -235,7 +236,7 @@ def _check_request(queries: Any, k: Any, exact: Any, dim: int, snap: Optional[In
     """The caller's queries checked as DenseIndex.search checks them, so that a bad query
     fails its own caller before anything is stacked."""
     as_numpy = isinstance(queries, np.ndarray)
-    q = as_tensor(queries, "queries").detach()
+    q = as_tensor(queries, "queries")
     if q.dim() not in (1, 2) or q.shape[-1] != dim:
         raise ValueError(f"queries have shape {tuple(q.shape)} but the index has dim {dim}")
     check_k(k)
@@ -243,6 +244,8 @@ def _check_request(queries: Any, k: Any, exact: Any, dim: int, snap: Optional[In
         raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
     if q.dtype != torch.float32:
         raise TypeError(f"queries must be float32, got {q.dtype}; convert them explicitly")
+    # A copy: the caller may reuse its buffer before the scan runs (submit returns at once).
+    q = q.detach().clone()
     check_finite(q, "queries")
     single = q.dim() == 1
     return _Request(q.unsqueeze(0) if single else q, k, exact, single, as_numpy, snap)
@@ -264,6 +267,7 @@ class _Batcher:
         self._counts: dict[str, float] = {"queries": 0, "scans": 0, "fallbacks": 0, "scan_seconds": 0.0}
         self._pin_lock = threading.Lock()
         self._pinned: Optional[Index] = None
+        self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="pyrag-coalescing-searcher", daemon=True)
         self._thread.start()
 
@@ -286,6 +290,11 @@ class _Batcher:
             return self._pinned
 
     def submit(self, request: _Request) -> Future[tuple[Any, Any]]:
+        if os.getpid() != self._pid:
+            raise SearcherClosedError(
+                f"this CoalescingSearcher was created in process {self._pid}, and its worker thread did not survive "
+                f"the fork into this one; create a CoalescingSearcher in this process"
+            )
         with self._cond:
             if self._closed:
                 raise SearcherClosedError("this CoalescingSearcher is closed")
@@ -297,6 +306,9 @@ class _Batcher:
         return request.future
 
     def close(self) -> None:
+        if os.getpid() != self._pid:  # a forked child: no worker here, and the lock may be stale
+            self._closed = True
+            return
         with self._cond:
             self._closed = True
             self._cond.notify()
