@@ -62,9 +62,9 @@ class CoalescingSearcher:
     Args:
         index: any index of the contract: a DenseIndex of any dtype, a VersionedIndex.
         window_ms: the longest a query waits for others to join its batch (0: never
-            wait; scan whatever queued while the previous scan ran). 5 ms costs a 1M x
-            384 float32 scan (about 90 ms) a few percent, and lets callers that come
-            straight back all join (docs/serving.md).
+            wait; scan whatever queued while the previous scan ran). 5 ms is a few
+            percent of a 1M x 384 float32 scan on 2 cores, and lets callers that come
+            straight back join the batch (docs/serving.md).
         max_batch: the most query rows one scan takes; later callers wait for the next
             scan (a caller with more rows than this is scanned alone).
 
@@ -421,8 +421,9 @@ class _Batcher:
                     _deliver(r, scores, ids, 0)
 
 
-def _deliver(r: _Request, scores: torch.Tensor, ids: torch.Tensor, row: int) -> None:
+def _deliver(r: _Request, scores: Any, ids: Any, row: int) -> None:
     """The caller's rows [row, row + b) and first k columns, shaped as a lone search's."""
+    scores, ids = torch.as_tensor(scores), torch.as_tensor(ids)  # an index may answer in numpy
     b = r.queries.shape[0]
     s, i = scores[row : row + b, : r.k].clone(), ids[row : row + b, : r.k].clone()
     if r.single:
