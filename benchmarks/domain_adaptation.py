@@ -117,6 +117,12 @@ def parse_args(argv=None):
     p.add_argument("--skip", default="", help="comma-separated runs to skip: passage,dual")
     p.add_argument("--threads", type=int, default=1, help="trainer torch threads (the re-index worker always uses 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--index-dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "int8"),
+        help="storage dtype of the index every run searches (refreshes keep it)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -252,7 +258,7 @@ def main(argv=None):
     lm = CopyLM(task.passages, context_length=args.copy_length or None)
 
     def fresh_index():
-        index = pyrag.DenseIndex(vectors.shape[1])
+        index = pyrag.DenseIndex(vectors.shape[1], args.index_dtype)
         index.add(vectors)
         return index
 
