@@ -308,3 +308,29 @@ def test_races_run_long_enough_to_interleave():
     t0 = time.perf_counter()
     Race(0.3).run(mutator.step, lambda: seen.add(index.version))
     assert len(seen) > 3 and time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_coalesced_searches_during_add_and_remove_see_one_whole_version(dtype):
+    """The CoalescingSearcher pins one snapshot per batch: each caller's result is one
+    version's, as for a direct search."""
+    index = pyrag.DenseIndex(DIM, dtype)
+    mutator = Mutator(index)
+    q = queries(2, DIM)
+    checked = [0]
+    with pyrag.CoalescingSearcher(index, window_ms=1) as searcher:
+
+        def search():
+            v0 = index.version
+            scores, ids = searcher.search(q, 4, exact=dtype != "float32")
+            v1 = index.version
+            for v in range(v0, v1 + 1):
+                lo, hi = mutator.history[v]
+                want = expected_search(torch.arange(lo, hi), 0, q, 4)
+                if torch.equal(scores, want[0]) and torch.equal(ids, want[1]):
+                    checked[0] += 1
+                    return
+            raise AssertionError(f"a coalesced result matches no version in {v0}..{v1}")
+
+        Race().run(mutator.step, search, search)
+    assert checked[0] > 10

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import hypothesis
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -437,9 +437,7 @@ def _gist(message: str) -> str:
     return "".join("#" if c.isdigit() else c for c in text)[:70]
 
 
-def fuzz(
-    loader: Loader, cases: int, seed: int = 0, messages: collections.Counter | None = None
-) -> collections.Counter:
+def fuzz(loader: Loader, cases: int, seed: int = 0, messages: collections.Counter | None = None) -> collections.Counter:
     """Runs `cases` generated files through `loader`; returns the outcomes ('ok', or the
     documented error's type) and counts the errors' messages into `messages`. Raises on
     any other exception."""

@@ -35,7 +35,7 @@ import pyrag
 from pyrag.index import storage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stress_save_load import DIM, check_index, process_context, vectors  # noqa: E402
+from stress_save_load import DIM, check_index, process_context, vectors
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,12 @@ WRITERS: list[Writer] = [
         for dtype in ("float32", "bfloat16", "int8")
     ),
     Writer(
-        "Trainer.save_checkpoint", _trainer, _checkpoint_commit, _checkpoint_read, _checkpoint_leftovers, 0.4,
+        "Trainer.save_checkpoint",
+        _trainer,
+        _checkpoint_commit,
+        _checkpoint_read,
+        _checkpoint_leftovers,
+        0.4,
         _checkpoint_release,
     ),
     # TextIndex.add_texts and ShardedIndex.save: one line each once they are on main.

@@ -376,7 +376,9 @@ def _checked_chunk(emb: Any, n: int, template: Optional[DenseIndex]) -> torch.Te
     if emb.dim() != 2 or emb.shape[0] != n:
         raise ValueError(f"encode returned {tuple(emb.shape)} for {n} passages; expected [{n}, dim]")
     if template is not None and emb.shape[1] != template.dim:
-        raise ValueError(f"encode returned vectors of dim {emb.shape[1]} but the index in service has dim {template.dim}")
+        raise ValueError(
+            f"encode returned vectors of dim {emb.shape[1]} but the index in service has dim {template.dim}"
+        )
     return emb.detach().to(device="cpu", dtype=torch.float32)
 
 

@@ -147,7 +147,8 @@ def _module_state(
     if set(got) != set(want):
         missing, extra = sorted(set(want) - set(got))[:3], sorted(set(got) - set(want))[:3]
         raise CheckpointFormatError(
-            f"{state_path}: the checkpoint's {role} does not match this trainer's (missing {missing}, unexpected {extra})"
+            f"{state_path}: the checkpoint's {role} does not match this trainer's "
+            f"(missing {missing}, unexpected {extra})"
         )
     for name, t in got.items():
         if t.shape != want[name].shape or t.dtype.is_floating_point != want[name].dtype.is_floating_point:
@@ -171,7 +172,9 @@ def _optimizer_state(state_path: str, raw: torch.Tensor | None, optimizer: torch
     if not isinstance(state, dict) or not isinstance(state.get("state"), dict):
         raise bad
     groups = state.get("param_groups")
-    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    ):
         raise bad
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         raise bad
