@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import stat
 import struct
@@ -355,11 +356,12 @@ def open_tensors(f: BinaryIO, *, name: str = "file", mmap: bool = False, verify:
         begin = data_start + info["data_offsets"][0]
         if begin % np.dtype(np_dtype).itemsize:
             raise FormatError(f"{name}: tensor {tname!r} is not aligned to its element size")
-        arr = np.empty(shape, dtype=np_dtype)
-        if arr.size and mmap:
+        if mmap and math.prod(shape):
             arr = np.memmap(f, dtype=np_dtype, mode="c", offset=begin, shape=shape)
-        elif arr.size:
-            _read_into(f, begin, arr.reshape(-1).view(np.uint8).data, name)
+        else:
+            arr = np.empty(shape, dtype=np_dtype)
+            if arr.size:
+                _read_into(f, begin, arr.reshape(-1).view(np.uint8).data, name)
         t = torch.from_numpy(arr)
         tensors[tname] = t.view(torch_dtype) if t.dtype != torch_dtype else t
         offsets[tname] = begin
