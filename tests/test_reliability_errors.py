@@ -70,12 +70,17 @@ def test_the_retriever_passes_gradients_to_queries_in_every_dtype(dtype):
     assert q.grad is not None and torch.equal(q.grad, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
 def test_topk_scores_takes_tensors_that_require_grad(dtype):
-    corpus = torch.eye(4, dtype=dtype).requires_grad_(dtype == torch.float32)
+    corpus = torch.eye(4).to(dtype)
+    scales = None
+    if dtype == torch.int8:
+        scales = torch.ones(4, requires_grad=True)
+    else:
+        corpus.requires_grad_()
     q = torch.tensor([[0.0, 2.0, 1.0, 0.0]], requires_grad=True)
-    scores, ids = pyrag.topk_scores(q, corpus, 2)
-    assert ids.tolist() == [[1, 2]]
+    scores, ids = pyrag.topk_scores(q, corpus, 2, scales=scales)
+    assert ids.tolist() == [[1, 2]] and scores[0, 0] == 2.0  # int8 rounds the query: 1.0 is 1.008
 
 
 # ----------------------------------------------------------------------------- F: meta tensors

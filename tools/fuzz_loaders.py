@@ -122,9 +122,10 @@ def handmade_files(draw: st.DrawFn, names: list[str], meta_keys: list[str], meta
             header[target] = draw(JSON_ANY)
         elif how == "field":
             header[target][draw(st.sampled_from(["dtype", "shape", "data_offsets", "checksum"]))] = draw(JSON_ANY)
-        elif how == "offset" and isinstance(header[target].get("data_offsets"), list):
-            at = draw(st.integers(0, 1))
-            header[target]["data_offsets"][at] += draw(st.sampled_from([-1, 1, 2, 4, 2**40]))
+        elif how == "offset":
+            offsets = header[target].get("data_offsets")
+            if isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets):
+                offsets[draw(st.integers(0, 1))] += draw(st.sampled_from([-1, 1, 2, 4, 2**40]))
         else:
             header.pop(target)
         if not header:
