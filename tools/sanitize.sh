@@ -37,6 +37,5 @@ export PYRAG_SANITIZED_C="$so"
 # tools/sanitized_extension.py puts that build in place of pyrag._C and checks it is the one loaded.
 PYTHONPATH="tools${PYTHONPATH:+:$PYTHONPATH}" python -m pytest -p sanitized_extension -q -p no:cacheprovider \
   tests/test_topk_scores.py tests/test_topk_scores_isa.py tests/test_dense_index.py tests/test_quantized_index.py \
-  tests/test_index_contract.py tests/test_lsr.py tests/test_marginal_nll.py tests/test_reliability_errors.py \
-  tests/test_reliability_storage.py "$@"
+  tests/test_index_contract.py tests/test_lsr.py tests/test_marginal_nll.py tests/test_reliability_errors.py "$@"
 echo "== sanitizers: no report in $((SECONDS - start)) s"

@@ -103,6 +103,10 @@ def load(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     rng = tensors.get("rng/torch")
     if rng is None or rng.dtype != torch.uint8 or tuple(rng.shape) != tuple(torch.get_rng_state().shape):
         raise CheckpointFormatError(f"{state_path}: missing or malformed RNG state")
+    try:
+        torch.Generator().set_state(rng.clone())  # a scratch generator checks the state
+    except RuntimeError as e:
+        raise CheckpointFormatError(f"{state_path}: bad RNG state ({e})") from None
     optimizer_state = _optimizer_state(state_path, tensors.get("optimizer"), trainer.optimizer)
     index = _read_index(directory, state_path, meta, trainer) if "index" in meta else None
 
