@@ -247,10 +247,20 @@ class TextIndex:
     def add_texts(self, texts: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
                   ids: Optional[Sequence[str]] = None, *, vectors=None) -> list[str]:
         """Adds passages and returns their ids (new uuid4 strings where ids is None).
+        An id already in the index is an error (see upsert_texts to replace).
 
         vectors: their float vectors [n, dim], if already computed; else the encoder
         embeds the texts. All of it lands in the index, or none of it.
         """
+        return self._write(texts, metadatas, ids, vectors, replace=False)
+
+    def upsert_texts(self, texts: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
+                     ids: Optional[Sequence[str]] = None, *, vectors=None) -> list[str]:
+        """Like add_texts, but a passage whose id is already in the index is replaced
+        (text, metadata and vector), in the same commit as the additions."""
+        return self._write(texts, metadatas, ids, vectors, replace=True)
+
+    def _write(self, texts, metadatas, ids, vectors, replace: bool) -> list[str]:
         texts = _check_texts(texts)
         n = len(texts)
         meta_json = _check_metadatas(metadatas, n)
@@ -266,49 +276,67 @@ class TextIndex:
             return []
 
         def sql(conn):
-            clash = store.existing_ids(conn, ids)
-            if clash:
-                raise ValueError(f"ids already in the index: {sorted(clash)[:5]}")
+            old = store.keys_of(conn, ids)
+            if old and not replace:
+                raise ValueError(f"ids already in the index: {sorted(old)[:5]} (upsert_texts replaces them)")
+            store.delete_keys(conn, list(old.values()))
             start = int(store.read_meta(conn, self._where())["next_key"])
             keys = list(range(start, start + n))
             store.insert(conn, list(zip(keys, ids, texts, meta_json)))
             store.set_meta(conn, next_key=start + n, dim=x.shape[1])
-            return keys
+            return keys, list(old.values())
 
-        def apply(keys):
+        def apply(change):
+            keys, old = change
             if self._index is None:
                 self._dim = x.shape[1]
                 self._index = self._new_dense()
             self._index.add(x, torch.tensor(keys, dtype=torch.int64))
-            return lambda: self._index.remove(keys)
+            if old:  # last: once it returns, nothing in memory can fail before COMMIT
+                try:
+                    self._index.remove(torch.tensor(old, dtype=torch.int64))
+                except BaseException:
+                    self._index.remove(torch.tensor(keys, dtype=torch.int64))
+                    raise
+            return lambda: self._index.remove(torch.tensor(keys, dtype=torch.int64))
 
         self._commit(sql, apply)
         return ids
 
-    def delete(self, ids: Sequence[str]) -> int:
-        """Deletes passages by id; returns how many. Raises KeyError, deleting nothing,
-        if any id is unknown."""
+    def delete(self, ids: Sequence[str], *, missing: str = "raise") -> int:
+        """Deletes passages by id; returns how many were deleted. An unknown id raises
+        KeyError and deletes nothing, or with missing="ignore" is skipped."""
         ids = _check_ids(ids, "ids")
+        _check_missing(missing)
         if len(set(ids)) != len(ids):
             raise ValueError("ids to delete contain duplicates")
         if not ids:
             return 0
+        if missing == "ignore":
+            with self._lock:
+                self._refresh_if_changed()
+                if not store.keys_of(self._db, ids):
+                    return 0  # nothing to do: no new generation
+        deleted = 0
 
         def sql(conn):
+            nonlocal deleted
             found = store.keys_of(conn, ids)
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise KeyError(f"ids not in the index: {missing[:5]}")
-            keys = [found[i] for i in ids]
+            unknown = [i for i in ids if i not in found]
+            if unknown and missing == "raise":
+                raise KeyError(f"ids not in the index: {unknown[:5]}")
+            keys = [found[i] for i in ids if i in found]
             store.delete_keys(conn, keys)
+            deleted = len(keys)
             return keys
 
         def apply(keys):
-            self._index.remove(torch.tensor(keys, dtype=torch.int64))
+            if keys:
+                self._index.remove(torch.tensor(keys, dtype=torch.int64))
             return None  # in memory, nothing can fail between this and COMMIT
 
         self._commit(sql, apply)
-        return len(ids)
+        return deleted
 
     def _commit(self, sql: Callable, apply: Callable) -> None:
         """One mutation under the store's commit protocol (pyrag/text/store.py).
@@ -382,8 +410,7 @@ class TextIndex:
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
-        if filter is not None and not (isinstance(filter, dict) or callable(filter)):
-            raise TypeError(f"filter must be a dict or a callable, got {type(filter).__name__}")
+        match = _matcher(filter)
         single, texts, q = _parse_queries(queries)
         if texts is not None:
             if self.encoder is None:
@@ -399,12 +426,12 @@ class TextIndex:
             elif self._index is None or len(self._index) == 0:
                 results = [[] for _ in range(q.shape[0])]
             else:
-                results = self._search(q, k, filter, exact)
+                results = self._search(q, k, match, exact)
         return results[0] if single else results
 
-    def _search(self, q: torch.Tensor, k: int, filter: Filter, exact: bool) -> list[list[Hit]]:
+    def _search(self, q: torch.Tensor, k: int, match: Optional[Callable[[dict], bool]],
+                exact: bool) -> list[list[Hit]]:
         n = len(self._index)
-        match = _matcher(filter)
         fetch = min(n, k if match is None else max(4 * k, 32))
         results: list[Optional[list[Hit]]] = [None] * q.shape[0]
         todo = list(range(q.shape[0]))
@@ -443,17 +470,30 @@ class TextIndex:
         self._data_version = version
 
     # ------------------------------------------------------------------ reading
-    def get(self, ids: Sequence[str]) -> list[Passage]:
-        """The passages with these ids, in that order; KeyError if any is unknown."""
+    def get(self, ids: Sequence[str], *, missing: str = "raise") -> list[Passage]:
+        """The passages with these ids, in that order. An unknown id raises KeyError,
+        or with missing="ignore" is left out."""
         ids = _check_ids(ids, "ids")
+        _check_missing(missing)
         with self._lock:
             self._refresh_if_changed()
             keys = store.keys_of(self._db, ids)
-            missing = [i for i in ids if i not in keys]
-            if missing:
-                raise KeyError(f"ids not in the index: {missing[:5]}")
+            unknown = [i for i in ids if i not in keys]
+            if unknown and missing == "raise":
+                raise KeyError(f"ids not in the index: {unknown[:5]}")
             rows = store.rows_of(self._db, keys.values())
-        return [Passage(i, rows[keys[i]][1], store.loads_metadata(rows[keys[i]][2])) for i in ids]
+        return [Passage(i, rows[keys[i]][1], store.loads_metadata(rows[keys[i]][2])) for i in ids if i in keys]
+
+    def find(self, filter: Filter) -> list[str]:
+        """The ids of the passages whose metadata match `filter` (a dict of key: value
+        pairs, or a callable metadata -> bool), in the order they were added."""
+        match = _matcher(filter)
+        if match is None:
+            raise TypeError("find needs a filter: a dict or a callable metadata -> bool")
+        with self._lock:
+            self._refresh_if_changed()
+            rows = self._db.execute("SELECT id, metadata FROM passages ORDER BY key").fetchall()
+        return [id_ for id_, meta in rows if match(store.loads_metadata(meta))]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -593,6 +633,11 @@ def _check_ids(ids, what: str) -> list[str]:
     return ids
 
 
+def _check_missing(missing: str) -> None:
+    if missing not in ("raise", "ignore"):
+        raise ValueError(f"missing must be 'raise' or 'ignore', got {missing!r}")
+
+
 def _check_new_ids(ids, n: int) -> list[str]:
     if ids is None:
         return [str(uuid.uuid4()) for _ in range(n)]
@@ -660,6 +705,8 @@ def _matcher(filter: Filter) -> Optional[Callable[[dict], bool]]:
     if isinstance(filter, dict):
         items = list(filter.items())
         return lambda meta: all(k in meta and meta[k] == v for k, v in items)
+    if not callable(filter):
+        raise TypeError(f"filter must be a dict or a callable metadata -> bool, got {type(filter).__name__}")
     return lambda meta: bool(filter(meta))
 
 
