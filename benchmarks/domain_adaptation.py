@@ -2,8 +2,8 @@
 
     python benchmarks/domain_adaptation.py            # about 20 minutes on 2 CPU cores
 
-Data: paragraphs of the Python documentation (Debian's python3-doc, via pyrag.data).
-Queries are cloze sentences (pyrag.train.make_cloze_task): a sentence of a passage with
+Data: paragraphs of the Python documentation (Debian's python3-doc, via benchmarks/corpora.py).
+Queries are cloze sentences (pyrag.train.cloze.make_cloze_task): a sentence of a passage with
 its most telling word blanked, the answer being that word, and the sentence removed from
 the indexed passage. Held-out queries come from passages that no training query uses; a
 training passage can give several queries (--train-queries-per-passage; all their
@@ -48,10 +48,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the trainer owns the
 import torch  # noqa: E402
 
 import pyrag  # noqa: E402
-from pyrag.data import encode, load_minilm, python_doc_passages
+from cloze import make_cloze_task  # noqa: E402
+from corpora import encode, load_minilm, python_doc_passages  # noqa: E402
 from pyrag.reindex import AsyncReindexer, Schedule  # noqa: E402
-from pyrag.train import (CopyLM, Example, SentenceTransformerEncoder, TinyClozeLM, TrainConfig, Trainer,
-                         make_cloze_task, recall_at_k)
+from pyrag.train import Example, SentenceTransformerEncoder, TrainConfig, Trainer, recall_at_k  # noqa: E402
+from toy_lms import CopyLM, TinyClozeLM  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -1,7 +1,7 @@
 """Recall of quantised search on real embeddings (issue 3's quality bar).
 
 Encodes >= 50,000 real passages (Python documentation and Linux man pages, via
-pyrag.data) with all-MiniLM-L6-v2, and queries with held-out real text: the first
+benchmarks/corpora.py) with all-MiniLM-L6-v2, and queries with held-out real text: the first
 sentence of passages that are not in the corpus. Prints, against fp32 exact search:
   - recall@10 of DenseIndex(dtype="bfloat16") and ("int8") with exact=False (bar >= 0.99);
   - recall@10 with exact=True (must be 1.0), and the share of queries whose ids and
@@ -147,7 +147,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pyrag.set_num_threads(args.threads)
-    from pyrag import data  # only the encoding needs it (and the [real] extra)
+    import corpora as data  # only the encoding needs it (and the [real] extra)
 
     passages, queries = split_corpus_and_queries(
         data.real_corpus(args.passages + args.queries), args.queries)

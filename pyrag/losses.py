@@ -13,9 +13,9 @@ from typing import Optional
 
 import torch
 
-from pyrag.ops import lsr as _lsr_ops  # noqa: F401  (registers torch.ops.pyrag.lsr_*)
-from pyrag.ops import marginal_nll as _marginal_ops  # noqa: F401  (registers torch.ops.pyrag.marginal_nll*)
-from pyrag.ops._loss_args import check_direction, check_tau
+from pyrag import ops  # noqa: F401  (defines torch.ops.pyrag.lsr_* and marginal_nll*)
+from pyrag.ops._checks import check_tau
+from pyrag.reference import compute_dtype
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -52,7 +52,6 @@ def lsr_loss(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, *, tau_ret
     reduction: "mean" over the B rows (rows with no valid context count as 0), "sum",
     or "none" for [B]. The gradient reaches retriever_scores only; lm_scores is a target.
     """
-    check_direction(direction)
     _check_reduction(reduction)
     check_tau(tau_retriever, "tau_retriever")
     check_tau(tau_lm, "tau_lm")
@@ -109,7 +108,7 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, *, tau: float = 1.0,
     offset = 0
     if distributed:
         (d, negatives), offset = _gather_candidates((d, negatives), group)
-    ct = torch.float64 if torch.float64 in (q.dtype, d.dtype, negatives.dtype) else torch.float32
+    ct = compute_dtype(q.dtype, d.dtype, negatives.dtype)
     docs = torch.cat([d.to(ct), negatives.to(ct)])
     logits = q.to(ct) @ docs.T / tau
     labels = torch.arange(offset, offset + q.shape[0], device=q.device)

@@ -11,6 +11,14 @@ from typing import Optional
 import torch
 
 NEG_INF = float("-inf")
+# The two KL directions of LSR: "forward" KL(p_R || p_LSR), "reverse" KL(p_LSR || p_R).
+DIRECTIONS = ("forward", "reverse")
+
+
+def check_direction(direction: object) -> None:
+    """A ValueError unless `direction` is one of DIRECTIONS (the one check every layer uses)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,15 +165,11 @@ def lsr_kl(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, tau_retrieve
     lm_scores is a constant: no gradient flows to it. The result has the promoted dtype
     of the two inputs.
     """
+    check_direction(direction)
     ct = compute_dtype(retriever_scores.dtype, lm_scores.dtype)
     log_r = _masked_log_softmax(retriever_scores.to(ct), tau_retriever, mask)
     log_l = _masked_log_softmax(lm_scores.detach().to(ct), tau_lm, mask)
-    if direction == "forward":
-        log_p, log_q = log_r, log_l
-    elif direction == "reverse":
-        log_p, log_q = log_l, log_r
-    else:
-        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+    log_p, log_q = (log_r, log_l) if direction == "forward" else (log_l, log_r)
     valid = torch.isfinite(log_p) & torch.isfinite(log_q)
     # Zero the masked entries before the arithmetic: exp(-inf) * (-inf) would be NaN,
     # and a NaN in an unused torch.where branch still poisons its gradient.
@@ -184,6 +188,7 @@ def lsr_kl_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm_score
     0 on masked entries and on rows with no valid context. Tests check it against
     autograd through lsr_kl.
     """
+    check_direction(direction)
     ct = compute_dtype(retriever_scores.dtype, lm_scores.dtype)
     log_r = _masked_log_softmax(retriever_scores.to(ct), tau_retriever, mask)
     log_l = _masked_log_softmax(lm_scores.to(ct), tau_lm, mask)
@@ -196,11 +201,9 @@ def lsr_kl_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm_score
         diff = torch.where(valid, log_r - log_l, torch.zeros_like(log_r))
         kl = (r * diff).sum(dim=-1, keepdim=True)
         out = g * r * (diff - kl)
-    elif direction == "reverse":
+    else:
         p_lsr = torch.where(valid, torch.exp(log_l), torch.zeros_like(log_l))
         out = g * (r - p_lsr)
-    else:
-        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
     return torch.where(valid, out, torch.zeros_like(out)).to(retriever_scores.dtype)
 
 

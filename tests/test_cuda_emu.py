@@ -17,7 +17,7 @@ import torch
 
 import pyrag
 from pyrag import reference
-from pyrag.ops import cuda_backend
+from pyrag.backends import cuda as cuda_backend
 
 _HAVE_EMU = importlib.util.find_spec("pyrag._cuda_emu") is not None
 if not _HAVE_EMU and os.environ.get("PYRAG_CUDA_EMU") == "1":

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import pyrag
 from pyrag import _C, reference
 
-T = importlib.import_module("pyrag.ops.topk_scores")
+from pyrag.index import packed as T  # noqa: E402
 
 ISAS = _C.supported_cpu_isas()
 DTYPES = ["float32", "bfloat16", "int8"]
@@ -46,7 +46,7 @@ def packed_of(dtype, x):
     corpus, scales = corpus_of(dtype, x)
     n, d = x.shape
     blocks = -(-n // 16)
-    data = torch.zeros((blocks, T.packed_block_bytes(dtype, d)), dtype=torch.uint8)
+    data = torch.zeros((blocks, T.block_bytes(dtype, d)), dtype=torch.uint8)
     T.pack_rows(dtype, corpus, data, 0)
     if scales is not None:
         scales = torch.cat([scales, scales.new_zeros(blocks * 16 - n)])
@@ -108,7 +108,7 @@ def test_float32_is_exact_on_integer_data(isa, shape):
     q = torch.randint(-4, 5, (b, d), generator=g).float()
     x = torch.randint(-4, 5, (n, d), generator=g).float()  # many ties
     assert_same(pyrag.topk_scores(q, x, k, backend="cpu"), reference.topk_scores(q, x, k))
-    assert_same(T.topk_packed(q, packed_of("float32", x), k), reference.topk_scores(q, x, k))
+    assert_same(T.search(q, packed_of("float32", x), k), reference.topk_scores(q, x, k))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -134,7 +134,7 @@ def test_quantised_corpora_match_the_reference_bit_for_bit(isa, dtype, shape):
     corpus, scales = corpus_of(dtype, x)
     expected = reference.topk_scores(q, corpus, k, scales=scales, quantized_queries=True)
     assert_same(pyrag.topk_scores(q, corpus, k, scales=scales, backend="cpu"), expected)
-    assert_same(T.topk_packed(q, packed_of(dtype, x), k), expected)
+    assert_same(T.search(q, packed_of(dtype, x), k), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -149,7 +149,7 @@ def test_every_path_gives_the_same_bits(dtype):
         for name in ISAS:
             _C.set_cpu_isa(name)
             results.append(pyrag.topk_scores(q, corpus, 25, scales=scales, backend="cpu"))
-            results.append(T.topk_packed(q, packed_of(dtype, x), 25))
+            results.append(T.search(q, packed_of(dtype, x), 25))
     finally:
         _C.set_cpu_isa("")
     for r in results[1:]:
@@ -199,7 +199,7 @@ def test_property_matches_the_reference(b, n, d, k, dtype, isa_name, seed):
     try:
         _C.set_cpu_isa(isa_name)
         got = pyrag.topk_scores(q, corpus, k, scales=scales, backend="cpu")
-        packed = T.topk_packed(q, packed_of(dtype, x), k)
+        packed = T.search(q, packed_of(dtype, x), k)
     finally:
         _C.set_cpu_isa("")
     expected = reference.topk_scores(q, corpus, k, scales=scales, quantized_queries=True)
@@ -262,7 +262,7 @@ def test_pack_then_unpack_round_trips_on_every_path(dtype, d):
     try:
         for name in ISAS:
             _C.set_cpu_isa(name)
-            data = torch.zeros((3, T.packed_block_bytes(dtype, d)), dtype=torch.uint8)
+            data = torch.zeros((3, T.block_bytes(dtype, d)), dtype=torch.uint8)
             # In three pieces, the middle one filling a block begun by the first.
             T.pack_rows(dtype, corpus[:7], data, 0)
             T.pack_rows(dtype, corpus[7:40], data, 7)
@@ -278,7 +278,7 @@ def test_pack_then_unpack_round_trips_on_every_path(dtype, d):
 
 def test_packed_layout_is_blocks_of_16_rows_by_4_byte_groups():
     x = torch.arange(20 * 3, dtype=torch.float32).reshape(20, 3)
-    data = torch.zeros((2, T.packed_block_bytes("float32", 3)), dtype=torch.uint8)
+    data = torch.zeros((2, T.block_bytes("float32", 3)), dtype=torch.uint8)
     T.pack_rows("float32", x, data, 0)
     words = data.view(torch.float32).reshape(2, 3, 16)  # [block][group][row]
     assert torch.equal(words[0], x[:16].T)

@@ -18,10 +18,11 @@ import pytest
 import torch
 
 import pyrag
+from cloze import BLANK, make_cloze_task  # benchmarks/ (tests/conftest.py puts it on sys.path)
 from pyrag.reindex import AsyncReindexer
-from pyrag.train import (BLANK, CopyLM, TinyClozeLM, TrainConfig, Trainer, make_cloze_task,
-                         recall_at_k, step_time_medians)
-from pyrag.train.cloze import words
+from pyrag.train import TrainConfig, Trainer, recall_at_k, step_time_medians
+from pyrag.train.example import words
+from toy_lms import CopyLM, TinyClozeLM
 
 DIM = 64
 COMMON_WEIGHT = 2.0  # the query encoder's overweighting of generic words
@@ -76,19 +77,19 @@ def task():
     return make_cloze_task(synthetic_corpus(), heldout_fraction=0.25, seed=0)
 
 
-def build_index(encoder, passages):
+def build_index(encoder, passages, dtype="float32"):
     with torch.no_grad():
         vectors = encoder(passages)
-    index = pyrag.DenseIndex(DIM)
+    index = pyrag.DenseIndex(DIM, dtype)
     index.add(vectors)
     return index
 
 
-def make_trainer(task, cfg, *, lm="copy", passage_training=False, schedule="0-:5", **kwargs):
+def make_trainer(task, cfg, *, lm="copy", passage_training=False, schedule="0-:5", dtype="float32", **kwargs):
     torch.manual_seed(0)
     query_encoder = BagEncoder(common_weight=COMMON_WEIGHT)
     passage_encoder = BagEncoder()
-    index = build_index(passage_encoder, task.passages)
+    index = build_index(passage_encoder, task.passages, dtype)
     reindexer = None
     if passage_training:
         reindexer = AsyncReindexer(passage_encoder, task.passages, index=index, schedule=schedule,
@@ -284,10 +285,10 @@ def test_checkpoint_resume_continues_identically(task, tmp_path, mode, lm, sched
 
     first = make_trainer(task, cfg, lm=lm)
     first.train(6)
-    first.save_checkpoint(tmp_path / "ckpt.safetensors")
+    first.save_checkpoint(tmp_path / "ckpt")
     torch.manual_seed(123)  # whatever happens between the runs
     resumed = make_trainer(task, cfg, lm=lm)
-    resumed.load_checkpoint(tmp_path / "ckpt.safetensors")
+    resumed.load_checkpoint(tmp_path / "ckpt")
     assert resumed.state.step == 6
     resumed.train()
 
@@ -300,15 +301,16 @@ def test_checkpoint_resume_continues_identically(task, tmp_path, mode, lm, sched
 def test_checkpoint_of_another_mode_is_rejected(task, tmp_path):
     trainer = make_trainer(task, TrainConfig(**{**BASE, "steps": 2}))
     trainer.train()
-    trainer.save_checkpoint(tmp_path / "ckpt.safetensors")
+    trainer.save_checkpoint(tmp_path / "ckpt")
     other = make_trainer(task, TrainConfig(mode="dpr", **{**BASE, "steps": 2}), lm=None)
     with pytest.raises(ValueError, match="mode"):
-        other.load_checkpoint(tmp_path / "ckpt.safetensors")
+        other.load_checkpoint(tmp_path / "ckpt")
 
 
-def test_passage_encoder_trains_with_async_reindexing(task, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_passage_encoder_trains_with_async_reindexing(task, tmp_path, dtype):
     cfg = TrainConfig(mode="replug_lsr", train_passage_encoder=True, **BASE)
-    trainer = make_trainer(task, cfg, passage_training=True, schedule="0-:5")
+    trainer = make_trainer(task, cfg, passage_training=True, schedule="0-:5", dtype=dtype)
     reindexer = trainer.reindexer
     passage0 = params(trainer.retriever.passage_encoder)
     with reindexer:
@@ -327,15 +329,30 @@ def test_passage_encoder_trains_with_async_reindexing(task, tmp_path):
 
         # The index in service is the passage encoder at the snapshot step; a checkpoint
         # carries it, with its version, to the resumed run.
-        trainer.save_checkpoint(tmp_path / "ckpt.safetensors")
+        trainer.save_checkpoint(tmp_path / "ckpt")
         saved = reindexer.index.snapshot()
-    resumed = make_trainer(task, cfg, passage_training=True)
+    resumed = make_trainer(task, cfg, passage_training=True)  # a float32 index until the load
     with resumed.reindexer:
-        resumed.load_checkpoint(tmp_path / "ckpt.safetensors")
+        resumed.load_checkpoint(tmp_path / "ckpt")
         now = resumed.reindexer.index.snapshot()
-        assert (now.version, now.step) == (saved.version, saved.step)
-        torch.testing.assert_close(now.vectors(), saved.vectors())
+        assert (now.version, now.step, now.dtype) == (saved.version, saved.step, dtype)
+        assert torch.equal(now.index.vectors(), saved.index.vectors())
+        assert torch.equal(now.index.ids, saved.index.ids)
         assert recall_at_k(resumed.retriever, task.heldout) == after
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_a_checkpoint_at_index_version_0_restores_the_dtype(task, tmp_path, dtype):
+    cfg = TrainConfig(mode="replug_lsr", train_passage_encoder=True, **BASE)
+    trainer = make_trainer(task, cfg, passage_training=True, schedule="none", dtype=dtype)
+    with trainer.reindexer:
+        trainer.save_checkpoint(tmp_path / "ckpt")
+        trainer.save_checkpoint(tmp_path / "ckpt")  # a second save replaces the first's index file
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "ckpt").iterdir()) == ["index", "trainer.safetensors"]
+    resumed = make_trainer(task, cfg, passage_training=True, dtype="float32")
+    with resumed.reindexer:
+        resumed.load_checkpoint(tmp_path / "ckpt")
+        assert resumed.reindexer.index.dtype == dtype and resumed.reindexer.version == 0
 
 
 def test_recall_at_k_by_positive_and_by_answer(task):

@@ -11,14 +11,13 @@
 After each optimiser step the callback tells the reindexer the global step, which starts
 a refresh when one is due and raises, in the training loop, any failure of a background
 refresh. Each log entry gains the index version and its staleness; each checkpoint folder
-gains the index in service (pyrag_index.safetensors, with pyrag_index.json holding its
-version and snapshot step), which `load_index` puts back into service on resume.
+gains the index in service (pyrag_index.safetensors, written by the index's own save with
+its version and snapshot step), which `load_index` puts back into service on resume.
 
 transformers is optional for pyrag: it is imported here, when this module is.
 """
 from __future__ import annotations
 
-import json
 import os
 
 try:
@@ -26,11 +25,10 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("pyrag.integrations.hf needs transformers (pip install transformers)") from e
 
-from pyrag.index import DenseIndex
+from pyrag.index import VersionedIndex
 from pyrag.reindex import AsyncReindexer
 
 INDEX_FILE = "pyrag_index.safetensors"
-INDEX_META_FILE = "pyrag_index.json"
 
 
 class AsyncReindexCallback(TrainerCallback):
@@ -76,20 +74,12 @@ class AsyncReindexCallback(TrainerCallback):
             self.reindexer.close()
 
 
-def save_index(reindexer: AsyncReindexer, folder) -> None:
-    """Writes the index in service and its version / snapshot step into `folder`."""
-    current = reindexer.index.snapshot()
-    current.index.save(os.path.join(folder, INDEX_FILE))
-    meta = {"version": current.version, "step": current.step}
-    tmp = os.path.join(folder, INDEX_META_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, os.path.join(folder, INDEX_META_FILE))
+def save_index(reindexer: AsyncReindexer, folder: str | os.PathLike[str]) -> None:
+    """Writes the index in service, with its version and snapshot step, into `folder`."""
+    reindexer.index.snapshot().save(os.path.join(folder, INDEX_FILE))
 
 
-def load_index(reindexer: AsyncReindexer, folder) -> None:
+def load_index(reindexer: AsyncReindexer, folder: str | os.PathLike[str]) -> None:
     """Puts the index saved in a checkpoint folder back into service (resume_from_checkpoint)."""
-    with open(os.path.join(folder, INDEX_META_FILE)) as f:
-        meta = json.load(f)
-    index = DenseIndex.load(os.path.join(folder, INDEX_FILE))
-    reindexer.restore(index, version=int(meta["version"]), step=int(meta["step"]))
+    current = VersionedIndex.load(os.path.join(folder, INDEX_FILE)).snapshot()
+    reindexer.restore(current.index, version=current.version, step=current.step)

@@ -8,7 +8,7 @@ must be set before that (in practice: before the first backend="triton" call).
 """
 from __future__ import annotations
 
-from pyrag.ops._common import register_impl
+from pyrag.ops._registry import register_impl
 
 
 @register_impl("topk_scores", "triton")

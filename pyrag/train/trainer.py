@@ -1,172 +1,27 @@
-"""Reference training loops: REPLUG-LSR, RA-DIT dual, end-to-end marginal and DPR.
+"""Trainer: runs one training mode (pyrag/train/modes.py) with the plumbing around it:
+parameter groups per component, the retriever's unfreeze step, warmup and decay,
+gradient clipping, an AsyncReindexer when the passage encoder trains, held-out recall,
+tqdm and a log line every N steps, and checkpoints that resume exactly (models,
+optimiser, step, index and its version, RNG; pyrag/train/checkpoint.py)."""
 
-Each mode is one short loss function built from the public pieces (Retriever, the
-losses, an LM callable), meant to be read and copied into other trainers:
-
-| mode         | trains                 | loss                                              |
-| ------------ | ---------------------- | ------------------------------------------------- |
-| "replug_lsr" | the retriever          | lsr_loss(retriever scores, frozen LM scores)      |
-| "ra_dit"     | LM and retriever       | LM: -Σ_i Σ_j log p_LM(y_i|c_ij∘x_i); retriever: LSR |
-| "marginal"   | both                   | marginal_nll (RAG): gradient to both              |
-| "dpr"        | the retriever          | contrastive_loss with in-batch (+ hard) negatives |
-
-`Trainer` runs one of them with the plumbing around it: parameter groups per component,
-the retriever's unfreeze step, gradient clipping, an AsyncReindexer when the passage
-encoder trains, held-out recall, tqdm and a log line every N steps, and checkpoints that
-resume exactly (models, optimiser, step, index and its version, RNG).
-"""
 from __future__ import annotations
 
 import functools
-import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from pyrag import storage
-from pyrag.losses import contrastive_loss, lsr_loss, marginal_nll
 from pyrag.reindex import AsyncReindexer
-from pyrag.retriever import Retriever, _stored_vectors
-from pyrag.train.cloze import Example, words
+from pyrag.retriever import Retriever
+from pyrag.train import checkpoint
+from pyrag.train.config import TrainConfig
+from pyrag.train.example import Example, words
+from pyrag.train.modes import dpr_loss, marginal_loss, ra_dit_loss, replug_lsr_loss
 
-MODES = ("replug_lsr", "ra_dit", "marginal", "dpr")
-CHECKPOINT_FORMAT = "pyrag.train.checkpoint"
-CHECKPOINT_FORMAT_VERSION = "1"
-
-
-@dataclass
-class TrainConfig:
-    """Settings of a training run (all of them are saved in checkpoints).
-
-    tau_retriever / tau_lm: temperatures of p_R = softmax(s/τ_R) and p_LSR = softmax(log p_LM/τ_LM).
-    direction: "reverse" is KL(p_LSR ‖ p_R), what the REPLUG and Atlas code optimise;
-        "forward" is KL(p_R ‖ p_LSR), the REPLUG paper's formula.
-    freeze_retriever_steps: the retriever does not train before this step (Atlas's
-        freeze_retriever_steps); the LM does, in the modes that train it.
-    dual_schedule: RA-DIT: "joint" sums both losses each step; "alternate" trains the LM
-        on even steps and the retriever on odd ones.
-    hard_negatives: DPR: retrieved non-positive passages per query added as negatives.
-    warmup_steps / lr_decay: every learning rate rises linearly over the first warmup_steps
-        steps, then stays ("constant") or falls linearly to 0 at `steps` ("linear"), as
-        Atlas's scheduler does. The rate follows from the step alone, so a resumed run
-        continues the same schedule.
-    """
-    mode: str = "replug_lsr"
-    steps: int = 1000
-    batch_size: int = 16
-    k: int = 10
-    tau_retriever: float = 0.1
-    tau_lm: float = 1.0
-    direction: str = "reverse"
-    lr_query: float = 2e-5
-    lr_passage: float = 2e-5
-    lr_lm: float = 1e-3
-    weight_decay: float = 0.0
-    max_grad_norm: Optional[float] = 1.0
-    warmup_steps: int = 0
-    lr_decay: str = "constant"
-    train_passage_encoder: bool = False
-    freeze_retriever_steps: int = 0
-    dual_schedule: str = "joint"
-    hard_negatives: int = 0
-    eval_k: int = 10
-    eval_every: int = 0       # 0: evaluate only when asked
-    log_every: int = 50
-    checkpoint_every: int = 0  # 0: never (needs checkpoint_path)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.dual_schedule not in ("joint", "alternate"):
-            raise ValueError(f"dual_schedule must be 'joint' or 'alternate', got {self.dual_schedule!r}")
-        for name in ("steps", "batch_size", "k", "eval_k"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.lr_decay not in ("constant", "linear"):
-            raise ValueError(f"lr_decay must be 'constant' or 'linear', got {self.lr_decay!r}")
-        for name in ("freeze_retriever_steps", "hard_negatives", "eval_every", "log_every", "checkpoint_every",
-                     "warmup_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        for name in ("tau_retriever", "tau_lm", "lr_query", "lr_passage", "lr_lm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-
-
-# ----------------------------------------------------------------------------- the losses
-def replug_lsr_loss(retriever: Retriever, lm: Callable, queries, answers, cfg: TrainConfig) -> torch.Tensor:
-    """REPLUG LSR: the retriever's distribution over its top k is pulled toward the LM's
-    (how much each passage helps the LM produce the answer). The LM is a fixed black box."""
-    hits = retriever(queries, k=cfg.k)
-    with torch.no_grad():
-        lm_scores = lm(queries, hits.passages, answers)
-    return lsr_loss(hits.scores, lm_scores, tau_retriever=cfg.tau_retriever, tau_lm=cfg.tau_lm,
-                    mask=hits.mask, direction=cfg.direction)
-
-
-def ra_dit_loss(retriever: Retriever, lm: Callable, queries, answers, cfg: TrainConfig, *,
-                train_lm: bool = True, train_retriever: bool = True) -> torch.Tensor:
-    """RA-DIT dual instruction tuning: the LM learns to answer from each retrieved passage
-    (-Σ_i Σ_j log p_LM(y_i|c_ij∘x_i), summed over the k passages, averaged over queries)
-    and the retriever learns LSR from the same LM's scores."""
-    grad = torch.is_grad_enabled()
-    with torch.set_grad_enabled(grad and train_retriever):
-        hits = retriever(queries, k=cfg.k)
-    with torch.set_grad_enabled(grad and train_lm):
-        lm_logp = lm(queries, hits.passages, answers)
-    loss = hits.scores.new_zeros(())
-    if train_lm:
-        loss = loss - lm_logp.masked_fill(~hits.mask, 0.0).sum(dim=1).mean()
-    if train_retriever:
-        loss = loss + lsr_loss(hits.scores, lm_logp.detach(), tau_retriever=cfg.tau_retriever,
-                               tau_lm=cfg.tau_lm, mask=hits.mask, direction=cfg.direction)
-    return loss
-
-
-def marginal_loss(retriever: Retriever, lm: Callable, queries, answers, cfg: TrainConfig, *,
-                  train_retriever: bool = True) -> torch.Tensor:
-    """End-to-end RAG: -log Σ_c p_R(c|x) p_LM(y|c∘x); the gradient reaches both models."""
-    with torch.set_grad_enabled(torch.is_grad_enabled() and train_retriever):
-        hits = retriever(queries, k=cfg.k)
-    lm_logp = lm(queries, hits.passages, answers)
-    return marginal_nll(hits.scores, lm_logp, tau_retriever=cfg.tau_retriever, mask=hits.mask)
-
-
-def dpr_loss(retriever: Retriever, queries, positives: Sequence[int], cfg: TrainConfig) -> torch.Tensor:
-    """DPR: each query's labelled passage against the batch's other passages and, with
-    cfg.hard_negatives, its best-ranked wrong passages. With a passage encoder on the
-    retriever (cfg.train_passage_encoder) the passages are embedded live, else read from
-    the index."""
-    q = retriever.encode_queries(queries)
-    pos = torch.as_tensor(list(positives), dtype=torch.int64)
-    ids = pos
-    negatives = None
-    if cfg.hard_negatives:
-        hits = retriever.retrieve(q.detach(), k=cfg.hard_negatives + 1, reembed=False)
-        neg_ids = []
-        for row, p in zip(hits.ids.tolist(), pos.tolist()):
-            neg_ids += [i for i in row if i != p and i >= 0][:cfg.hard_negatives]
-        ids = torch.cat([pos, torch.tensor(neg_ids, dtype=torch.int64)])
-    if cfg.train_passage_encoder:
-        unique, inverse = torch.unique(ids, return_inverse=True)
-        emb = retriever.passage_encoder([retriever.passages[i] for i in unique.tolist()])[inverse]
-    else:
-        index = retriever.index.snapshot() if hasattr(retriever.index, "snapshot") else retriever.index
-        emb = _stored_vectors(index, ids).to(q.device, q.dtype)
-    d = emb[:len(pos)]
-    if len(ids) > len(pos):
-        negatives = emb[len(pos):]
-    return contrastive_loss(q, d, tau=cfg.tau_retriever, negatives=negatives)
-
-
-# ----------------------------------------------------------------------------- evaluation
 RECALL_MATCHES = ("positive", "answer")
 
 
@@ -209,7 +64,7 @@ def _word_set(text: str) -> frozenset:
     return frozenset(words(text))
 
 
-# ----------------------------------------------------------------------------- trainer
+
 @dataclass
 class StepRecord:
     step: int
@@ -383,14 +238,18 @@ class Trainer:
             self.reindexer.step(step)  # timed too: a due refresh copies the weights here
         seconds = time.perf_counter() - t0
         busy_after = self.reindexer.busy if self.reindexer else False
-        index_step = getattr(self.retriever.index, "step", 0)
         record = StepRecord(step, float(loss.detach()), seconds,
                             busy_before if busy_before == busy_after else None,
-                            getattr(self.retriever.index, "version", 0), step - index_step)
+                            self.retriever.index.version, self.staleness(step))
         if not math.isfinite(record.loss):
             raise FloatingPointError(f"loss is {record.loss} at step {step}")
         self.state.history.append(record)
         return record
+
+    def staleness(self, step: int) -> int:
+        """Steps between `step` and the encoder snapshot that built the index in service
+        (0 without a reindexer: the index does not go stale)."""
+        return self.reindexer.staleness(step) if self.reindexer is not None else 0
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self, match: str = "positive") -> float:
@@ -441,8 +300,7 @@ class Trainer:
         parts = [f"step {step}", f"loss {statistics.fmean(losses):.4f}" if losses else "loss -"]
         if recall is not None:
             parts.append(f"recall@{self.config.eval_k} {recall:.3f}")
-        version = getattr(self.retriever.index, "version", 0)
-        parts.append(f"index v{version} staleness {step - getattr(self.retriever.index, 'step', 0)}")
+        parts.append(f"index v{self.retriever.index.version} staleness {self.staleness(step)}")
         if self.reindexer is not None:
             s = self.reindexer.stats
             parts.append(f"refreshes {s.completed} skipped {s.skipped} running {self.reindexer.busy}")
@@ -453,81 +311,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path) -> None:
-        """Writes models, optimiser, step, RNG and (with a reindexer) the index in service
-        and its version to one file, atomically, with a checksum.
-
-        A refresh still running is not saved: the resumed run starts from the index in
-        service, and its reindexer refreshes again at the next due step.
-        """
-        tensors: dict[str, torch.Tensor] = {}
-        for role, module in self._modules.items():
-            for name, t in module.state_dict().items():
-                tensors[f"{role}/{name}"] = t.detach().cpu().clone()  # clone: tied weights share storage
-        opt = self.optimizer.state_dict()
-        scalars, scalar_tensors = {}, []
-        for pid, pstate in opt["state"].items():
-            for key, value in pstate.items():
-                if isinstance(value, torch.Tensor):
-                    # as [1]: storage's checksum cannot view a 0-d tensor's bytes
-                    tensors[f"optimizer/{pid}/{key}"] = value.detach().cpu().clone().reshape(value.shape or (1,))
-                    if value.dim() == 0:
-                        scalar_tensors.append(f"{pid}/{key}")
-                else:
-                    scalars[f"{pid}/{key}"] = value
-        tensors["rng/torch"] = torch.get_rng_state()
-        meta = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-                "step": str(self.state.step), "config": json.dumps(asdict(self.config)),
-                "param_groups": json.dumps(opt["param_groups"]),
-                "optimizer_scalars": json.dumps(scalars),
-                "optimizer_0d": json.dumps(scalar_tensors),
-                "evals": json.dumps(self.state.evals)}
-        if self.reindexer is not None:
-            current = self.reindexer.index.snapshot()
-            tensors["index/vectors"] = current.index.vectors().clone()
-            tensors["index/ids"] = current.index.ids
-            meta["index_version"] = str(current.version)
-            meta["index_step"] = str(current.step)
-        storage.save_tensors(path, tensors, meta)
+        """Writes the models, optimiser, step, RNG and (with a reindexer) the index in
+        service with its version into the directory `path`, atomically (see
+        pyrag/train/checkpoint.py)."""
+        checkpoint.save(self, path)
 
     def load_checkpoint(self, path) -> None:
-        """Restores a checkpoint written by save_checkpoint into this trainer's models,
-        optimiser and reindexer (which must be idle). The config must match in mode and
-        in what trains."""
-        tensors, meta = storage.load_tensors(path)
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise storage.FormatError(f"{path}: not a pyrag training checkpoint")
-        if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-            raise storage.FormatError(f"{path}: unsupported checkpoint version {meta.get('format_version')!r}")
-        saved = json.loads(meta["config"])
-        for key in ("mode", "train_passage_encoder"):
-            if saved[key] != getattr(self.config, key):
-                raise ValueError(f"checkpoint has {key}={saved[key]!r} but this trainer has "
-                                 f"{getattr(self.config, key)!r}")
-        for role, module in self._modules.items():
-            prefix = f"{role}/"
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            module.load_state_dict(state, strict=True)
-        scalars = json.loads(meta["optimizer_scalars"])
-        opt_state: dict[int, dict] = {}
-        zero_dim = set(json.loads(meta["optimizer_0d"]))
-        for key, value in tensors.items():
-            if key.startswith("optimizer/"):
-                _, pid, name = key.split("/", 2)
-                opt_state.setdefault(int(pid), {})[name] = value.reshape(()) if f"{pid}/{name}" in zero_dim else value
-        for key, value in scalars.items():
-            pid, name = key.split("/", 1)
-            opt_state.setdefault(int(pid), {})[name] = value
-        groups = json.loads(meta["param_groups"])
-        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.optimizer.param_groups]:
-            raise ValueError("the checkpoint's optimiser has other parameter groups than this trainer's")
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-        torch.set_rng_state(tensors["rng/torch"])
-        if self.reindexer is not None and "index/vectors" in tensors:
-            from pyrag.index import DenseIndex
-            index = DenseIndex(tensors["index/vectors"].shape[1])
-            index.add(tensors["index/vectors"], tensors["index/ids"])
-            self.reindexer.restore(index, version=int(meta["index_version"]), step=int(meta["index_step"]))
-        self.state = TrainState(step=int(meta["step"]), evals=[tuple(e) for e in json.loads(meta["evals"])])
+        """Restores a checkpoint written by save_checkpoint: the resumed run continues
+        exactly as if never stopped."""
+        checkpoint.load(self, path)
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules this trainer optimises, by role ("query_encoder", "passage_encoder", "lm")."""
+        return dict(self._modules)
+
+    def restore_state(self, step: int, evals: list[tuple[int, float]]) -> None:
+        """Sets the step counter and evaluation history (a checkpoint being loaded)."""
+        self.state = TrainState(step=step, evals=list(evals))
 
 
 def _lm_module(lm) -> Optional[torch.nn.Module]:

@@ -18,10 +18,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from pyrag.train import Example
+from pyrag.train.example import words
+
 BLANK = "____"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_]+")
 # Function words and words too generic in technical prose to identify a passage.
 _STOPWORDS = frozenset("""
     a about above after again against all also although always among an and any are as at
@@ -36,25 +38,11 @@ _STOPWORDS = frozenset("""
 """.split())
 
 
-@dataclass(frozen=True)
-class Example:
-    """One training or evaluation query: the question text, the answer the LM should
-    produce, and the id of the passage that supports it (None when unknown)."""
-    query: str
-    answer: str
-    positive: Optional[int] = None
-
-
 @dataclass
 class ClozeTask:
     passages: list[str]        # the corpus to index (query sentences removed)
     train: list[Example]
     heldout: list[Example]
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens, as the cloze builder and CopyLM see text."""
-    return [w.lower() for w in _WORD.findall(text)]
 
 
 def make_cloze_task(passages: Sequence[str], *, heldout_fraction: float = 0.2,

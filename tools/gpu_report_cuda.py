@@ -1,24 +1,18 @@
 """Resource usage of the hand-written CUDA kernels (csrc/cuda) from `ptxas -v`, per kernel
-and architecture, for pyrag.gpu_report (which prints the rows and fails on spills).
+and architecture, for tools/gpu_report.py (which prints the rows and fails on spills).
+A developer tool: not part of the wheel.
 
-    from pyrag.gpu_report_cuda import cuda_rows
-    for row in cuda_rows():          # default archs: sm_80 and sm_90
-        print(row)
+    python -c "import sys; sys.path.insert(0, 'tools'); from gpu_report_cuda import cuda_rows; print(*cuda_rows(), sep='\\n')"
 
-`cuda_rows(archs=("80", "90"), num_warps=8)` returns one dict per kernel instantiation
-and architecture:
-
-    backend     "cuda"
-    kernel      "topk_scan", "topk_merge", "lsr_weights", "lsr_kl" or "lsr_kl_backward"
-    config      the instantiation: "f16 mma, k<=1024" (corpus path and k bucket) for the
-                top-k kernels, "f32" / "f64" for the losses
-    arch        "sm_80", "sm_90", ...
-    registers   registers per thread
-    spills      bytes of register spills (spill stores + spill loads; 0 is the bar)
-    shared_mem  bytes of shared memory per block: the static part ptxas reports plus the
-                dynamic part the launcher requests with `num_warps` warps per block in the
-                largest case (one query per block); None when no built pyrag._cuda or
-                pyrag._cuda_emu is there to tell the dynamic part
+`cuda_rows(archs=("80", "90"), num_warps=8)` returns one tools/ptxas.Row per kernel
+instantiation and architecture: kernel "cuda.topk_scan", "cuda.topk_merge",
+"cuda.lsr_weights", "cuda.lsr_kl" or "cuda.lsr_kl_backward"; config the instantiation
+("f16 mma, k<=1024": corpus path and k bucket, for the top-k kernels; "f32" / "f64" for
+the losses); shared_bytes the static part ptxas reports plus the dynamic part the
+launcher requests with `num_warps` warps per block in the largest case (one query per
+block). The CUDA kernels launch without opting in to more than 48 KiB of shared memory
+per block, so that is their limit on every arch. A row whose dynamic part is unknown (no
+built pyrag._cuda or pyrag._cuda_emu to ask) fails with that reason.
 
 Where the rows come from: the build of pyrag._cuda keeps ptxas's report (CMake passes
 -Xptxas=-v and csrc/cuda/ptxas_log.sh saves it; it is installed as pyrag/_cuda_ptxas/),
@@ -34,38 +28,40 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ptxas import Entry, Row, parse_ptxas  # noqa: E402
+
 DEFAULT_ARCHS = ("80", "90")
+SHARED_LIMIT = 48 * 1024
 _SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
 
-_ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>sm_\w+)'")
-_SPILLS = re.compile(r"(?P<stores>\d+) bytes spill stores, (?P<loads>\d+) bytes spill loads")
-_USED = re.compile(r"Used (?P<regs>\d+) registers")
-_SMEM = re.compile(r"(?P<smem>\d+) bytes smem")
 _KERNEL = re.compile(r"(?P<kernel>\w+)_kernel<(?P<args>.*)>\(")
 _CORPUS = {"SimtScorer": ("f32 simt", 0), "MmaScorer<pyrag::cuda::F16>": ("f16 mma", 1),
            "MmaScorer<pyrag::cuda::Bf16>": ("bf16 mma", 2)}
 
 
-def cuda_rows(archs: Iterable[str] = DEFAULT_ARCHS, num_warps: int = 8) -> list[dict]:
+def cuda_rows(archs: Iterable[str] = DEFAULT_ARCHS, num_warps: int = 8) -> list[Row]:
     """ptxas resource usage of every CUDA kernel for each of `archs` (see the module doc)."""
     archs = _arch_numbers(archs)
-    entries = [e for e in _built_entries() if e["arch"].removeprefix("sm_") in archs]
+    entries = [e for e in _built_entries() if e.arch.removeprefix("sm_") in archs]
     missing = _missing(archs, entries)
     if missing and unavailable_reason(missing) is None:
         entries += _compiled_entries(missing)
     module = _any_built_module()
-    demangled = _demangle(sorted({e["name"] for e in entries}))
-    rows = [_row(e, demangled[e["name"]], module, num_warps) for e in entries]
+    demangled = _demangle(sorted({e.name for e in entries}))
+    rows = [_row(e, demangled[e.name], module, num_warps) for e in entries]
     return sorted(rows, key=_order)
 
 
-def _order(row: dict):
-    k = re.search(r"k<=(\d+)", row["config"])
-    return row["arch"], row["kernel"], re.sub(r"k<=\d+", "", row["config"]), int(k[1]) if k else 0
+def _order(row: Row):
+    k = re.search(r"k<=(\d+)", row.config)
+    return row.arch, row.kernel, re.sub(r"k<=\d+", "", row.config), int(k[1]) if k else 0
 
 
 def unavailable_reason(archs: Iterable[str] = DEFAULT_ARCHS) -> Optional[str]:
@@ -85,27 +81,9 @@ def _arch_numbers(archs: Iterable[str]) -> list[str]:
     return [str(a).removeprefix("sm_") for a in archs]
 
 
-def _missing(archs: list[str], entries: list[dict]) -> list[str]:
-    have = {e["arch"].removeprefix("sm_") for e in entries}
+def _missing(archs: list[str], entries: list[Entry]) -> list[str]:
+    have = {e.arch.removeprefix("sm_") for e in entries}
     return [a for a in archs if a not in have]
-
-
-def parse_ptxas(text: str) -> list[dict]:
-    """Kernel entries of `ptxas -v` output: name (mangled), arch, registers, spill bytes,
-    static shared memory."""
-    entries, current = [], None
-    for line in text.splitlines():
-        if m := _ENTRY.search(line):
-            current = {"name": m["name"], "arch": m["arch"], "registers": None, "spills": 0, "static_smem": 0}
-            entries.append(current)
-        elif current is not None and (m := _SPILLS.search(line)):
-            current["spills"] = int(m["stores"]) + int(m["loads"])
-        elif current is not None and (m := _USED.search(line)):
-            current["registers"] = int(m["regs"])
-            if s := _SMEM.search(line):
-                current["static_smem"] = int(s["smem"])
-            current = None
-    return entries
 
 
 def _built_logs() -> list[Path]:
@@ -115,11 +93,11 @@ def _built_logs() -> list[Path]:
     return sorted(Path(spec.origin).parent.joinpath("_cuda_ptxas").glob("*.txt"))
 
 
-def _built_entries() -> list[dict]:
+def _built_entries() -> list[Entry]:
     return [e for log in _built_logs() for e in parse_ptxas(log.read_text(errors="replace"))]
 
 
-def _compiled_entries(archs: list[str]) -> list[dict]:
+def _compiled_entries(archs: list[str]) -> list[Entry]:
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     sources = sorted(_SOURCE_DIR.joinpath("cuda").glob("*.cu"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,11 +129,11 @@ def _demangle(names: list[str]) -> dict[str, str]:
     return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
 
 
-def _row(entry: dict, demangled: str, module, num_warps: int) -> dict:
+def _row(entry: Entry, demangled: str, module, num_warps: int) -> Row:
     kernel, config, dynamic = _describe(demangled, module, num_warps)
-    shared = None if dynamic is None else entry["static_smem"] + dynamic
-    return {"backend": "cuda", "kernel": kernel, "config": config, "arch": entry["arch"],
-            "registers": entry["registers"], "spills": entry["spills"], "shared_mem": shared}
+    error = "" if dynamic is not None else "dynamic shared memory unknown (no built pyrag._cuda or pyrag._cuda_emu)"
+    return Row(f"cuda.{kernel}", config, entry.arch, entry.registers, entry.spills,
+               entry.static_smem + (dynamic or 0), SHARED_LIMIT, error)
 
 
 def _describe(demangled: str, module, num_warps: int) -> tuple[str, str, Optional[int]]:

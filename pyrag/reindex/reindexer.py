@@ -1,4 +1,4 @@
-"""Asynchronous re-indexing: keep a DenseIndex in step with a passage encoder that trains.
+"""AsyncReindexer: keep an index in step with a passage encoder that trains.
 
 While the passage encoder trains, the stored passage embeddings go stale. AsyncReindexer
 refreshes them in the background on a schedule (Atlas's "0-100:10,100-:500" syntax):
@@ -6,7 +6,10 @@ refreshes them in the background on a schedule (Atlas's "0-100:10,100-:500" synt
 1. at a due step, snapshot the encoder's weights (a state_dict copy, on the trainer's thread);
 2. on a background thread, load the snapshot into a private copy of the encoder and
    re-encode the corpus in chunks (tqdm progress bar; on a GPU, on its own CUDA stream);
-3. build a new DenseIndex from the embeddings;
+3. add the embeddings, chunk by chunk as they are encoded, to a new index with the dtype
+   and options of the one in service (space for every row reserved first, so the refresh
+   holds the new index and one chunk, never a second float32 copy of the corpus); every
+   chunk is checked (shape, dimension, finiteness) before it is added;
 4. publish it in a VersionedIndex with one reference assignment: atomic, so every search
    sees the old index or the new one, whole, and returns the version it searched.
 
@@ -30,195 +33,21 @@ import contextlib
 import copy
 import logging
 import os
-import re
 import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
-from pyrag.index import DenseIndex
+from pyrag._inputs import as_ids
+from pyrag.index import DenseIndex, VersionedIndex
+from pyrag.reindex.schedule import Schedule
 
 log = logging.getLogger("pyrag.reindex")
 
 POLICIES = ("skip", "queue")
-
-
-# --------------------------------------------------------------------------- schedule
-class Schedule:
-    """When refreshes fall due, as Atlas's `refresh_index` strings.
-
-    "0-100:10,100-:500" means every 10 steps in [0, 100), then every 500 steps from 100 on.
-    Each range is "start-end:every" with end exclusive and optional; a step is due when it
-    lies in a range and (step - start) is a multiple of that range's `every`. Ranges may not
-    overlap. An empty string or "none" never falls due.
-    """
-
-    _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d*)\s*:\s*(\d+)\s*$")
-
-    def __init__(self, spec: str):
-        if not isinstance(spec, str):
-            raise TypeError(f"schedule must be a string like '0-100:10,100-:500', got {type(spec).__name__}")
-        self.spec = spec
-        ranges = []
-        if spec.strip().lower() not in ("", "none"):
-            for part in spec.split(","):
-                m = self._RANGE.match(part)
-                if m is None:
-                    raise ValueError(f"bad schedule range {part.strip()!r} in {spec!r}; "
-                                     f"expected 'start-end:every' or 'start-:every'")
-                start, end, every = int(m[1]), int(m[2]) if m[2] else None, int(m[3])
-                if every < 1:
-                    raise ValueError(f"schedule range {part.strip()!r}: every must be >= 1")
-                if end is not None and end <= start:
-                    raise ValueError(f"schedule range {part.strip()!r}: end must be > start")
-                ranges.append((start, end, every))
-        ranges.sort()
-        for (s0, e0, _), (s1, _, _) in zip(ranges, ranges[1:]):
-            if e0 is None or e0 > s1:
-                raise ValueError(f"schedule {spec!r}: ranges starting at {s0} and {s1} overlap")
-        self.ranges = tuple(ranges)
-
-    def due(self, step: int) -> bool:
-        for start, end, every in self.ranges:
-            if start <= step and (end is None or step < end):
-                return (step - start) % every == 0
-        return False
-
-    def __repr__(self) -> str:
-        return f"Schedule({self.spec!r})"
-
-
-# --------------------------------------------------------------------------- versions
-class SearchHits(tuple):
-    """(scores, ids) of one search, as DenseIndex.search returns them, plus `.version`:
-    the version of the one index that produced them."""
-
-    version: int
-
-    def __new__(cls, scores, ids, version: int):
-        hits = super().__new__(cls, (scores, ids))
-        hits.version = version
-        return hits
-
-    @property
-    def scores(self):
-        return self[0]
-
-    @property
-    def ids(self):
-        return self[1]
-
-
-class IndexVersion(NamedTuple):
-    """One published index: immutable, so a reader holding it sees one whole index.
-
-    Pass it wherever a DenseIndex is read (e.g. as a Retriever's `index` for one step) to
-    pin a version across several calls: search, then vectors() of the same index.
-    """
-
-    index: DenseIndex
-    version: int
-    step: int  # the training step whose encoder weights produced the embeddings
-
-    def search(self, queries, k: int, **kwargs) -> SearchHits:
-        scores, ids = self.index.search(queries, k, **kwargs)
-        return SearchHits(scores, ids, self.version)
-
-    def vectors(self):
-        return self.index.vectors()
-
-    @property
-    def ids(self):
-        return self.index.ids
-
-    @property
-    def dim(self) -> int:
-        return self.index.dim
-
-    @property
-    def dtype(self) -> str:
-        return self.index.dtype
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-
-class VersionedIndex:
-    """A DenseIndex that is replaced whole rather than mutated.
-
-    Readers take the current IndexVersion with one attribute read (atomic in Python), so
-    `search` always runs on one whole index and its result carries that index's version.
-    Writers publish with `swap`. Exposes `search` and `version`, so it can stand wherever
-    an index is searched (a Retriever's `index`); for several reads that must agree, take
-    `snapshot()` once and read from it.
-    """
-
-    def __init__(self, index: DenseIndex, *, version: int = 0, step: int = 0):
-        if not isinstance(index, DenseIndex):
-            raise TypeError(f"index must be a pyrag.DenseIndex, got {type(index).__name__}")
-        self._current = IndexVersion(index, int(version), int(step))
-        self._write_lock = threading.Lock()
-
-    def snapshot(self) -> IndexVersion:
-        return self._current
-
-    def search(self, queries, k: int, **kwargs) -> SearchHits:
-        return self._current.search(queries, k, **kwargs)
-
-    def vectors(self):
-        """The vectors of the current version. Prefer snapshot().vectors() when they must
-        match an earlier search."""
-        return self._current.vectors()
-
-    @property
-    def ids(self):
-        return self._current.ids
-
-    @property
-    def version(self) -> int:
-        return self._current.version
-
-    @property
-    def step(self) -> int:
-        return self._current.step
-
-    @property
-    def index(self) -> DenseIndex:
-        return self._current.index
-
-    @property
-    def dim(self) -> int:
-        return self._current.index.dim
-
-    @property
-    def dtype(self) -> str:
-        return self._current.index.dtype
-
-    def __len__(self) -> int:
-        return len(self._current.index)
-
-    def __repr__(self) -> str:
-        cur = self._current
-        return f"VersionedIndex(version={cur.version}, step={cur.step}, size={len(cur.index)})"
-
-    def restore(self, index: DenseIndex, *, version: int, step: int) -> None:
-        """Publishes `index` under a given version (resuming from a checkpoint)."""
-        if not isinstance(index, DenseIndex):
-            raise TypeError(f"index must be a pyrag.DenseIndex, got {type(index).__name__}")
-        with self._write_lock:
-            self._current = IndexVersion(index, int(version), int(step))
-
-    def swap(self, index: DenseIndex, *, step: int) -> int:
-        """Publishes `index` as the next version and returns that version number."""
-        if not isinstance(index, DenseIndex):
-            raise TypeError(f"index must be a pyrag.DenseIndex, got {type(index).__name__}")
-        with self._write_lock:
-            version = self._current.version + 1
-            self._current = IndexVersion(index, version, int(step))
-        return version
 
 
 # --------------------------------------------------------------------------- reindexer
@@ -254,7 +83,9 @@ class AsyncReindexer:
         encode: `encode(encoder, chunk) -> Tensor [n, dim]`; default `encoder(chunk)`.
         ids: int64 ids of the passages in the index (default 0..N-1).
         index: the index in service at version 0 (a DenseIndex over the same ids); None
-            encodes the corpus now, synchronously, with the current weights.
+            encodes the corpus now, synchronously, with the current weights, into a
+            DenseIndex of `dtype`. Refreshes build indexes of its dtype and options.
+        dtype: the storage dtype when `index` is None ("float32", "bfloat16", "int8").
         schedule: a Schedule or its string, e.g. "0-100:10,100-:500".
         policy: "skip" drops a refresh that falls due while one is running; "queue" runs
             it after the current one. At most one refresh waits: a newer snapshot
@@ -269,7 +100,7 @@ class AsyncReindexer:
 
     def __init__(self, encoder: torch.nn.Module, passages: Sequence, *,
                  encode: Optional[Callable] = None, ids=None, index: Optional[DenseIndex] = None,
-                 schedule: str | Schedule = "0-:1000", policy: str = "skip", chunk_size: int = 256,
+                 dtype: str = "float32", schedule: str | Schedule = "0-:1000", policy: str = "skip", chunk_size: int = 256,
                  num_threads: int = 1, nice: int = 5, device=None, progress: bool = True):
         if not isinstance(encoder, torch.nn.Module):
             raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
@@ -292,8 +123,7 @@ class AsyncReindexer:
         self._encoder = encoder
         self._passages = passages
         self._encode = encode if encode is not None else (lambda enc, chunk: enc(chunk))
-        self._ids = (torch.arange(len(passages), dtype=torch.int64) if ids is None
-                     else DenseIndex._as_ids(ids).clone())
+        self._ids = torch.arange(len(passages), dtype=torch.int64) if ids is None else as_ids(ids).clone()
         if self._ids.numel() != len(passages):
             raise ValueError(f"got {self._ids.numel()} ids for {len(passages)} passages")
         self._device = torch.device(device) if device is not None else _module_device(encoder)
@@ -307,9 +137,13 @@ class AsyncReindexer:
         if index is None:
             if self._stream is not None:
                 self._stream.wait_stream(torch.cuda.current_stream(self._device))
-            index = self._build_index(self._shadow, desc="index v0", stop=None)
-        elif len(index) != len(passages):
-            raise ValueError(f"index has {len(index)} vectors but there are {len(passages)} passages")
+            index = self._build_index(self._shadow, desc="index v0", stop=None, template=None, dtype=dtype)
+            assert index is not None
+        else:
+            if not isinstance(index, DenseIndex):
+                raise TypeError(f"index must be a pyrag.DenseIndex, got {type(index).__name__}")
+            if len(index) != len(passages):
+                raise ValueError(f"index has {len(index)} vectors but there are {len(passages)} passages")
         self.index = VersionedIndex(index, version=0, step=0)
 
         # Worker state, guarded by _cond. The worker thread holds no reference to self
@@ -451,27 +285,36 @@ class AsyncReindexer:
         event.record()  # the worker's stream waits for the snapshot copies to finish
         return event
 
-    def _build_index(self, encoder: torch.nn.Module, *, desc: str, stop) -> Optional[DenseIndex]:
+    def _build_index(self, encoder: torch.nn.Module, *, desc: str, stop: Optional[threading.Event],
+                     template: Optional[DenseIndex], dtype: str = "float32") -> Optional[DenseIndex]:
         """Encodes every passage with `encoder` (on the reindexer's CUDA stream when it
-        has one); None if `stop` was set meanwhile."""
+        has one) into a new index like `template` (or a DenseIndex of `dtype`), chunk by
+        chunk; None if `stop` was set meanwhile. A chunk of the wrong shape, dimension or
+        with NaN/Inf is a ValueError, and nothing is published."""
         from tqdm.auto import tqdm
 
         n = len(self._passages)
-        parts = []
+        index: Optional[DenseIndex] = None
         with tqdm(total=n, desc=desc, unit="passage", disable=not self.progress, leave=False) as bar, \
                 torch.no_grad(), _on_stream(self._stream):
             for start in range(0, n, self.chunk_size):
                 if stop is not None and stop.is_set():
                     return None
                 chunk = self._passages[start:start + self.chunk_size]
-                parts.append(self._encode(encoder, chunk).detach().float().cpu())
+                emb = self._encode(encoder, chunk)
+                if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or emb.shape[0] != len(chunk):
+                    got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+                    raise ValueError(f"encode returned {got} for {len(chunk)} passages; expected [{len(chunk)}, dim]")
+                if index is None:
+                    if template is not None and emb.shape[1] != template.dim:
+                        raise ValueError(f"encode returned vectors of dim {emb.shape[1]} but the index in service "
+                                         f"has dim {template.dim}")
+                    index = (template.empty_like() if template is not None
+                             else DenseIndex(int(emb.shape[1]), dtype))
+                    index.reserve(n)
+                index.add(emb.detach().float().cpu(), self._ids[start:start + len(chunk)])
                 bar.update(len(chunk))
-        vectors = torch.cat(parts)
-        if vectors.dim() != 2 or vectors.shape[0] != n:
-            raise ValueError(f"encode returned {tuple(vectors.shape)} for {n} passages; "
-                             f"expected [{n}, dim]")
-        index = DenseIndex(vectors.shape[1])
-        index.add(vectors.contiguous(), self._ids)
+        assert index is not None
         return index
 
     def _run(self, job: _Job, stop: threading.Event) -> None:
@@ -485,7 +328,8 @@ class AsyncReindexer:
             self._stream.synchronize()
         else:
             self._shadow.load_state_dict(job.state)
-        index = self._build_index(self._shadow, desc=f"re-index (step {job.step})", stop=stop)
+        index = self._build_index(self._shadow, desc=f"re-index (step {job.step})", stop=stop,
+                                  template=self.index.snapshot().index)
         if index is None:
             log.info("re-index from step %d abandoned: closing", job.step)
             return
@@ -551,7 +395,9 @@ def _worker_main(owner_ref, st: _WorkerState) -> None:
         error = None
         try:
             owner._run(job, st.stop)
-        except Exception as e:  # re-raised on the trainer's thread by _raise_pending
+        except BaseException as e:  # re-raised on the trainer's thread by _raise_pending
+            # BaseException too: a KeyboardInterrupt or SystemExit raised in the encoder
+            # must not kill the worker silently with its running flag set.
             error = e
             log.error("re-index from step %d failed: %r", job.step, e)
         dt = time.perf_counter() - t0

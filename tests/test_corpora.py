@@ -1,10 +1,10 @@
-"""pyrag.data: paragraph splitting (HTML and roff), passage filtering, and the real
+"""benchmarks/corpora.py: paragraph splitting (HTML and roff), passage filtering, and the real
 corpora and encoder where this machine has them installed."""
 import gzip
 
 import pytest
 
-from pyrag import data
+import corpora as data  # benchmarks/ (tests/conftest.py puts it on sys.path)
 
 
 def page(body: str, outside: str = "") -> str:

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from pyrag.train.cloze import BLANK, words
+from cloze import BLANK
+from pyrag.train.example import words
 
 
 @functools.lru_cache(maxsize=1 << 16)

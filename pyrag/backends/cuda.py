@@ -1,4 +1,4 @@
-"""The CUDA backends of the pyrag ops (the hand-written kernels of csrc/cuda).
+"""backend="cuda" and backend="cuda_emu": the CUDA backends of the pyrag ops (the hand-written kernels of csrc/cuda).
 
 backend="cuda" runs them on CUDA tensors through pyrag._cuda (built by nvcc);
 backend="cuda_emu" runs the very same kernel sources on CPU tensors through
@@ -22,7 +22,8 @@ from typing import Optional
 
 import torch
 
-from pyrag.ops._common import register_impl
+from pyrag.backends._operands import address, contiguous_or_none, kernel_dtype, kernel_suffix, operand
+from pyrag.ops._registry import register_impl
 
 # Warps per block. On the GPU, 8 (256 threads). Under the emulation each thread is an OS
 # thread and every warp collective a barrier over 32 of them, so the default block is
@@ -55,8 +56,6 @@ def _default_warps(device: torch.device) -> int:
     return GPU_NUM_WARPS if device.type == "cuda" else EMU_NUM_WARPS
 
 
-def _address(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
 
 
 # ----------------------------------------------------------------------- topk_scores
@@ -100,7 +99,7 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Opt
     ws_scores = torch.empty(ws_shape, dtype=torch.float32, device=device)
     ws_ids = torch.empty(ws_shape, dtype=torch.int32, device=device)
     with _on(device):
-        mod.topk_scores(q.data_ptr(), b, x.data_ptr(), _CORPUS_TYPES[x.dtype], n, d, k, _address(s), split_queries,
+        mod.topk_scores(q.data_ptr(), b, x.data_ptr(), _CORPUS_TYPES[x.dtype], n, d, k, address(s), split_queries,
                         out_scores.data_ptr(), out_ids.data_ptr(), nonfinite.data_ptr(), warps, plan,
                         ws_scores.data_ptr(), ws_ids.data_ptr(), _stream(device))
     if nonfinite.item():
@@ -109,30 +108,19 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Opt
 
 
 # ----------------------------------------------------------------------- LSR losses
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _suffix(dtype: torch.dtype) -> str:
-    return "f64" if dtype == torch.float64 else "f32"
-
-
-def _mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if mask is None else mask.contiguous()
-
 
 def lsr_weights(lm_scores: torch.Tensor, tau: float, mask: Optional[torch.Tensor], *,
                 num_warps: Optional[int] = None) -> torch.Tensor:
     """pyrag.reference.lsr_weights with the CUDA kernel (one warp per row)."""
     device = lm_scores.device
-    ct = _compute_dtype(lm_scores)
-    x = lm_scores.to(ct).contiguous()
-    m = _mask(mask)
+    ct = kernel_dtype(lm_scores)
+    x = operand(lm_scores, ct)
+    m = contiguous_or_none(mask)
     out = torch.empty_like(x)
     rows, cols = x.shape
     with _on(device):
-        getattr(_module(device), f"lsr_weights_{_suffix(ct)}")(
-            x.data_ptr(), _address(m), rows, cols, float(tau), out.data_ptr(),
+        getattr(_module(device), f"lsr_weights_{kernel_suffix(ct)}")(
+            x.data_ptr(), address(m), rows, cols, float(tau), out.data_ptr(),
             num_warps or _default_warps(device), _stream(device))
     return out.to(lm_scores.dtype)
 
@@ -141,16 +129,16 @@ def lsr_kl(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, tau_retrieve
            mask: Optional[torch.Tensor], direction: str, *, num_warps: Optional[int] = None) -> torch.Tensor:
     """pyrag.reference.lsr_kl with the CUDA kernel: the per-row KL [B]."""
     device = retriever_scores.device
-    ct = _compute_dtype(retriever_scores, lm_scores)
-    r = retriever_scores.to(ct).contiguous()
-    lm = lm_scores.to(ct).contiguous()
-    m = _mask(mask)
+    ct = kernel_dtype(retriever_scores, lm_scores)
+    r = operand(retriever_scores, ct)
+    lm = operand(lm_scores, ct)
+    m = contiguous_or_none(mask)
     rows, cols = r.shape
     out = torch.empty(rows, dtype=ct, device=device)
     with _on(device):
-        getattr(_module(device), f"lsr_kl_{_suffix(ct)}")(
-            r.data_ptr(), lm.data_ptr(), _address(m), rows, cols, float(tau_retriever), float(tau_lm),
-            _reverse(direction), out.data_ptr(), num_warps or _default_warps(device), _stream(device))
+        getattr(_module(device), f"lsr_kl_{kernel_suffix(ct)}")(
+            r.data_ptr(), lm.data_ptr(), address(m), rows, cols, float(tau_retriever), float(tau_lm),
+            direction == "reverse", out.data_ptr(), num_warps or _default_warps(device), _stream(device))
     return out.to(torch.promote_types(retriever_scores.dtype, lm_scores.dtype))
 
 
@@ -159,25 +147,19 @@ def lsr_kl_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm_score
                     num_warps: Optional[int] = None) -> torch.Tensor:
     """d(sum_b grad[b] * lsr_kl[b]) / d retriever_scores [B, K] with the CUDA kernel."""
     device = retriever_scores.device
-    ct = _compute_dtype(retriever_scores, lm_scores)
-    g = grad.to(ct).contiguous()
-    r = retriever_scores.to(ct).contiguous()
-    lm = lm_scores.to(ct).contiguous()
-    m = _mask(mask)
+    ct = kernel_dtype(retriever_scores, lm_scores)
+    g = operand(grad, ct)
+    r = operand(retriever_scores, ct)
+    lm = operand(lm_scores, ct)
+    m = contiguous_or_none(mask)
     out = torch.empty_like(r)
     rows, cols = r.shape
     with _on(device):
-        getattr(_module(device), f"lsr_kl_backward_{_suffix(ct)}")(
-            g.data_ptr(), r.data_ptr(), lm.data_ptr(), _address(m), rows, cols, float(tau_retriever),
-            float(tau_lm), _reverse(direction), out.data_ptr(), num_warps or _default_warps(device),
+        getattr(_module(device), f"lsr_kl_backward_{kernel_suffix(ct)}")(
+            g.data_ptr(), r.data_ptr(), lm.data_ptr(), address(m), rows, cols, float(tau_retriever),
+            float(tau_lm), direction == "reverse", out.data_ptr(), num_warps or _default_warps(device),
             _stream(device))
     return out.to(retriever_scores.dtype)
-
-
-def _reverse(direction: str) -> bool:
-    if direction not in ("forward", "reverse"):
-        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
-    return direction == "reverse"
 
 
 # The same functions serve both backends: the tensors' device picks the module.

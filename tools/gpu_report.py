@@ -1,5 +1,5 @@
-"""python -m pyrag.gpu_report: registers, spills and shared memory of every GPU kernel,
-for sm_80 (A100) and sm_90 (H100), without a GPU.
+"""python tools/gpu_report.py: registers, spills and shared memory of every GPU kernel,
+for sm_80 (A100) and sm_90 (H100), without a GPU. A developer tool: not part of the wheel.
 
 Each Triton kernel is compiled ahead of time with
 `triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32))`,
@@ -10,18 +10,9 @@ sm_90: Triton 3.9 emits PTX 9.4, which older ptxas reject) -- to read registers 
 spills. Shared memory is Triton's dynamic allocation (metadata.shared) plus ptxas's
 static count, checked against the arch's per-block maximum.
 
-Rows of CUDA kernels come from `pyrag.gpu_report_cuda.cuda_rows()` when that module
-exists (it belongs to the CUDA backend).
-
-Row shape: one `Row` per kernel x configuration x arch, or a dict with the same keys:
-    kernel: str        the kernel, e.g. "topk_scores._topk_scan_kernel"
-    config: str        its configuration and specialisation, e.g. "BM=16 BN=128 BK=64 w=4 s=4 fp16 KP=128"
-    arch: str          "sm_80" or "sm_90"
-    registers: int     registers per thread
-    spill_bytes: int   spill stores + spill loads, in bytes (0 is required)
-    shared_bytes: int  shared memory per block, static + dynamic, in bytes
-    shared_limit: int  the arch's maximum shared memory per block (SHARED_LIMIT[arch])
-    error: str         "" when it compiled; else why not (the row then fails)
+Rows of the CUDA kernels (csrc/cuda) come from tools/gpu_report_cuda.py. Every row is a
+tools/ptxas.Row (kernel, config, arch, registers, spill_bytes, shared_bytes,
+shared_limit, error).
 
 The report prints a table and exits 1 if any row has spills, shared memory over its
 limit, or an error; 0 otherwise. `--full` also compiles every topk_scores config for
@@ -34,31 +25,18 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
-import re
 import subprocess
 import sys
 import tempfile
-from typing import Iterable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ptxas import Row, format_table, parse_ptxas  # noqa: E402
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
 # Maximum dynamic shared memory per block (opt-in): A100 163 KiB, H100 227 KiB.
 SHARED_LIMIT = {"sm_80": 166912, "sm_90": 232448}
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    kernel: str
-    config: str
-    arch: str
-    registers: int = 0
-    spill_bytes: int = 0
-    shared_bytes: int = 0
-    shared_limit: int = 0
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.error and self.spill_bytes == 0 and self.shared_bytes <= self.shared_limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,11 +146,9 @@ def _ptxas_report(ptxas: str, ptx: str, arch: str) -> tuple[int, int, int]:
                              capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"ptxas failed: {run.stderr.strip()[-500:]}")
-    log = run.stderr
-    regs = max((int(x) for x in re.findall(r"Used (\d+) registers", log)), default=0)
-    spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
-    smem = max((int(x) for x in re.findall(r"(\d+) bytes smem", log)), default=0)
-    return regs, spills, smem
+    entries = parse_ptxas(run.stderr)
+    return (max((e.registers for e in entries), default=0), sum(e.spills for e in entries),
+            max((e.static_smem for e in entries), default=0))
 
 
 def _compile(spec: Spec, arch: str) -> Row:
@@ -214,47 +190,14 @@ def triton_rows(full: bool = False, workers: int | None = None) -> list[Row]:
 
 
 def cuda_rows() -> list[Row]:
-    """The CUDA backend's rows, if it provides pyrag.gpu_report_cuda."""
-    import importlib
-    try:
-        gpu_report_cuda = importlib.import_module("pyrag.gpu_report_cuda")
-    except ModuleNotFoundError as e:
-        if e.name != "pyrag.gpu_report_cuda":
-            raise
-        return []
-    return [_cuda_row(r) for r in gpu_report_cuda.cuda_rows()]
+    """The rows of the CUDA kernels (tools/gpu_report_cuda.py)."""
+    import gpu_report_cuda
 
-
-# The CUDA kernels launch without opting in to more than the default 48 KiB of shared
-# memory per block, so that is their limit on every arch.
-CUDA_SHARED_LIMIT = 48 * 1024
-
-
-def _cuda_row(r: dict) -> Row:
-    """A row of pyrag.gpu_report_cuda.cuda_rows() (keys backend, kernel, config, arch,
-    registers, spills, shared_mem) as a Row."""
-    shared = r["shared_mem"]
-    return Row(f"cuda.{r['kernel']}", r["config"], r["arch"], r["registers"], r["spills"],
-               shared or 0, CUDA_SHARED_LIMIT,
-               "" if shared is not None else "dynamic shared memory unknown (no built pyrag._cuda)")
-
-
-# ------------------------------------------------------------------ the report
-def format_table(rows: Iterable[Row]) -> str:
-    head = ("kernel", "config", "arch", "regs", "spill B", "smem B", "limit B", "status")
-    body = [(r.kernel, r.config, r.arch, str(r.registers), str(r.spill_bytes), str(r.shared_bytes),
-             str(r.shared_limit), "ok" if r.ok else (r.error or "FAIL")) for r in rows]
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head) - 1)]
-    lines = []
-    for row in [head, *body]:
-        cells = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells + [row[-1]]))
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return gpu_report_cuda.cuda_rows()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyrag.gpu_report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/gpu_report.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="every topk_scores config x dtype x KP")
     parser.add_argument("--workers", type=int, default=None, help="compile processes (default: all cores)")
     args = parser.parse_args(argv)
