@@ -14,6 +14,8 @@ from pyrag.ops._registry import compiled_extension as _compiled_extension
 from pyrag.reindex import AsyncReindexer, ReindexError, Schedule
 from pyrag.retriever import RetrievalResult, Retriever
 from pyrag.topk import topk_scores
+# Last: pyrag.text builds on the names above.
+from pyrag.text import Hit, Passage, TextIndex
 
 __version__ = "0.1.0"
 
@@ -37,14 +39,17 @@ __all__ = [
     "FormatError",
     "GenerationResult",
     "GeneratorAdapter",
+    "Hit",
     "Index",
     "IndexFormatError",
     "IndexVersion",
+    "Passage",
     "ReindexError",
     "RetrievalResult",
     "Retriever",
     "Schedule",
     "Source",
+    "TextIndex",
     "VersionedIndex",
     "contrastive_loss",
     "cpu_isa",

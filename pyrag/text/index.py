@@ -484,6 +484,21 @@ class TextIndex:
             rows = store.rows_of(self._db, keys.values())
         return [Passage(i, rows[keys[i]][1], store.loads_metadata(rows[keys[i]][2])) for i in ids if i in keys]
 
+    def get_vectors(self, ids: Sequence[str]) -> torch.Tensor:
+        """The stored vectors of these passages, float32 [len(ids), dim], as the index
+        scores them (bfloat16 widened, int8 times its row scale); KeyError if any id
+        is unknown."""
+        ids = _check_ids(ids, "ids")
+        with self._lock:
+            self._refresh_if_changed()
+            keys = store.keys_of(self._db, ids)
+            unknown = [i for i in ids if i not in keys]
+            if unknown:
+                raise KeyError(f"ids not in the index: {unknown[:5]}")
+            if not ids:
+                return torch.empty((0, self._dim or 0), dtype=torch.float32)
+            return self._index.get(torch.tensor([keys[i] for i in ids], dtype=torch.int64))
+
     def find(self, filter: Filter) -> list[str]:
         """The ids of the passages whose metadata match `filter` (a dict of key: value
         pairs, or a callable metadata -> bool), in the order they were added."""
