@@ -111,7 +111,7 @@ def test_append(corpus, tmp_path, capsys):
     rc, out, err = run(capsys, "build", corpus / "bikes.md", "-o", out_dir, "--append")
     assert rc == 0, err
     rc, out, _ = run(capsys, "info", out_dir, "--json")
-    assert json.loads(out)["passages"] == 4 and json.loads(out)["generation"] == 2
+    assert json.loads(out)["passages"] == 3 and json.loads(out)["generation"] == 2
     rc, out, err = run(capsys, "build", corpus / "bikes.md", "-o", out_dir, "--append")
     assert rc == 1 and "already in the index" in err  # the same documents again: nothing changes
     rc, out, err = run(capsys, "build", corpus / "bread.html", "-o", out_dir, "--append", "--dtype", "int8")
