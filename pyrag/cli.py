@@ -46,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how the vectors are stored (default float32)")
     b.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N",
                    help=f"largest passage, in characters (default {DEFAULT_CHUNK_SIZE})")
-    b.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, metavar="N",
-                   help=f"characters a passage may repeat from the one before (default {DEFAULT_OVERLAP})")
+    b.add_argument("--overlap", type=int, default=None, metavar="N",
+                   help=f"characters a passage may repeat from the one before "
+                        f"(default {DEFAULT_OVERLAP}, or a quarter of --chunk-size if less)")
     b.add_argument("--text-field", default="text", help="JSONL field / CSV column holding the text")
     b.add_argument("--id-field", default=None, help="JSONL field / CSV column holding a document id")
     b.add_argument("--exclude", action="append", default=[], metavar="GLOB",

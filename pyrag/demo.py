@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["DEMO_MODULES", "QUESTIONS", "corpus", "main"]
+__all__ = ["DEMO_MODULES", "DEMO_TOPICS", "QUESTIONS", "corpus", "main"]
 
 # The standard library's most used modules: ~2,800 passages with the pydoc topics, which
 # MiniLM encodes in about a minute on 2 cores (see docs/text_index.md for the figures).
@@ -43,6 +43,9 @@ DEMO_MODULES = (
     "traceback", "types", "typing", "unittest.case", "urllib.parse", "urllib.request", "uuid",
     "warnings", "weakref", "xml.etree.ElementTree", "zipfile",
 )
+
+# The pydoc topics to index: None for all of them (~1,000 passages).
+DEMO_TOPICS: Optional[tuple] = None
 
 QUESTIONS = (
     "How do I run a shell command and capture its output?",
@@ -136,7 +139,7 @@ def _topic_passages() -> list[tuple[str, dict]]:
     from pyrag.text.chunking import chunk_text
 
     out = []
-    for name in sorted(topics):
+    for name in sorted(topics if DEMO_TOPICS is None else set(DEMO_TOPICS) & set(topics)):
         for c in chunk_text(topics[name], _PASSAGE_CHARS, 80):
             out.append((c.text, {"source": f"topic:{name}", "kind": "topic", "offset": c.offset}))
     return out
@@ -164,7 +167,7 @@ def _fingerprint(encoder_name: str, compute: str) -> str:
     import pydoc_data.topics
 
     h = hashlib.sha256()
-    h.update(f"{_CORPUS_VERSION}|{sys.version}|{encoder_name}|{compute}|{DEMO_MODULES}".encode())
+    h.update(f"{_CORPUS_VERSION}|{sys.version}|{encoder_name}|{compute}|{DEMO_MODULES}|{DEMO_TOPICS}".encode())
     for f in [Path(pydoc_data.topics.__file__)] + [p for _, p in _sources()]:
         st = f.stat()
         h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 __all__ = ["Chunk", "chunk_text", "DEFAULT_CHUNK_SIZE", "DEFAULT_OVERLAP"]
 
@@ -101,19 +102,21 @@ def _pack(text: str, units: list[tuple[int, int]], size: int, overlap: int,
     return [c for c in chunks if c[1] > c[0]]
 
 
-def chunk_text(text: str, size: int = DEFAULT_CHUNK_SIZE, overlap: int = DEFAULT_OVERLAP) -> list[Chunk]:
+def chunk_text(text: str, size: int = DEFAULT_CHUNK_SIZE, overlap: Optional[int] = None) -> list[Chunk]:
     """Splits a document into passages of at most `size` characters (see the module doc).
 
     Args:
         text: the document.
         size: the largest chunk, in characters (>= 1).
         overlap: how many characters of the previous chunk a chunk may repeat
-            (0 <= overlap < size).
+            (0 <= overlap < size); default DEFAULT_OVERLAP, or size // 4 if smaller.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"chunk size must be an int >= 1, got {size!r}")
+    if overlap is None:
+        overlap = min(DEFAULT_OVERLAP, size // 4)
     if not isinstance(overlap, int) or isinstance(overlap, bool) or not 0 <= overlap < size:
         raise ValueError(f"overlap must be an int with 0 <= overlap < size ({size}), got {overlap!r}")
     return [Chunk(text[s:e], s) for s, e in _pack(text, _units(text, size), size, overlap)]

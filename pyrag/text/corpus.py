@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
-from pyrag.text.chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, chunk_text
+from pyrag.text.chunking import DEFAULT_CHUNK_SIZE, chunk_text
 
 __all__ = ["CorpusError", "Document", "TEXT_SUFFIXES", "html_to_text", "passages", "read_documents"]
 
@@ -268,7 +268,7 @@ def read_documents(path: str | os.PathLike, *, text_field: str = "text", id_fiel
 
 
 def passages(documents: Iterable[Document], size: int = DEFAULT_CHUNK_SIZE,
-             overlap: int = DEFAULT_OVERLAP) -> tuple[list[str], list[dict], list[str]]:
+             overlap: Optional[int] = None) -> tuple[list[str], list[dict], list[str]]:
     """Chunks documents into passages: (texts, metadatas, ids). Raises CorpusError if
     there is no text at all, or if two documents share an id."""
     texts: list[str] = []
