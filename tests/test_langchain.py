@@ -9,7 +9,7 @@ pytest.importorskip("langchain_core", reason="pip install pyrag[langchain]")
 langchain_tests = pytest.importorskip("langchain_tests", reason="pip install langchain-tests")
 
 from langchain_core.documents import Document  # noqa: E402
-from langchain_core.embeddings import DeterministicFakeEmbedding  # noqa: E402
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings  # noqa: E402
 from langchain_tests.integration_tests import VectorStoreIntegrationTests  # noqa: E402
 
 from pyrag.integrations.langchain import PyragVectorStore  # noqa: E402
@@ -69,6 +69,36 @@ def test_retriever(store):
     thresholded = store.as_retriever(search_type="similarity_score_threshold",
                                      search_kwargs={"score_threshold": 0.99, "k": 3}).invoke("passage number 7")
     assert [d.id for d in thresholded] == ["7"]
+
+
+class WordHashEmbeddings(Embeddings):
+    """A bag of words: the sum of one seeded random vector per word (punctuation ignored),
+    so texts with the same words have the same vector."""
+
+    def _one(self, text):
+        words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+        return sum((torch.randn(32, generator=torch.Generator().manual_seed(sum(map(ord, w)) * 7919 + len(w)))
+                    for w in words), torch.zeros(32)).tolist()
+
+    def embed_documents(self, texts):
+        return [self._one(t) for t in texts]
+
+    def embed_query(self, text):
+        return self._one(text)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mmr_prefers_diverse_documents(dtype):
+    store = PyragVectorStore(WordHashEmbeddings(), dtype=dtype)
+    docs = [Document(page_content="cats are small felines"), Document(page_content="Cats are small felines!"),
+            Document(page_content="the stock market fell today")]
+    store.add_documents(docs, ids=["a", "a2", "b"])
+    near = store.similarity_search("cats are small felines", k=2)
+    assert {d.id for d in near} == {"a", "a2"}
+    mmr = store.max_marginal_relevance_search("cats are small felines", k=2, fetch_k=3, lambda_mult=0.1)
+    assert mmr[0].id == "a" and mmr[1].id == "b"       # the near-duplicate is passed over
+    assert [d.id for d in store.as_retriever(search_type="mmr", search_kwargs={
+        "k": 2, "fetch_k": 3, "lambda_mult": 0.1}).invoke("cats are small felines")] == ["a", "b"]
 
 
 async def test_async_retriever(store):

@@ -43,7 +43,7 @@ def test_folder_reader(tmp_path):
     docs = list(read_documents(tmp_path, exclude=["_*"], progress=False))
     assert [d.id for d in docs] == ["a/x.md", "b.txt", "c.HTML", "d.rst"]
     assert docs[2] == Document("c.HTML", "html text", {"source": "c.HTML", "title": "C"})
-    assert [d.id for d in read_documents(tmp_path, progress=False)][-1] == "_build/f.txt"
+    assert "_build/f.txt" in [d.id for d in read_documents(tmp_path, progress=False)]
     assert [d.id for d in read_documents(tmp_path / "b.txt")] == ["b.txt"]
 
 

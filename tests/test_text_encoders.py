@@ -21,14 +21,16 @@ def test_encode_batches_in_length_order_and_restores_input_order():
     out = encode(CallableEncoder(fn), texts, batch_size=2)
     assert out[:, 0].tolist() == [3, 1, 5, 2, 1]
     assert [len(b) for b in calls] == [2, 2, 1] and calls[0] == ["a", "e"]
-    assert encode(CallableEncoder(fn), [], batch_size=2).shape == (0, 2)
+    assert encode(CallableEncoder(fn), [], batch_size=2).shape == (0, 0)  # dim not known yet
+    assert encode(CallableEncoder(fn, dim=2), [], batch_size=2).shape == (0, 2)
 
 
 @pytest.mark.parametrize("fn,exc,match", [
     (lambda t: torch.ones(len(t), 3, 2), ValueError, r"returned shape \(1, 3, 2\)"),
     (lambda t: torch.ones(len(t) + 1, 3), ValueError, "for 1 texts"),
     (lambda t: torch.full((len(t), 3), float("nan")), ValueError, "non-finite vector for text 0"),
-    (lambda t: [["a", "b"]], TypeError, "not numbers"),
+    (lambda t: [["a", "b"]], TypeError, "returned list, not a tensor or array of vectors"),
+    (lambda t: torch.ones(len(t), 2, dtype=torch.bool), TypeError, "torch.bool values, not numbers"),
     (lambda t: None, TypeError, "returned NoneType"),
 ])
 def test_encoder_output_is_checked(fn, exc, match):

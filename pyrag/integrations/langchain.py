@@ -4,7 +4,7 @@
 
     store = PyragVectorStore.from_documents(docs, embeddings, path="kb.idx", dtype="int8")
     store.similarity_search_with_score("how do I ...?", k=4, filter={"lang": "en"})
-    retriever = store.as_retriever(search_kwargs={"k": 4})
+    retriever = store.as_retriever(search_kwargs={"k": 4})      # or search_type="mmr"
     store = PyragVectorStore.load("kb.idx", embeddings)          # later
 
 Needs ``pip install pyrag[langchain]`` (langchain-core). Texts and metadata live in the
@@ -27,6 +27,7 @@ try:
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
     from langchain_core.vectorstores import VectorStore
+    from langchain_core.vectorstores.utils import maximal_marginal_relevance
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("pyrag.integrations.langchain needs langchain-core: "
                       "pip install pyrag[langchain]") from e
@@ -128,6 +129,24 @@ class PyragVectorStore(VectorStore):
 
     def similarity_search(self, query: str, k: int = 4, filter: Any = None, **kwargs: Any) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, filter)]
+
+    def max_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,
+                                                lambda_mult: float = 0.5, filter: Any = None,
+                                                **kwargs: Any) -> list[Document]:
+        """MMR over the fetch_k best hits, with their stored vectors (TextIndex.get_vectors)."""
+        v = torch.as_tensor(embedding, dtype=torch.float32)
+        v = _unit(v) if self._normalize else v
+        hits = self.index.search(v, fetch_k, filter=filter)
+        if not hits:
+            return []
+        vectors = self.index.get_vectors([h.id for h in hits])
+        picked = maximal_marginal_relevance(v.numpy(), vectors.numpy(), lambda_mult=lambda_mult, k=k)
+        return [d for d, _ in self._documents([hits[i] for i in picked])]
+
+    def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+                                      filter: Any = None, **kwargs: Any) -> list[Document]:
+        return self.max_marginal_relevance_search_by_vector(self._embedding.embed_query(query), k, fetch_k,
+                                                            lambda_mult, filter)
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         if not self._normalize:

@@ -316,9 +316,7 @@ def encode(encoder: Encoder, texts: Sequence[str], *, queries: bool = False,
               dynamic_ncols=True) as bar:
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
-            emb = fn([texts[i] for i in rows])
-            emb = _as_float_tensor(emb) if not isinstance(emb, torch.Tensor) or emb.dtype != torch.float32 \
-                else emb.detach().to("cpu")
+            emb = _as_float_tensor(fn([texts[i] for i in rows]))
             if emb.dim() != 2 or emb.shape[0] != len(rows):
                 raise ValueError(f"encoder {_label(encoder)} returned shape {tuple(emb.shape)} for "
                                  f"{len(rows)} texts; expected [{len(rows)}, dim]")
