@@ -208,3 +208,16 @@ def test_bench_writes_png_and_json(tmp_path, capsys):
         if r["dtype"] == "float32":
             assert r["recall_vs_torch"] == 1.0
     assert "pyrag ISA" in stdout
+
+
+def test_text_roundtrip_benchmark_runs(corpus, tmp_path, capsys):
+    """benchmarks/text_roundtrip.py (the search-latency figures of docs/text_index.md), tiny."""
+    assert run(capsys, "build", corpus, "-o", tmp_path / "idx", "--dtype", "int8")[0] == 0
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "text_roundtrip.py"
+    r = subprocess.run([sys.executable, script, tmp_path / "idx", "--queries", "3", "--repeats", "1",
+                        "--json", tmp_path / "r.json"], capture_output=True, text=True,
+                       env=dict(os.environ, PYRAG_CACHE_DIR=str(tmp_path / "cache")))
+    assert r.returncode == 0, r.stderr
+    assert "int8: 4 passages" in r.stdout and "source passage first" in r.stdout
+    row = json.loads((tmp_path / "r.json").read_text())["results"][0]
+    assert row["passages"] == 4 and row["search_ms_median"] > 0 and row["bytes"]["vectors"] > 0
