@@ -142,6 +142,7 @@ def test_bad_input_messages_and_exit_codes(corpus, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n')
     (tmp_path / "nocol.csv").write_text("title,body\na,b\n")
     tiny = _tiny_bert(tmp_path / "tiny")
+    capsys.readouterr()  # transformers' own progress bars while saving it
     cases = [
         (["build", tmp_path / "missing", "-o", tmp_path / "o1"], "does not exist"),
         (["build", tmp_path / "empty", "-o", tmp_path / "o2"], "no .txt, .md, .rst, .html, .htm files"),

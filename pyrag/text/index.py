@@ -392,7 +392,7 @@ class TextIndex:
                 if old_gen:
                     try:
                         store.vectors_path(self._path, old_gen).unlink()
-                    except FileNotFoundError:
+                    except OSError:  # committed all the same; the next load removes it
                         pass
                 if self._mmap:  # map the new file rather than keep the rows in RAM
                     self._index = DenseIndex.load(new_file, mmap=True, verify=False)
