@@ -148,7 +148,7 @@ def test_bad_input_messages_and_exit_codes(corpus, tmp_path, capsys):
         (["build", tmp_path / "empty", "-o", tmp_path / "o2"], "no .txt, .md, .rst, .html, .htm files"),
         (["build", tmp_path / "blank", "-o", tmp_path / "o3"], "the corpus has no text"),
         (["build", tmp_path / "bad.jsonl", "-o", tmp_path / "o4"], "bad.jsonl:2: not valid JSON"),
-        (["build", tmp_path / "nocol.csv", "-o", tmp_path / "o5"], "no 'text' column (columns: title, body)"),
+        (["build", tmp_path / "nocol.csv", "-o", tmp_path / "o5"], r"no 'text' column \(columns: title, body\)"),
         (["build", corpus, "-o", tmp_path / "o6", "--encoder", "nonsense"], "unknown encoder 'nonsense'"),
         (["build", corpus, "-o", tmp_path / "o7", "--chunk-size", "0"], "chunk size must be an int >= 1"),
         (["build", corpus, "-o", tmp_path / "o8", "--overlap", "900"], "overlap must be"),

@@ -40,10 +40,10 @@ def small_demo(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
-QUESTIONS = {"How do I run a shell command and capture its output?": "subprocess.",
-             "How do I generate a secure random token for a password reset link?": "secrets.",
+QUESTIONS = {"How do I run a shell command and capture its output?": "subprocess",
+             "How do I generate a secure random token for a password reset link?": "secrets",
              "What does the with statement do?": "topic:with",
-             "How do I read rows from a CSV file?": "csv."}
+             "How do I read rows from a CSV file?": "csv"}
 
 
 def ask(capsys, cache, *extra):
@@ -64,7 +64,7 @@ def test_answers_from_the_right_sources_and_caches(small_demo, capsys):
     sources = top_sources(first)
     assert len(sources) == len(QUESTIONS)
     for source, want in zip(sources, QUESTIONS.values()):
-        assert source.startswith(want), (source, want)
+        assert source.split(".")[0] == want, (source, want)  # the module, or the topic
     assert re.search(r"4 questions searched over \d+ passages in \d+ ms", first)
     second = ask(capsys, small_demo)
     assert "index loaded from the cache" in second and "encoded and indexed" not in second
