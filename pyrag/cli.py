@@ -128,9 +128,10 @@ def _build(args) -> int:
                                      keep_originals=args.keep_originals, batch_size=args.batch_size,
                                      progress=True)
     t_index = time.perf_counter() - t1
-    info = index.info()
-    index.close()
+    index.close()  # checkpoints SQLite's log into the database file
     total = time.perf_counter() - t0
+    with TextIndex.load(out, encoder=None, mmap=True) as done:
+        info = done.info()
     cached = f", {encoder.hits:,} embeddings from the cache" if isinstance(encoder, CachedEncoder) else ""
     print(f"indexed {len(texts):,} passages into {out} in {total:.1f} s: reading {t_read:.1f} s, "
           f"encoding + indexing {t_index:.1f} s ({len(texts) / t_index:.1f} passages/s{cached})")
