@@ -36,8 +36,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyrag  # noqa: E402
-from peak_memory import peak_rss_growth  # noqa: E402
+from peak_memory import peak_rss_growth
+
+import pyrag
 
 DIM, FEATURES, BATCH, K = 384, 64, 16, 32
 BUILD_CHUNK = 1 << 18
@@ -131,8 +132,11 @@ def measure(n: int, dtypes: list[str], repeats: int) -> list[dict]:
 def index_bytes(index: pyrag.DenseIndex) -> int:
     """The index's in-memory size: packed rows, ids, scales and the exact-search bounds."""
     snap = index._snap
-    return sum(t.numel() * t.element_size() for t in (snap.packed, snap.ids, snap.scales, snap.norms, snap.errors)
-               if t is not None)
+    return sum(
+        t.numel() * t.element_size()
+        for t in (snap.packed, snap.ids, snap.scales, snap.norms, snap.errors)
+        if t is not None
+    )
 
 
 class RowEncoder(torch.nn.Module):
@@ -152,8 +156,9 @@ def measure_refresh(n: int, chunk: int) -> dict:
     index = build_index(n, "int8")
     passages = torch.arange(n)
     size = index_bytes(index)
-    with pyrag.AsyncReindexer(encoder, passages, index=index, chunk_size=chunk, progress=False,
-                              schedule="none") as reindexer:
+    with pyrag.AsyncReindexer(
+        encoder, passages, index=index, chunk_size=chunk, progress=False, schedule="none"
+    ) as reindexer:
         del index
         gc.collect()
 
@@ -164,8 +169,13 @@ def measure_refresh(n: int, chunk: int) -> dict:
         growth, _ = peak_rss_growth(refresh)
         assert reindexer.version == 1 and reindexer.index.dtype == "int8"
     chunk_bytes = chunk * DIM * 4  # one chunk of float32 embeddings
-    return {"n": n, "index_bytes": size, "chunk_bytes": chunk_bytes, "peak": growth.peak_bytes,
-            "anon": growth.anon_bytes}
+    return {
+        "n": n,
+        "index_bytes": size,
+        "chunk_bytes": chunk_bytes,
+        "peak": growth.peak_bytes,
+        "anon": growth.anon_bytes,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,32 +188,42 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--refresh-chunk", type=int, default=4096)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"pyrag {pyrag.__version__} | CPU {platform.processor() or platform.machine()} "
-          f"({_cpu_name()}) | path {pyrag.cpu_isa()} | {args.threads} threads | d={DIM} B={BATCH} k={K}")
+    print(
+        f"pyrag {pyrag.__version__} | CPU {platform.processor() or platform.machine()} "
+        f"({_cpu_name()}) | path {pyrag.cpu_isa()} | {args.threads} threads | d={DIM} B={BATCH} k={K}"
+    )
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         rows += measure(n, args.dtypes.split(","), args.repeats)
-    print(f"\n{'N':>10} {'dtype':>9} {'step ms':>9} {'search ms':>10} {'step-search ms':>15} "
-          f"{'call/search':>12} {'peak RSS MiB':>13} {'anon MiB':>9}")
+    print(
+        f"\n{'N':>10} {'dtype':>9} {'step ms':>9} {'search ms':>10} {'step-search ms':>15} "
+        f"{'call/search':>12} {'peak RSS MiB':>13} {'anon MiB':>9}"
+    )
     for r in rows:
         peak = "n/a" if r["peak"] is None else f"{r['peak'] / 2**20:.1f}"
-        print(f"{r['n']:>10,} {r['dtype']:>9} {r['step'] * 1e3:>9.2f} {r['search'] * 1e3:>10.2f} "
-              f"{(r['step'] - r['search']) * 1e3:>15.2f} {r['call'] / r['search']:>12.3f} {peak:>13} "
-              f"{r['anon'] / 2**20:>9.1f}")
+        print(
+            f"{r['n']:>10,} {r['dtype']:>9} {r['step'] * 1e3:>9.2f} {r['search'] * 1e3:>10.2f} "
+            f"{(r['step'] - r['search']) * 1e3:>15.2f} {r['call'] / r['search']:>12.3f} {peak:>13} "
+            f"{r['anon'] / 2**20:>9.1f}"
+        )
     sizes = sorted({r["n"] for r in rows})
     if len(sizes) > 1:
         print("\nstep - search at the largest N over the smallest (the bar: within 20%):")
         for dtype in args.dtypes.split(","):
             by_n = {r["n"]: r["step"] - r["search"] for r in rows if r["dtype"] == dtype}
-            print(f"  {dtype:>9}: {by_n[sizes[-1]] * 1e3:.2f} / {by_n[sizes[0]] * 1e3:.2f} ms = "
-                  f"{by_n[sizes[-1]] / by_n[sizes[0]]:.2f}")
+            print(
+                f"  {dtype:>9}: {by_n[sizes[-1]] * 1e3:.2f} / {by_n[sizes[0]] * 1e3:.2f} ms = "
+                f"{by_n[sizes[-1]] / by_n[sizes[0]]:.2f}"
+            )
     if args.refresh:
         r = measure_refresh(args.refresh, args.refresh_chunk)
         base = r["index_bytes"] + r["chunk_bytes"]
         peak = r["peak"] if r["peak"] is not None else r["anon"]
-        print(f"\nrefresh of a {r['n']:,} x {DIM} int8 index: index {r['index_bytes'] / 2**20:.1f} MiB, "
-              f"chunk {r['chunk_bytes'] / 2**20:.1f} MiB; peak RSS growth {peak / 2**20:.1f} MiB "
-              f"(anonymous {r['anon'] / 2**20:.1f}) = {peak / base:.3f} x (index + chunk) (the bar: <= 1.3)")
+        print(
+            f"\nrefresh of a {r['n']:,} x {DIM} int8 index: index {r['index_bytes'] / 2**20:.1f} MiB, "
+            f"chunk {r['chunk_bytes'] / 2**20:.1f} MiB; peak RSS growth {peak / 2**20:.1f} MiB "
+            f"(anonymous {r['anon'] / 2**20:.1f}) = {peak / base:.3f} x (index + chunk) (the bar: <= 1.3)"
+        )
 
 
 def _cpu_name() -> str:

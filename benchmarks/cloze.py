@@ -10,13 +10,15 @@ the signal LSR training distils into the retriever.
 The split is by passage: every held-out query comes from a passage that no training query
 comes from, so held-out recall measures what generalises beyond the training passages.
 """
+
 from __future__ import annotations
 
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 from pyrag.train import Example
 from pyrag.train.example import words
@@ -25,7 +27,8 @@ BLANK = "____"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 # Function words and words too generic in technical prose to identify a passage.
-_STOPWORDS = frozenset("""
+_STOPWORDS = frozenset(
+    """
     a about above after again against all also although always among an and any are as at
     be because been before being below between both but by can cannot could did do does
     doing done during each either else even every few for from further given had has have
@@ -35,19 +38,27 @@ _STOPWORDS = frozenset("""
     the their them then there these they this those though through thus to too two under
     until up upon use used uses using very via was way we were what when where whether which
     while who whom whose why will with within without would yet you your
-""".split())
+""".split()
+)
 
 
 @dataclass
 class ClozeTask:
-    passages: list[str]        # the corpus to index (query sentences removed)
+    passages: list[str]  # the corpus to index (query sentences removed)
     train: list[Example]
     heldout: list[Example]
 
 
-def make_cloze_task(passages: Sequence[str], *, heldout_fraction: float = 0.2,
-                    max_queries: Optional[int] = None, train_queries_per_passage: int = 1,
-                    min_sentence_words: int = 6, min_answer_chars: int = 4, seed: int = 0) -> ClozeTask:
+def make_cloze_task(
+    passages: Sequence[str],
+    *,
+    heldout_fraction: float = 0.2,
+    max_queries: Optional[int] = None,
+    train_queries_per_passage: int = 1,
+    min_sentence_words: int = 6,
+    min_answer_chars: int = 4,
+    seed: int = 0,
+) -> ClozeTask:
     """Cloze queries over `passages`, split by passage into train and held-out.
 
     A held-out passage gives one query; a training passage gives up to
@@ -71,8 +82,9 @@ def make_cloze_task(passages: Sequence[str], *, heldout_fraction: float = 0.2,
     corpus = list(passages)
     candidates = []  # (passage id, its sentences, its clozes: (sentence index, query, answer))
     for pid, passage in enumerate(passages):
-        sentences, clozes = _clozes(passage, doc_freq, train_queries_per_passage, min_sentence_words,
-                                    min_answer_chars, rng)
+        sentences, clozes = _clozes(
+            passage, doc_freq, train_queries_per_passage, min_sentence_words, min_answer_chars, rng
+        )
         if clozes:
             candidates.append((pid, sentences, clozes))
     rng.shuffle(candidates)
@@ -91,8 +103,9 @@ def make_cloze_task(passages: Sequence[str], *, heldout_fraction: float = 0.2,
     return ClozeTask(corpus, train=train, heldout=heldout)
 
 
-def _clozes(passage: str, doc_freq: Counter, limit: int, min_sentence_words: int,
-            min_answer_chars: int, rng: random.Random):
+def _clozes(
+    passage: str, doc_freq: Counter, limit: int, min_sentence_words: int, min_answer_chars: int, rng: random.Random
+):
     """(the passage's sentences, up to `limit` clozes (sentence index, query, answer)).
 
     Sentences are tried in a seeded order; each cloze's answer, and every earlier one's,
@@ -114,12 +127,14 @@ def _clozes(passage: str, doc_freq: Counter, limit: int, min_sentence_words: int
         rest_words = set(words(" ".join(s for j, s in enumerate(sentences) if j not in removed)))
         if any(a not in rest_words for _, _, a in chosen):
             continue
-        options = [w for w in dict.fromkeys(words(sentence))
-                   if len(w) >= min_answer_chars and w not in _STOPWORDS and w in rest_words]
+        options = [
+            w
+            for w in dict.fromkeys(words(sentence))
+            if len(w) >= min_answer_chars and w not in _STOPWORDS and w in rest_words
+        ]
         if not options:
             continue
         answer = min(options, key=lambda w: doc_freq[w])  # the most telling word
-        query = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(answer)}(?![A-Za-z0-9_])", BLANK, sentence,
-                       flags=re.IGNORECASE)
+        query = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(answer)}(?![A-Za-z0-9_])", BLANK, sentence, flags=re.IGNORECASE)
         chosen.append((i, query, answer))
     return sentences, chosen

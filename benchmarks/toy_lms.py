@@ -10,18 +10,20 @@ can be swapped for a real LM behind pyrag.GeneratorAdapter.
   it with the retriever). It reads context ∘ query and predicts the blanked word with a
   pointer into the context mixed with a softmax over hashed word buckets.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import zlib
 from collections import Counter
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
+from cloze import BLANK
 from torch import nn
 
-from cloze import BLANK
 from pyrag.train.example import words
 
 
@@ -45,12 +47,12 @@ class CopyLM:
             A fixed L (about a typical passage's length) scores by occurrences alone.
     """
 
-    def __init__(self, corpus: Sequence[str], copy_weight: float = 0.5,
-                 context_length: Optional[int] = None):
+    def __init__(self, corpus: Sequence[str], copy_weight: float = 0.5, context_length: Optional[int] = None):
         if not 0.0 <= copy_weight < 1.0:
             raise ValueError(f"copy_weight must be in [0, 1), got {copy_weight}")
-        if context_length is not None and (isinstance(context_length, bool)
-                                           or not isinstance(context_length, int) or context_length < 1):
+        if context_length is not None and (
+            isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1
+        ):
             raise ValueError(f"context_length must be None or an int >= 1, got {context_length!r}")
         self.copy_weight = copy_weight
         self.context_length = context_length
@@ -60,14 +62,15 @@ class CopyLM:
         self._total = sum(self._unigram.values()) + len(self._unigram) + 1
 
     def __repr__(self) -> str:
-        return (f"CopyLM(copy_weight={self.copy_weight}, context_length={self.context_length}, "
-                f"vocab={len(self._unigram)})")
+        return (
+            f"CopyLM(copy_weight={self.copy_weight}, context_length={self.context_length}, vocab={len(self._unigram)})"
+        )
 
-    def __call__(self, queries: Sequence[str], contexts: Sequence[Sequence[Optional[str]]],
-                 targets: Sequence[str]) -> torch.Tensor:
+    def __call__(
+        self, queries: Sequence[str], contexts: Sequence[Sequence[Optional[str]]], targets: Sequence[str]
+    ) -> torch.Tensor:
         if not len(queries) == len(contexts) == len(targets):
-            raise ValueError(f"got {len(queries)} queries, {len(contexts)} context lists and "
-                             f"{len(targets)} targets")
+            raise ValueError(f"got {len(queries)} queries, {len(contexts)} context lists and {len(targets)} targets")
         k = max((len(row) for row in contexts), default=0)
         out = torch.zeros(len(queries), k)
         lam = self.copy_weight
@@ -79,8 +82,7 @@ class CopyLM:
                     continue
                 counts, n = _word_counts(context)
                 length = self.context_length or max(n, 1)
-                out[i, j] = sum(math.log(lam * min(1.0, counts[w] / length) + p)
-                                for w, p in zip(target_words, prior))
+                out[i, j] = sum(math.log(lam * min(1.0, counts[w] / length) + p) for w, p in zip(target_words, prior))
         return out
 
 
@@ -102,8 +104,17 @@ class TinyClozeLM(nn.Module):
     words' log-probabilities.
     """
 
-    def __init__(self, *, dim: int = 64, layers: int = 2, heads: int = 4, buckets: int = 1 << 14,
-                 max_context_words: int = 96, max_query_words: int = 48, seed: int = 0):
+    def __init__(
+        self,
+        *,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        buckets: int = 1 << 14,
+        max_context_words: int = 96,
+        max_query_words: int = 48,
+        seed: int = 0,
+    ):
         super().__init__()
         self.buckets = buckets
         self.max_context_words = max_context_words
@@ -113,8 +124,9 @@ class TinyClozeLM(nn.Module):
         try:
             self.embed = nn.Embedding(buckets, dim, padding_idx=_PAD)
             self.position = nn.Embedding(max_context_words + max_query_words + 1, dim)
-            layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
-                                               batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, norm_first=True
+            )
             self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(dim)
             self.pointer = nn.Linear(dim, dim, bias=False)
@@ -135,12 +147,12 @@ class TinyClozeLM(nn.Module):
     def word_id(self, word: str) -> int:
         return _FIRST_WORD + zlib.crc32(word.lower().encode()) % (self.buckets - _FIRST_WORD)
 
-    def forward(self, queries: Sequence[str], contexts: Sequence[Sequence[Optional[str]]],
-                targets: Sequence[str]) -> torch.Tensor:
+    def forward(
+        self, queries: Sequence[str], contexts: Sequence[Sequence[Optional[str]]], targets: Sequence[str]
+    ) -> torch.Tensor:
         """log p(y_i | c_ij ∘ x_i) [B, K]; 0 where the context is None."""
         if not len(queries) == len(contexts) == len(targets):
-            raise ValueError(f"got {len(queries)} queries, {len(contexts)} context lists and "
-                             f"{len(targets)} targets")
+            raise ValueError(f"got {len(queries)} queries, {len(contexts)} context lists and {len(targets)} targets")
         b = len(queries)
         k = max((len(row) for row in contexts), default=0)
         device = self.embed.weight.device
@@ -164,40 +176,42 @@ class TinyClozeLM(nn.Module):
         n, length = len(seqs), max(len(s) for s in seqs)
         tokens = torch.full((n, length), _PAD, dtype=torch.long)
         for r, s in enumerate(seqs):
-            tokens[r, :len(s)] = torch.tensor(s)
+            tokens[r, : len(s)] = torch.tensor(s)
         tokens = tokens.to(device)
         pad = tokens == _PAD
         pos = torch.arange(length, device=device)
         h = self.encoder(self.embed(tokens) + self.position(pos)[None], src_key_padding_mask=pad)
         h = self.norm(h)
         rows = torch.arange(n, device=device)
-        h_blank = h[rows, torch.tensor(blank_at, device=device)]                 # [n, dim]
+        h_blank = h[rows, torch.tensor(blank_at, device=device)]  # [n, dim]
         # Pointer over the context positions only.
         ctx_len = torch.tensor(ctx_lens, device=device)
-        in_context = pos[None, :] < ctx_len[:, None]                              # [n, length]
+        in_context = pos[None, :] < ctx_len[:, None]  # [n, length]
         logits = torch.einsum("nd,nld->nl", self.pointer(h_blank), h) / math.sqrt(h.shape[-1])
         log_attn = torch.log_softmax(logits.masked_fill(~in_context, float("-inf")), dim=-1)
-        log_gate = nn.functional.logsigmoid(self.gate(h_blank)).squeeze(-1)       # log g
+        log_gate = nn.functional.logsigmoid(self.gate(h_blank)).squeeze(-1)  # log g
         log_not_gate = nn.functional.logsigmoid(-self.gate(h_blank)).squeeze(-1)  # log (1 - g)
-        log_vocab = torch.log_softmax(self.vocab(h_blank), dim=-1)                # [n, buckets]
+        log_vocab = torch.log_softmax(self.vocab(h_blank), dim=-1)  # [n, buckets]
         # Every target word at once: y [n, T] with a mask for the shorter targets.
         t_max = max(1, max(len(y) for y in target_ids))
         y = torch.zeros(n, t_max, dtype=torch.long)
         y_mask = torch.zeros(n, t_max, dtype=torch.bool)
         for r, ids in enumerate(target_ids):
-            y[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            y_mask[r, :len(ids)] = True
+            y[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            y_mask[r, : len(ids)] = True
         y, y_mask = y.to(device), y_mask.to(device)
-        hit = in_context[:, None, :] & (tokens[:, None, :] == y[:, :, None])       # [n, T, length]
+        hit = in_context[:, None, :] & (tokens[:, None, :] == y[:, :, None])  # [n, T, length]
         has_hit = hit.any(dim=-1)
         # A word absent from the context has copy probability 0 (log -inf); rows without a
         # hit are masked out of the logsumexp so that no NaN reaches the gradient.
         copy_terms = log_attn[:, None, :].expand_as(hit).masked_fill(~hit, float("-inf"))
         copy_terms = copy_terms.masked_fill(~has_hit[..., None], 0.0)
-        log_copy = torch.where(has_hit, torch.logsumexp(copy_terms, dim=-1),
-                               torch.full_like(has_hit, float("-inf"), dtype=h.dtype))
-        word_logp = torch.logaddexp(log_gate[:, None] + log_copy,
-                                    log_not_gate[:, None] + log_vocab.gather(1, y))  # [n, T]
+        log_copy = torch.where(
+            has_hit, torch.logsumexp(copy_terms, dim=-1), torch.full_like(has_hit, float("-inf"), dtype=h.dtype)
+        )
+        word_logp = torch.logaddexp(
+            log_gate[:, None] + log_copy, log_not_gate[:, None] + log_vocab.gather(1, y)
+        )  # [n, T]
         scores = word_logp.masked_fill(~y_mask, 0.0).sum(dim=-1)
         idx_i = torch.tensor([i for i, _ in where], device=device)
         idx_j = torch.tensor([j for _, j in where], device=device)

@@ -1,13 +1,23 @@
 """pyrag: a retrieval engine for retrieval-augmented generation.
 
-    import pyrag
-    index = pyrag.DenseIndex(384)
-    index.add(passage_embeddings)
-    scores, ids = index.search(query_embeddings, k=10)
+import pyrag
+index = pyrag.DenseIndex(384)
+index.add(passage_embeddings)
+scores, ids = index.search(query_embeddings, k=10)
 """
 
 from pyrag.generator import GenerationResult, GeneratorAdapter, Source
-from pyrag.index import DenseIndex, FormatError, Index, IndexFormatError, IndexVersion, VersionedIndex
+from pyrag.index import (
+    CoalescingSearcher,
+    DenseIndex,
+    FormatError,
+    Index,
+    IndexFormatError,
+    IndexVersion,
+    SearcherClosedError,
+    SearcherSnapshot,
+    VersionedIndex,
+)
 from pyrag.losses import contrastive_loss, lsr_loss, lsr_weights, marginal_nll
 from pyrag.ops import BACKENDS, BackendUnavailableError, get_num_threads, set_num_threads
 from pyrag.ops._registry import compiled_extension as _compiled_extension
@@ -35,6 +45,7 @@ __all__ = [
     "BACKENDS",
     "AsyncReindexer",
     "BackendUnavailableError",
+    "CoalescingSearcher",
     "DenseIndex",
     "FormatError",
     "GenerationResult",
@@ -48,6 +59,8 @@ __all__ = [
     "RetrievalResult",
     "Retriever",
     "Schedule",
+    "SearcherClosedError",
+    "SearcherSnapshot",
     "Source",
     "TextIndex",
     "VersionedIndex",

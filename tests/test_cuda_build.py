@@ -4,10 +4,10 @@ The rows come from ptxas's report of the installed pyrag._cuda build when it cov
 architecture, else from compiling csrc/cuda with nvcc here (tools/gpu_report_cuda.py).
 Skipped when neither a pyrag._cuda build nor nvcc is there.
 """
+
 from __future__ import annotations
 
 import pytest
-
 from gpu_report_cuda import cuda_rows, unavailable_reason
 from ptxas import Entry, parse_ptxas
 
@@ -15,9 +15,11 @@ ARCHS = ("sm_80", "sm_90")
 # Every instantiation the launchers can reach: 3 corpus paths x 6 k buckets of topk_scan,
 # 6 buckets of topk_merge, and the three loss kernels in float32 and float64.
 K_BUCKETS = [32, 64, 128, 256, 512, 1024]
-EXPECTED = ({("topk_scan", f"{c}, k<={k}") for c in ("f32 simt", "f16 mma", "bf16 mma") for k in K_BUCKETS}
-            | {("topk_merge", f"k<={k}") for k in K_BUCKETS}
-            | {(name, t) for name in ("lsr_weights", "lsr_kl", "lsr_kl_backward") for t in ("f32", "f64")})
+EXPECTED = (
+    {("topk_scan", f"{c}, k<={k}") for c in ("f32 simt", "f16 mma", "bf16 mma") for k in K_BUCKETS}
+    | {("topk_merge", f"k<={k}") for k in K_BUCKETS}
+    | {(name, t) for name in ("lsr_weights", "lsr_kl", "lsr_kl_backward") for t in ("f32", "f64")}
+)
 # The static + dynamic shared memory every kernel may use without opting in per launch:
 # then any sm_80+ GPU runs them (sm_86/89 allow 99 KiB per block, sm_80 163, sm_90 227).
 SHARED_MEMORY_LIMIT = 48 * 1024
@@ -39,8 +41,9 @@ def test_every_kernel_is_built(rows, arch):
 
 def test_no_register_spills(rows):
     spilled = [r for r in rows if r.spill_bytes]
-    assert not spilled, "\n".join(f"{r.arch} {r.kernel} [{r.config}]: {r.registers} registers, "
-                                  f"{r.spill_bytes} bytes of spills" for r in spilled)
+    assert not spilled, "\n".join(
+        f"{r.arch} {r.kernel} [{r.config}]: {r.registers} registers, {r.spill_bytes} bytes of spills" for r in spilled
+    )
 
 
 def test_shared_memory_fits_without_opt_in(rows):

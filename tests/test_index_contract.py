@@ -183,7 +183,9 @@ def test_snapshots_keep_their_state_and_refuse_mutation(dtype):
     index.remove([0, 1, 2])
     assert index.version == version + 2 and snap.version == version and len(snap) == 30
     after = snap.search(torch.ones(1, D), 5)
-    assert torch.equal(before[1], after[1]) and torch.equal(snap.get([0]), as_scored(dtype, integer_rows(30, seed=8))[:1])
+    assert torch.equal(before[1], after[1]) and torch.equal(
+        snap.get([0]), as_scored(dtype, integer_rows(30, seed=8))[:1]
+    )
     with pytest.raises(TypeError, match="read-only"):
         snap.add(integer_rows(1))
     with pytest.raises(TypeError, match="read-only"):
@@ -226,3 +228,13 @@ def test_reserve_keeps_adds_from_reallocating():
     assert index._snap.packed.data_ptr() == buffer.data_ptr() and len(index) == 1000
     with pytest.raises(ValueError, match="capacity"):
         index.reserve(-1)
+
+
+def test_a_snapshot_is_the_same_object_exactly_while_nothing_changes():
+    index = pyrag.DenseIndex(D, "int8")
+    index.add(integer_rows(10))
+    first = index.snapshot()
+    assert index.snapshot() is first and first.snapshot() is first
+    index.add(integer_rows(1, seed=2))
+    second = index.snapshot()
+    assert second is not first and len(second) == 11 and len(first) == 10

@@ -3,6 +3,7 @@
 The corpus is a feature table [N, F] and the passage encoder a bias-free Linear, so the
 index every version must hold is known exactly: features @ W.T for that version's W.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,22 +65,26 @@ def corpus():
 
 
 # ----------------------------------------------------------------------------- Schedule
-@pytest.mark.parametrize("spec, due, not_due", [
-    ("0-100:10,100-:500", [0, 10, 90, 100, 600, 1100], [1, 5, 95, 101, 110, 500, 1000]),
-    ("0-:1", [0, 1, 2, 77], []),
-    ("5-20:5", [5, 10, 15], [0, 4, 20, 25]),
-    ("10-:3", [10, 13, 16], [0, 9, 11, 12]),
-    ("", [], [0, 1, 100]),
-    ("none", [], [0, 1, 100]),
-])
+@pytest.mark.parametrize(
+    "spec, due, not_due",
+    [
+        ("0-100:10,100-:500", [0, 10, 90, 100, 600, 1100], [1, 5, 95, 101, 110, 500, 1000]),
+        ("0-:1", [0, 1, 2, 77], []),
+        ("5-20:5", [5, 10, 15], [0, 4, 20, 25]),
+        ("10-:3", [10, 13, 16], [0, 9, 11, 12]),
+        ("", [], [0, 1, 100]),
+        ("none", [], [0, 1, 100]),
+    ],
+)
 def test_schedule_due_steps(spec, due, not_due):
     s = Schedule(spec)
     assert [s.due(t) for t in due] == [True] * len(due)
     assert [s.due(t) for t in not_due] == [False] * len(not_due)
 
 
-@pytest.mark.parametrize("spec", ["0-100", "a-b:1", "0-100:0", "100-50:5", "0-:10,50-:10",
-                                  "0-100:10,50-200:10", "0-100:10;100-:5"])
+@pytest.mark.parametrize(
+    "spec", ["0-100", "a-b:1", "0-100:0", "100-50:5", "0-:10,50-:10", "0-100:10,50-200:10", "0-100:10;100-:5"]
+)
 def test_schedule_rejects_bad_specs(spec):
     with pytest.raises(ValueError):
         Schedule(spec)
@@ -91,14 +96,17 @@ def test_schedule_rejects_non_string():
 
 
 # ----------------------------------------------------------------------------- construction
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(policy="drop"), ValueError),
-    (dict(chunk_size=0), ValueError),
-    (dict(num_threads=0), ValueError),
-    (dict(nice=-1), ValueError),
-    (dict(schedule="0-10"), ValueError),
-    (dict(ids=list(range(N - 1))), ValueError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(policy="drop"), ValueError),
+        (dict(chunk_size=0), ValueError),
+        (dict(num_threads=0), ValueError),
+        (dict(nice=-1), ValueError),
+        (dict(schedule="0-10"), ValueError),
+        (dict(ids=list(range(N - 1))), ValueError),
+    ],
+)
 def test_bad_arguments_are_rejected(corpus, kwargs, error):
     with pytest.raises(error):
         AsyncReindexer(linear(0), corpus, progress=False, **kwargs)
@@ -149,8 +157,7 @@ def test_refresh_uses_the_weights_at_the_snapshot_step(corpus):
 
 
 def test_step_follows_the_schedule(corpus):
-    with AsyncReindexer(linear(0), corpus, schedule="0-10:5,10-:20", policy="queue",
-                        progress=False) as r:
+    with AsyncReindexer(linear(0), corpus, schedule="0-10:5,10-:20", policy="queue", progress=False) as r:
         started = [s for s in range(45) if r.step(s) and r.wait(30)]
         assert started == [0, 5, 10, 30]
         assert r.version == 4 and r.stats.completed == 4
@@ -225,8 +232,7 @@ def test_background_failure_is_raised_at_the_next_call_and_keeps_the_index(corpu
     enc = linear(0)
     n_chunks = N // 100
     fail = FailOnce(fail_at_call=n_chunks + 2)  # the 2nd chunk of the first refresh
-    with AsyncReindexer(enc, corpus, encode=fail, chunk_size=100, schedule="0-:1",
-                        progress=False) as r:
+    with AsyncReindexer(enc, corpus, encode=fail, chunk_size=100, schedule="0-:1", progress=False) as r:
         before = r.index.snapshot()
         r.refresh(3)
         while r.busy:
@@ -242,8 +248,7 @@ def test_background_failure_is_raised_at_the_next_call_and_keeps_the_index(corpu
 
 
 def test_wait_raises_a_background_failure(corpus):
-    r = AsyncReindexer(linear(0), corpus, encode=FailOnce(fail_at_call=2), chunk_size=N,
-                       progress=False)
+    r = AsyncReindexer(linear(0), corpus, encode=FailOnce(fail_at_call=2), chunk_size=N, progress=False)
     r.refresh(1)
     with pytest.raises(ReindexError):
         r.wait(30)
@@ -328,6 +333,7 @@ def test_collected_reindexer_stops_its_worker(corpus):
     worker = r._worker
     del r
     import gc
+
     gc.collect()
     worker.join(10)
     assert not worker.is_alive()
@@ -387,6 +393,7 @@ def test_concurrent_searches_each_see_exactly_one_index_version(corpus):
     done = threading.Event()
 
     with AsyncReindexer(enc, x, chunk_size=100, policy="queue", progress=False) as r:
+
         def hammer():
             try:
                 while not done.is_set():
@@ -416,8 +423,11 @@ def test_concurrent_searches_each_see_exactly_one_index_version(corpus):
         expected[v] = pyrag.reference.topk_scores(queries, x @ w.T, k)
     seen_versions = set()
     for version, scores, ids in results:
-        matches = [v for v, (es, ei) in expected.items()
-                   if torch.equal(ei, ids) and torch.allclose(es, scores, rtol=1e-5, atol=1e-5)]
+        matches = [
+            v
+            for v, (es, ei) in expected.items()
+            if torch.equal(ei, ids) and torch.allclose(es, scores, rtol=1e-5, atol=1e-5)
+        ]
         assert matches == [version]
         seen_versions.add(version)
     assert len(results) > 100 and len(seen_versions) >= 4, (len(results), seen_versions)
@@ -463,11 +473,25 @@ def _hf_trainer(tmp_path, reindexer, passage_encoder, **callback_kwargs):
 
     data = [{"query_features": row} for row in features(64, seed=9)]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, learning_rate=0.05,
-        logging_steps=4, save_strategy="steps", save_steps=6, report_to=[], use_cpu=True,
-        disable_tqdm=True, dataloader_num_workers=0, seed=0)
-    return transformers.Trainer(model=_LSRModel(reindexer, passage_encoder), args=args, train_dataset=data,
-                                callbacks=[AsyncReindexCallback(reindexer, **callback_kwargs)])
+        output_dir=str(tmp_path),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=0.05,
+        logging_steps=4,
+        save_strategy="steps",
+        save_steps=6,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    return transformers.Trainer(
+        model=_LSRModel(reindexer, passage_encoder),
+        args=args,
+        train_dataset=data,
+        callbacks=[AsyncReindexCallback(reindexer, **callback_kwargs)],
+    )
 
 
 def test_hf_trainer_callback_drives_the_reindexer(tmp_path, corpus):
@@ -481,6 +505,7 @@ def test_hf_trainer_callback_drives_the_reindexer(tmp_path, corpus):
     assert logged and all("index_version" in e and "index_staleness" in e for e in logged)
     # each checkpoint folder carries the index in service then; load_index restores it
     from pyrag.integrations.hf import INDEX_FILE, load_index, save_index
+
     assert (tmp_path / "checkpoint-6" / INDEX_FILE).is_file()
     assert (tmp_path / "checkpoint-12" / INDEX_FILE).is_file()
     save_index(reindexer, tmp_path)  # the final one, now that no refresh runs
@@ -493,8 +518,9 @@ def test_hf_trainer_callback_drives_the_reindexer(tmp_path, corpus):
 
 def test_hf_trainer_sees_a_background_failure(tmp_path, corpus):
     passage_encoder = linear(0)
-    reindexer = AsyncReindexer(passage_encoder, corpus, encode=FailOnce(fail_at_call=2), chunk_size=N,
-                               schedule="0-:2", progress=False)
+    reindexer = AsyncReindexer(
+        passage_encoder, corpus, encode=FailOnce(fail_at_call=2), chunk_size=N, schedule="0-:2", progress=False
+    )
     trainer = _hf_trainer(tmp_path, reindexer, passage_encoder)
     # raised at the first step after the failure, or at the latest when training ends
     with pytest.raises(ReindexError, match="encoder blew up"):
@@ -525,8 +551,9 @@ def test_a_refresh_keeps_the_dtype_options_and_ids_of_the_index_in_service(corpu
         q = torch.randn(3, D)
         assert all(torch.equal(a, b) for a, b in zip(current.search(q, 7), reference.search(q, 7)))
         if keep_originals and dtype != "float32":
-            assert all(torch.equal(a, b) for a, b in zip(current.search(q, 7, exact=True),
-                                                         reference.search(q, 7, exact=True)))
+            assert all(
+                torch.equal(a, b) for a, b in zip(current.search(q, 7, exact=True), reference.search(q, 7, exact=True))
+            )
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
@@ -553,12 +580,15 @@ def test_a_refresh_adds_chunks_as_they_come_into_a_reserved_index(corpus, monkey
     assert len({c[2] for c in calls}) == 1  # one buffer throughout: no regrowth
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda enc, chunk: enc(chunk)[:, :3], "dim 3 but the index in service has dim 8"),
-    (lambda enc, chunk: enc(chunk)[:-1], r"for \d+ passages"),
-    (lambda enc, chunk: enc(chunk) * float("nan"), "NaN or Inf"),
-    (lambda enc, chunk: [1, 2], "list"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda enc, chunk: enc(chunk)[:, :3], "dim 3 but the index in service has dim 8"),
+        (lambda enc, chunk: enc(chunk)[:-1], r"for \d+ passages"),
+        (lambda enc, chunk: enc(chunk) * float("nan"), "NaN or Inf"),
+        (lambda enc, chunk: [1, 2], "list"),
+    ],
+)
 def test_a_bad_refresh_is_never_published(corpus, bad, match):
     state = {"bad": False}
 
@@ -602,6 +632,7 @@ def test_concurrent_searches_on_an_int8_index_each_see_one_version(corpus):
     results, errors = [], []
     done = threading.Event()
     with AsyncReindexer(enc, x, dtype="int8", chunk_size=100, policy="queue", progress=False) as r:
+
         def hammer():
             try:
                 while not done.is_set():

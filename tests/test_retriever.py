@@ -1,6 +1,7 @@
 """pyrag.Retriever: search without gradient, scores recomputed under autograd. The
 gradients that reach the query encoder, and the passage encoder in re-embed mode, are
 checked against finite differences of the whole retrieve-then-loss computation."""
+
 import math
 
 import pytest
@@ -43,8 +44,7 @@ def setup():
 
 def _loss(result, lm_scores, kind):
     if kind == "lsr":
-        return pyrag.lsr_loss(result.scores, lm_scores, mask=result.mask, tau_retriever=result.tau,
-                              direction="reverse")
+        return pyrag.lsr_loss(result.scores, lm_scores, mask=result.mask, tau_retriever=result.tau, direction="reverse")
     return pyrag.marginal_nll(result.scores, lm_scores, mask=result.mask, tau_retriever=result.tau)
 
 
@@ -74,7 +74,7 @@ def _check_against_finite_differences(retriever, queries, k, modules, kind, eps=
 
 
 @pytest.mark.parametrize("kind", ["lsr", "marginal"])
-@pytest.mark.parametrize("score_scale", [None, DIM ** -0.5])
+@pytest.mark.parametrize("score_scale", [None, DIM**-0.5])
 def test_gradient_reaches_query_encoder(setup, kind, score_scale):
     query_encoder, passage_encoder, index, passages, queries = setup
     retriever = pyrag.Retriever(query_encoder, index, passages=passages, tau=0.5, score_scale=score_scale)
@@ -218,7 +218,7 @@ def test_every_dtype_ids_match_the_search_and_scores_are_q_dot_get(dtype, user_i
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
-def test_padding_when_k_exceeds_the_index(dtype):
+def test_padding_of_every_dtype_when_k_exceeds_the_index(dtype):
     index, _ = _index_of(dtype, n=4)
     result = pyrag.Retriever(None, index)(torch.randn(2, DIM), 6)
     assert result.mask.sum(1).tolist() == [4, 4] and (result.ids[:, 4:] == -1).all()

@@ -18,6 +18,7 @@ The report prints a table and exits 1 if any row has spills, shared memory over 
 limit, or an error; 0 otherwise. `--full` also compiles every topk_scores config for
 every corpus dtype and KP in {16, 128, 1024}, which takes several minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ptxas import Row, format_table, parse_ptxas  # noqa: E402
+from ptxas import Row, format_table, parse_ptxas
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
 # Maximum dynamic shared memory per block (opt-in): A100 163 KiB, H100 227 KiB.
@@ -43,6 +44,7 @@ SHARED_LIMIT = {"sm_80": 166912, "sm_90": 232448}
 class Spec:
     """One compilation: a kernel (module, attribute), its argument types, constexprs and
     launch options, described in plain values so that worker processes can rebuild it."""
+
     module: str
     kernel: str
     signature: dict  # argument name -> Triton type ("*fp16", "i32", "fp32"); constexprs omitted
@@ -58,13 +60,25 @@ class Spec:
 def _topk_specs(full: bool) -> list[Spec]:
     from pyrag.kernels import topk_scores as T
 
-    ptr = {"Q": "*fp16", "X": "*fp16", "SCALES": "*fp32", "BEST": "*i64", "BUF": "*i64", "CNT": "*i32",
-           "TILE": "*fp32", "THR": "*fp32"}
+    ptr = {
+        "Q": "*fp16",
+        "X": "*fp16",
+        "SCALES": "*fp32",
+        "BEST": "*i64",
+        "BUF": "*i64",
+        "CNT": "*i32",
+        "TILE": "*fp32",
+        "THR": "*fp32",
+    }
     ints = ["B", "N", "d", "k", "stride_qb", "stride_xn", "B_BUCKET"]
     aligned = tuple(ptr) + ("d", "stride_qb", "stride_xn")
     # (queries, corpus, dot dtype): what dot_dtype() picks on a GPU.
-    dtypes = {"fp16": ("fp16", "fp16", "fp16"), "bf16": ("bf16", "bf16", "bf16"),
-              "fp32": ("fp32", "fp32", "fp32"), "int8": ("fp16", "i8", "fp16")}
+    dtypes = {
+        "fp16": ("fp16", "fp16", "fp16"),
+        "bf16": ("bf16", "bf16", "bf16"),
+        "fp32": ("fp32", "fp32", "fp32"),
+        "int8": ("fp16", "i8", "fp16"),
+    }
 
     def spec(config, dtype, kp):
         qd, xd, dot = dtypes[dtype]
@@ -72,14 +86,33 @@ def _topk_specs(full: bool) -> list[Spec]:
         tile_w = max(c.kwargs["BLOCK_N"] for c in family)  # as the autotuned launch sizes it
         cap = max(kp, 2 * tile_w)
         sig = {**ptr, "Q": "*" + qd, "X": "*" + xd, **{n: "i32" for n in ints}}
-        const = {"HAS_SCALES": dtype == "int8", "DOT_DTYPE": dot, "DOT_PRECISION": "ieee", "KP": kp, "CAP": cap,
-                 "TILE_W": tile_w, "APPEND_ELEMENTS": T.APPEND_ELEMENTS, "FLUSH_ELEMENTS": T.FLUSH_ELEMENTS,
-                 **config.kwargs}
+        const = {
+            "HAS_SCALES": dtype == "int8",
+            "DOT_DTYPE": dot,
+            "DOT_PRECISION": "ieee",
+            "KP": kp,
+            "CAP": cap,
+            "TILE_W": tile_w,
+            "APPEND_ELEMENTS": T.APPEND_ELEMENTS,
+            "FLUSH_ELEMENTS": T.FLUSH_ELEMENTS,
+            **config.kwargs,
+        }
         kw = config.kwargs
-        label = (f"BM={kw['BLOCK_M']} BN={kw['BLOCK_N']} BK={kw['BLOCK_K']} w={config.num_warps} "
-                 f"s={config.num_stages} {dtype} KP={kp}")
-        return Spec("pyrag.kernels.topk_scores", "_topk_scan_kernel", sig, const, aligned, config.num_warps,
-                    config.num_stages, label, config.maxnreg)
+        label = (
+            f"BM={kw['BLOCK_M']} BN={kw['BLOCK_N']} BK={kw['BLOCK_K']} w={config.num_warps} "
+            f"s={config.num_stages} {dtype} KP={kp}"
+        )
+        return Spec(
+            "pyrag.kernels.topk_scores",
+            "_topk_scan_kernel",
+            sig,
+            const,
+            aligned,
+            config.num_warps,
+            config.num_stages,
+            label,
+            config.maxnreg,
+        )
 
     if full:
         specs = [spec(c, dt, kp) for c in T.CONFIGS for dt in ("fp16", "bf16", "int8") for kp in (16, 128, 1024)]
@@ -92,45 +125,132 @@ def _topk_specs(full: bool) -> list[Spec]:
         specs += [spec(T.CONFIGS[0], "fp16", kp) for kp in (16, 1024)]
     merge_sig = {"BEST": "*i64", "THR": "*fp32", "SCORES": "*fp32", "IDS": "*i64", "n_keys": "i32", "k": "i32"}
     for kp in (128, 1024):
-        specs.append(Spec("pyrag.kernels.topk_scores", "_topk_merge_kernel", merge_sig,
-                          {"KP": kp, "CHUNK": max(kp, 1024)}, ("BEST", "THR", "SCORES", "IDS"), 4, 3,
-                          f"KP={kp} CHUNK={max(kp, 1024)} w=4", T.MAX_REGISTERS))
+        specs.append(
+            Spec(
+                "pyrag.kernels.topk_scores",
+                "_topk_merge_kernel",
+                merge_sig,
+                {"KP": kp, "CHUNK": max(kp, 1024)},
+                ("BEST", "THR", "SCORES", "IDS"),
+                4,
+                3,
+                f"KP={kp} CHUNK={max(kp, 1024)} w=4",
+                T.MAX_REGISTERS,
+            )
+        )
     return specs
 
 
 def _loss_specs() -> list[Spec]:
-    from pyrag.kernels import lsr, marginal_nll as mn
+    from pyrag.kernels import lsr
+    from pyrag.kernels import marginal_nll as mn
 
     specs = []
     for block in (1024, lsr.MAX_BLOCK_K):
         _, warps = lsr._block_k(block)
-        sig = {"L": "*bf16", "MASK": "*i1", "OUT": "*bf16", "K": "i32", "stride_l": "i32", "stride_m": "i32",
-               "stride_o": "i32", "tau": "fp32"}
-        specs.append(Spec("pyrag.kernels.lsr", "_lsr_weights_kernel", sig,
-                          {"HAS_MASK": True, "BLOCK_K": block, "ACC": "fp32"}, ("L", "MASK", "OUT"), warps, 3,
-                          f"BLOCK_K={block} w={warps} bf16 masked"))
-        sig = {"S": "*bf16", "L": "*bf16", "MASK": "*i1", "GRAD": "*bf16", "KL": "*bf16", "GRAD_S": "*bf16",
-               "K": "i32", "stride_s": "i32", "stride_l": "i32", "stride_m": "i32", "stride_gs": "i32",
-               "tau_r": "fp32", "tau_l": "fp32"}
+        sig = {
+            "L": "*bf16",
+            "MASK": "*i1",
+            "OUT": "*bf16",
+            "K": "i32",
+            "stride_l": "i32",
+            "stride_m": "i32",
+            "stride_o": "i32",
+            "tau": "fp32",
+        }
+        specs.append(
+            Spec(
+                "pyrag.kernels.lsr",
+                "_lsr_weights_kernel",
+                sig,
+                {"HAS_MASK": True, "BLOCK_K": block, "ACC": "fp32"},
+                ("L", "MASK", "OUT"),
+                warps,
+                3,
+                f"BLOCK_K={block} w={warps} bf16 masked",
+            )
+        )
+        sig = {
+            "S": "*bf16",
+            "L": "*bf16",
+            "MASK": "*i1",
+            "GRAD": "*bf16",
+            "KL": "*bf16",
+            "GRAD_S": "*bf16",
+            "K": "i32",
+            "stride_s": "i32",
+            "stride_l": "i32",
+            "stride_m": "i32",
+            "stride_gs": "i32",
+            "tau_r": "fp32",
+            "tau_l": "fp32",
+        }
         for backward in (False, True):
             for reverse in (False, True):
-                specs.append(Spec("pyrag.kernels.lsr", "_lsr_kl_kernel", sig,
-                                  {"HAS_MASK": True, "REVERSE": reverse, "BACKWARD": backward, "BLOCK_K": block,
-                                   "ACC": "fp32"}, ("S", "L", "MASK", "GRAD", "KL", "GRAD_S"), warps, 3,
-                                  f"BLOCK_K={block} w={warps} bf16 {'reverse' if reverse else 'forward'}"
-                                  f"{' backward' if backward else ''}"))
-    sig = {"S": "*bf16", "LM": "*bf16", "MASK": "*i1", "TMASK": "*i1", "GRAD": "*bf16", "NLL": "*bf16",
-           "LSE": "*fp32", "GRAD_S": "*bf16", "GRAD_LM": "*bf16", "K": "i32", "T": "i32",
-           **{n: "i32" for n in ("stride_s", "stride_m", "stride_lb", "stride_lk", "stride_lt", "stride_tm",
-                                  "stride_gs", "stride_glb", "stride_glk", "stride_glt")}, "tau": "fp32"}
+                specs.append(
+                    Spec(
+                        "pyrag.kernels.lsr",
+                        "_lsr_kl_kernel",
+                        sig,
+                        {"HAS_MASK": True, "REVERSE": reverse, "BACKWARD": backward, "BLOCK_K": block, "ACC": "fp32"},
+                        ("S", "L", "MASK", "GRAD", "KL", "GRAD_S"),
+                        warps,
+                        3,
+                        f"BLOCK_K={block} w={warps} bf16 {'reverse' if reverse else 'forward'}"
+                        f"{' backward' if backward else ''}",
+                    )
+                )
+    sig = {
+        "S": "*bf16",
+        "LM": "*bf16",
+        "MASK": "*i1",
+        "TMASK": "*i1",
+        "GRAD": "*bf16",
+        "NLL": "*bf16",
+        "LSE": "*fp32",
+        "GRAD_S": "*bf16",
+        "GRAD_LM": "*bf16",
+        "K": "i32",
+        "T": "i32",
+        **{
+            n: "i32"
+            for n in (
+                "stride_s",
+                "stride_m",
+                "stride_lb",
+                "stride_lk",
+                "stride_lt",
+                "stride_tm",
+                "stride_gs",
+                "stride_glb",
+                "stride_glk",
+                "stride_glt",
+            )
+        },
+        "tau": "fp32",
+    }
     for k, t in ((4096, 1), (32, 512)):  # the sequence shape and a token shape
         block_k, block_t = mn._blocks(k, t)
         for backward in (False, True):
-            specs.append(Spec("pyrag.kernels.marginal_nll", "_marginal_nll_kernel", sig,
-                              {"HAS_MASK": True, "HAS_TMASK": t > 1, "BACKWARD": backward, "BLOCK_K": block_k,
-                               "BLOCK_T": block_t, "ACC": "fp32"},
-                              ("S", "LM", "MASK", "TMASK", "GRAD", "NLL", "LSE", "GRAD_S", "GRAD_LM"), 4, 3,
-                              f"BLOCK_K={block_k} BLOCK_T={block_t} w=4 bf16{' backward' if backward else ''}"))
+            specs.append(
+                Spec(
+                    "pyrag.kernels.marginal_nll",
+                    "_marginal_nll_kernel",
+                    sig,
+                    {
+                        "HAS_MASK": True,
+                        "HAS_TMASK": t > 1,
+                        "BACKWARD": backward,
+                        "BLOCK_K": block_k,
+                        "BLOCK_T": block_t,
+                        "ACC": "fp32",
+                    },
+                    ("S", "LM", "MASK", "TMASK", "GRAD", "NLL", "LSE", "GRAD_S", "GRAD_LM"),
+                    4,
+                    3,
+                    f"BLOCK_K={block_k} BLOCK_T={block_t} w=4 bf16{' backward' if backward else ''}",
+                )
+            )
     return specs
 
 
@@ -142,13 +262,19 @@ def _ptxas_report(ptxas: str, ptx: str, arch: str) -> tuple[int, int, int]:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        run = subprocess.run([ptxas, "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", src, "-o", src + ".o"],
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            [ptxas, "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", src, "-o", src + ".o"],
+            capture_output=True,
+            text=True,
+        )
     if run.returncode != 0:
         raise RuntimeError(f"ptxas failed: {run.stderr.strip()[-500:]}")
     entries = parse_ptxas(run.stderr)
-    return (max((e.registers for e in entries), default=0), sum(e.spills for e in entries),
-            max((e.static_smem for e in entries), default=0))
+    return (
+        max((e.registers for e in entries), default=0),
+        sum(e.spills for e in entries),
+        max((e.static_smem for e in entries), default=0),
+    )
 
 
 def _compile(spec: Spec, arch: str) -> Row:
@@ -164,19 +290,40 @@ def _compile(spec: Spec, arch: str) -> Row:
         fn = getattr(importlib.import_module(spec.module), spec.kernel)
         names = fn.arg_names
         dtypes = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32}
-        const = {k: dtypes.get(v, v) if isinstance(v, str) and k != "DOT_PRECISION" else v
-                 for k, v in spec.constexprs.items()}
+        const = {
+            k: dtypes.get(v, v) if isinstance(v, str) and k != "DOT_PRECISION" else v
+            for k, v in spec.constexprs.items()
+        }
         signature = {n: spec.signature[n] if n in spec.signature else "constexpr" for n in names}
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in spec.aligned}
-        kernel = triton.compile(ASTSource(fn, signature, const, attrs), target=GPUTarget("cuda", ARCHS[arch], 32),
-                                options={"num_warps": spec.num_warps, "num_stages": spec.num_stages,
-                                         "maxnreg": spec.maxnreg, "enable_fp_fusion": True})
+        kernel = triton.compile(
+            ASTSource(fn, signature, const, attrs),
+            target=GPUTarget("cuda", ARCHS[arch], 32),
+            options={
+                "num_warps": spec.num_warps,
+                "num_stages": spec.num_stages,
+                "maxnreg": spec.maxnreg,
+                "enable_fp_fusion": True,
+            },
+        )
         regs, spills, static_smem = _ptxas_report(get_ptxas(ARCHS[arch]).path, kernel.asm["ptx"], arch)
-        return Row(f"{spec.module.rsplit('.', 1)[1]}.{spec.kernel}", spec.label, arch, regs, spills,
-                   kernel.metadata.shared + static_smem, SHARED_LIMIT[arch])
+        return Row(
+            f"{spec.module.rsplit('.', 1)[1]}.{spec.kernel}",
+            spec.label,
+            arch,
+            regs,
+            spills,
+            kernel.metadata.shared + static_smem,
+            SHARED_LIMIT[arch],
+        )
     except Exception as e:  # a failed compile is a failing row, not a crash of the report
-        return Row(f"{spec.module.rsplit('.', 1)[1]}.{spec.kernel}", spec.label, arch,
-                   shared_limit=SHARED_LIMIT[arch], error=f"{type(e).__name__}: {' '.join(str(e).split())[-300:]}")
+        return Row(
+            f"{spec.module.rsplit('.', 1)[1]}.{spec.kernel}",
+            spec.label,
+            arch,
+            shared_limit=SHARED_LIMIT[arch],
+            error=f"{type(e).__name__}: {' '.join(str(e).split())[-300:]}",
+        )
 
 
 def triton_rows(full: bool = False, workers: int | None = None) -> list[Row]:

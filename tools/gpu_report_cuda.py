@@ -2,7 +2,7 @@
 and architecture, for tools/gpu_report.py (which prints the rows and fails on spills).
 A developer tool: not part of the wheel.
 
-    python -c "import sys; sys.path.insert(0, 'tools'); from gpu_report_cuda import cuda_rows; print(*cuda_rows(), sep='\\n')"
+    python tools/gpu_report_cuda.py          # prints one row per kernel and arch
 
 `cuda_rows(archs=("80", "90"), num_warps=8)` returns one tools/ptxas.Row per kernel
 instantiation and architecture: kernel "cuda.topk_scan", "cuda.topk_merge",
@@ -20,6 +20,7 @@ so the rows describe the binary that is installed. Architectures that build did 
 cover are compiled here from the source tree with `nvcc -Xptxas -v` (a few minutes).
 Without either, those architectures have no rows and `unavailable_reason()` says why.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -30,20 +31,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ptxas import Entry, Row, parse_ptxas  # noqa: E402
+from ptxas import Entry, Row, parse_ptxas
 
 DEFAULT_ARCHS = ("80", "90")
 SHARED_LIMIT = 48 * 1024
 _SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
 
 _KERNEL = re.compile(r"(?P<kernel>\w+)_kernel<(?P<args>.*)>\(")
-_CORPUS = {"SimtScorer": ("f32 simt", 0), "MmaScorer<pyrag::cuda::F16>": ("f16 mma", 1),
-           "MmaScorer<pyrag::cuda::Bf16>": ("bf16 mma", 2)}
+_CORPUS = {
+    "SimtScorer": ("f32 simt", 0),
+    "MmaScorer<pyrag::cuda::F16>": ("f16 mma", 1),
+    "MmaScorer<pyrag::cuda::Bf16>": ("bf16 mma", 2),
+}
 
 
 def cuda_rows(archs: Iterable[str] = DEFAULT_ARCHS, num_warps: int = 8) -> list[Row]:
@@ -101,13 +106,28 @@ def _compiled_entries(archs: list[str]) -> list[Entry]:
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     sources = sorted(_SOURCE_DIR.joinpath("cuda").glob("*.cu"))
     with tempfile.TemporaryDirectory() as tmp:
+
         def compile_one(src: Path) -> str:
-            cmd = ["nvcc", "-std=c++17", "--expt-relaxed-constexpr", "-O3", f"-I{_SOURCE_DIR}", "-c", *gencode,
-                   "--threads", "0", "-Xptxas=-v", str(src), "-o", str(Path(tmp) / (src.name + ".o"))]
+            cmd = [
+                "nvcc",
+                "-std=c++17",
+                "--expt-relaxed-constexpr",
+                "-O3",
+                f"-I{_SOURCE_DIR}",
+                "-c",
+                *gencode,
+                "--threads",
+                "0",
+                "-Xptxas=-v",
+                str(src),
+                "-o",
+                str(Path(tmp) / (src.name + ".o")),
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"nvcc failed on {src.name}:\n{done.stderr[-4000:]}")
             return done.stderr
+
         with concurrent.futures.ThreadPoolExecutor() as pool:
             logs = list(pool.map(compile_one, sources))
     return [e for text in logs for e in parse_ptxas(text)]
@@ -132,8 +152,16 @@ def _demangle(names: list[str]) -> dict[str, str]:
 def _row(entry: Entry, demangled: str, module, num_warps: int) -> Row:
     kernel, config, dynamic = _describe(demangled, module, num_warps)
     error = "" if dynamic is not None else "dynamic shared memory unknown (no built pyrag._cuda or pyrag._cuda_emu)"
-    return Row(f"cuda.{kernel}", config, entry.arch, entry.registers, entry.spills,
-               entry.static_smem + (dynamic or 0), SHARED_LIMIT, error)
+    return Row(
+        f"cuda.{kernel}",
+        config,
+        entry.arch,
+        entry.registers,
+        entry.spills,
+        entry.static_smem + (dynamic or 0),
+        SHARED_LIMIT,
+        error,
+    )
 
 
 def _describe(demangled: str, module, num_warps: int) -> tuple[str, str, Optional[int]]:
@@ -145,8 +173,9 @@ def _describe(demangled: str, module, num_warps: int) -> tuple[str, str, Optiona
     if kernel == "topk_scan":
         corpus, corpus_type = _CORPUS.get(args[0].split("topk::")[-1], (args[0], None))
         k = 32 * int(args[1])
-        dynamic = (None if module is None or corpus_type is None
-                   else module.topk_scan_smem_bytes(corpus_type, k, num_warps))
+        dynamic = (
+            None if module is None or corpus_type is None else module.topk_scan_smem_bytes(corpus_type, k, num_warps)
+        )
         return kernel, f"{corpus}, k<={k}", dynamic
     if kernel == "topk_merge":
         k = 32 * int(args[0])
@@ -168,3 +197,8 @@ def _split_template_args(s: str) -> list[str]:
         else:
             cur += ch
     return parts + [cur]
+
+
+if __name__ == "__main__":
+    for row in cuda_rows():
+        print(row)

@@ -52,16 +52,28 @@ def parse_ptxas(text: str) -> list[Entry]:
             current["spills"] = int(m["stores"]) + int(m["loads"])
         elif current is not None and (m := _USED.search(line)):
             s = _SMEM.search(line)
-            entries.append(Entry(current["name"], current["arch"], int(m["regs"]), current["spills"],
-                                 int(s["smem"]) if s else 0))
+            entries.append(
+                Entry(current["name"], current["arch"], int(m["regs"]), current["spills"], int(s["smem"]) if s else 0)
+            )
             current = None
     return entries
 
 
 def format_table(rows: list[Row]) -> str:
     head = ("kernel", "config", "arch", "regs", "spill B", "smem B", "limit B", "status")
-    body = [(r.kernel, r.config, r.arch, str(r.registers), str(r.spill_bytes), str(r.shared_bytes),
-             str(r.shared_limit), "ok" if r.ok else (r.error or "FAIL")) for r in rows]
+    body = [
+        (
+            r.kernel,
+            r.config,
+            r.arch,
+            str(r.registers),
+            str(r.spill_bytes),
+            str(r.shared_bytes),
+            str(r.shared_limit),
+            "ok" if r.ok else (r.error or "FAIL"),
+        )
+        for r in rows
+    ]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head) - 1)]
     lines = []
     for row in [head, *body]:

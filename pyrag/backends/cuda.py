@@ -13,12 +13,13 @@ The functions below also take the launch knobs (`num_warps`, `splits`) that the
 registered implementations leave at their defaults, so tests can reach every code path
 of the kernels; see tests/test_cuda_emu.py.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
 from types import ModuleType
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -47,7 +48,7 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
-def _on(device: torch.device):
+def _on(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """Makes `device` current for the launch (kernels go to the current device)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
@@ -56,12 +57,16 @@ def _default_warps(device: torch.device) -> int:
     return GPU_NUM_WARPS if device.type == "cuda" else EMU_NUM_WARPS
 
 
-
-
 # ----------------------------------------------------------------------- topk_scores
-def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Optional[torch.Tensor] = None, *,
-                num_warps: Optional[int] = None, splits: Optional[int] = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_scores(
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    k: int,
+    scales: Optional[torch.Tensor] = None,
+    *,
+    num_warps: Optional[int] = None,
+    splits: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """pyrag.reference.topk_scores with the CUDA kernels (k <= 1024).
 
     float16 / bfloat16 corpora are scanned with tensor cores; queries of another dtype
@@ -85,8 +90,10 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Opt
     q = queries.float().contiguous()
     split_queries = x.dtype != torch.float32 and queries.dtype != x.dtype
     if split_queries and x.dtype == torch.float16 and b and float(q.abs().max()) > _F16_MAX:
-        raise ValueError(f"queries reach {float(q.abs().max()):.3g}, beyond float16's range ({_F16_MAX:g}), "
-                         f"so a float16 corpus cannot be scanned with them; scale them or use a float32 corpus")
+        raise ValueError(
+            f"queries reach {float(q.abs().max()):.3g}, beyond float16's range ({_F16_MAX:g}), "
+            f"so a float16 corpus cannot be scanned with them; scale them or use a float32 corpus"
+        )
     s = None if scales is None else scales.float().contiguous()
     warps = num_warps or _default_warps(device)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else EMU_NUM_SMS
@@ -99,9 +106,25 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Opt
     ws_scores = torch.empty(ws_shape, dtype=torch.float32, device=device)
     ws_ids = torch.empty(ws_shape, dtype=torch.int32, device=device)
     with _on(device):
-        mod.topk_scores(q.data_ptr(), b, x.data_ptr(), _CORPUS_TYPES[x.dtype], n, d, k, address(s), split_queries,
-                        out_scores.data_ptr(), out_ids.data_ptr(), nonfinite.data_ptr(), warps, plan,
-                        ws_scores.data_ptr(), ws_ids.data_ptr(), _stream(device))
+        mod.topk_scores(
+            q.data_ptr(),
+            b,
+            x.data_ptr(),
+            _CORPUS_TYPES[x.dtype],
+            n,
+            d,
+            k,
+            address(s),
+            split_queries,
+            out_scores.data_ptr(),
+            out_ids.data_ptr(),
+            nonfinite.data_ptr(),
+            warps,
+            plan,
+            ws_scores.data_ptr(),
+            ws_ids.data_ptr(),
+            _stream(device),
+        )
     if nonfinite.item():
         raise ValueError("topk_scores: a score is NaN or Inf")
     return out_scores, out_ids
@@ -109,8 +132,10 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Opt
 
 # ----------------------------------------------------------------------- LSR losses
 
-def lsr_weights(lm_scores: torch.Tensor, tau: float, mask: Optional[torch.Tensor], *,
-                num_warps: Optional[int] = None) -> torch.Tensor:
+
+def lsr_weights(
+    lm_scores: torch.Tensor, tau: float, mask: Optional[torch.Tensor], *, num_warps: Optional[int] = None
+) -> torch.Tensor:
     """pyrag.reference.lsr_weights with the CUDA kernel (one warp per row)."""
     device = lm_scores.device
     ct = kernel_dtype(lm_scores)
@@ -120,13 +145,28 @@ def lsr_weights(lm_scores: torch.Tensor, tau: float, mask: Optional[torch.Tensor
     rows, cols = x.shape
     with _on(device):
         getattr(_module(device), f"lsr_weights_{kernel_suffix(ct)}")(
-            x.data_ptr(), address(m), rows, cols, float(tau), out.data_ptr(),
-            num_warps or _default_warps(device), _stream(device))
+            x.data_ptr(),
+            address(m),
+            rows,
+            cols,
+            float(tau),
+            out.data_ptr(),
+            num_warps or _default_warps(device),
+            _stream(device),
+        )
     return out.to(lm_scores.dtype)
 
 
-def lsr_kl(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, tau_retriever: float, tau_lm: float,
-           mask: Optional[torch.Tensor], direction: str, *, num_warps: Optional[int] = None) -> torch.Tensor:
+def lsr_kl(
+    retriever_scores: torch.Tensor,
+    lm_scores: torch.Tensor,
+    tau_retriever: float,
+    tau_lm: float,
+    mask: Optional[torch.Tensor],
+    direction: str,
+    *,
+    num_warps: Optional[int] = None,
+) -> torch.Tensor:
     """pyrag.reference.lsr_kl with the CUDA kernel: the per-row KL [B]."""
     device = retriever_scores.device
     ct = kernel_dtype(retriever_scores, lm_scores)
@@ -137,14 +177,32 @@ def lsr_kl(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, tau_retrieve
     out = torch.empty(rows, dtype=ct, device=device)
     with _on(device):
         getattr(_module(device), f"lsr_kl_{kernel_suffix(ct)}")(
-            r.data_ptr(), lm.data_ptr(), address(m), rows, cols, float(tau_retriever), float(tau_lm),
-            direction == "reverse", out.data_ptr(), num_warps or _default_warps(device), _stream(device))
+            r.data_ptr(),
+            lm.data_ptr(),
+            address(m),
+            rows,
+            cols,
+            float(tau_retriever),
+            float(tau_lm),
+            direction == "reverse",
+            out.data_ptr(),
+            num_warps or _default_warps(device),
+            _stream(device),
+        )
     return out.to(torch.promote_types(retriever_scores.dtype, lm_scores.dtype))
 
 
-def lsr_kl_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm_scores: torch.Tensor,
-                    tau_retriever: float, tau_lm: float, mask: Optional[torch.Tensor], direction: str, *,
-                    num_warps: Optional[int] = None) -> torch.Tensor:
+def lsr_kl_backward(
+    grad: torch.Tensor,
+    retriever_scores: torch.Tensor,
+    lm_scores: torch.Tensor,
+    tau_retriever: float,
+    tau_lm: float,
+    mask: Optional[torch.Tensor],
+    direction: str,
+    *,
+    num_warps: Optional[int] = None,
+) -> torch.Tensor:
     """d(sum_b grad[b] * lsr_kl[b]) / d retriever_scores [B, K] with the CUDA kernel."""
     device = retriever_scores.device
     ct = kernel_dtype(retriever_scores, lm_scores)
@@ -156,9 +214,19 @@ def lsr_kl_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm_score
     rows, cols = r.shape
     with _on(device):
         getattr(_module(device), f"lsr_kl_backward_{kernel_suffix(ct)}")(
-            g.data_ptr(), r.data_ptr(), lm.data_ptr(), address(m), rows, cols, float(tau_retriever),
-            float(tau_lm), direction == "reverse", out.data_ptr(), num_warps or _default_warps(device),
-            _stream(device))
+            g.data_ptr(),
+            r.data_ptr(),
+            lm.data_ptr(),
+            address(m),
+            rows,
+            cols,
+            float(tau_retriever),
+            float(tau_lm),
+            direction == "reverse",
+            out.data_ptr(),
+            num_warps or _default_warps(device),
+            _stream(device),
+        )
     return out.to(retriever_scores.dtype)
 
 

@@ -28,7 +28,8 @@ import copy
 import math
 import os
 import threading
-from typing import Any, Mapping, NamedTuple, Optional
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ import torch
 from pyrag._inputs import INT64_MAX, as_cpu_rows, as_ids, as_tensor
 from pyrag.index import packed, storage
 from pyrag.index.originals import COPY_ROWS, Originals
+from pyrag.index.packed import PackedCorpus
 from pyrag.ops._checks import check_finite, check_k
 from pyrag.ops._registry import compiled_extension
 
@@ -69,8 +71,8 @@ class _Snapshot(NamedTuple):
     sorted_rows: Optional[torch.Tensor]
     version: int  # mutations since the index was created
 
-    def corpus(self, dtype: str, dim: int) -> packed.PackedCorpus:
-        return packed.PackedCorpus(dtype, dim, self.packed, self.size, self.scales, self.max_norm, self.max_error)
+    def corpus(self, dtype: str, dim: int) -> PackedCorpus:
+        return PackedCorpus(dtype, dim, self.packed, self.size, self.scales, self.max_norm, self.max_error)
 
     def ids_sorted(self) -> torch.Tensor:
         return self.ids[: self.size] if self.sorted_ids is None else self.sorted_ids
@@ -121,11 +123,12 @@ class DenseIndex:
         self._block_bytes = packed.block_bytes(dtype, dim)
         self._lock = threading.Lock()
         self._frozen = False
+        self._view: Optional[DenseIndex] = None  # the last snapshot(), reused while unchanged
         self.metadata: dict[str, str] = {}
         self._snap = self._empty_snapshot()
 
     def _empty_snapshot(self, version: int = 0) -> _Snapshot:
-        q, keep = self._quantised, self._keep_originals
+        keep = self._keep_originals
         return _Snapshot(
             torch.zeros((0, self._block_bytes), dtype=torch.uint8), torch.empty(0, dtype=torch.int64), 0,
             torch.zeros(0) if self._dtype == "int8" else None, torch.zeros(0) if keep else None,
@@ -182,17 +185,25 @@ class DenseIndex:
     def __repr__(self) -> str:
         return f"DenseIndex(dim={self._dim}, dtype={self._dtype!r}, size={len(self)})"
 
-    def empty_like(self) -> "DenseIndex":
+    def empty_like(self) -> DenseIndex:
         """A new, empty index with this one's dim, dtype and options."""
-        return DenseIndex(self._dim, self._dtype, keep_originals=self._keep_originals,
-                          originals_dir=self._originals_dir)
+        return DenseIndex(
+            self._dim, self._dtype, keep_originals=self._keep_originals, originals_dir=self._originals_dir
+        )
 
-    def snapshot(self) -> "DenseIndex":
+    def snapshot(self) -> DenseIndex:
         """A read-only view of the index as it is now: searches and gets on it agree with
-        each other whatever is added or removed meanwhile. O(1)."""
-        view = copy.copy(self)
-        view._frozen = True
-        view._lock = threading.Lock()
+        each other whatever is added or removed meanwhile. O(1). Two calls return the same
+        object exactly when nothing changed in between."""
+        if self._frozen:
+            return self
+        snap, view = self._snap, self._view
+        if view is None or view._snap is not snap:
+            view = copy.copy(self)
+            view._frozen = True
+            view._lock = threading.Lock()
+            view._view = None
+            self._view = view
         return view
 
     # ------------------------------------------------------------------ reading vectors
@@ -263,7 +274,7 @@ class DenseIndex:
             grown.ids[old:need] = new_ids
             max_norm, max_error = snap.max_norm, snap.max_error
             if self._quantised:
-                if grown.scales is not None:
+                if grown.scales is not None and scales is not None:
                     grown.scales[old:need] = scales
                 if grown.norms is not None and grown.errors is not None:  # exact search's bound
                     grown.norms[old:need] = norms
@@ -353,6 +364,7 @@ class DenseIndex:
             norms, errors = kept(snap.norms), kept(snap.errors)
             sorted_ids, sorted_rows = None, None
             if snap.sorted_ids is not None:
+                assert snap.sorted_rows is not None
                 new_row = torch.cumsum(keep, 0) - 1  # old row -> new row
                 still = keep[snap.sorted_rows]
                 sorted_ids = snap.sorted_ids[still].clone()
@@ -429,7 +441,7 @@ class DenseIndex:
         tensors = {"packed": snap.packed[:blocks], "ids": snap.ids[:n]}
         if snap.scales is not None:
             tensors["scales"] = snap.scales[: blocks * _BLOCK]
-        if snap.originals is not None:
+        if snap.originals is not None and snap.norms is not None and snap.errors is not None:
             tensors.update(norms=snap.norms[:n], errors=snap.errors[:n], originals=snap.originals.view(n))
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "layout": _LAYOUT, "dim": str(self._dim),
@@ -442,7 +454,7 @@ class DenseIndex:
         storage.save_tensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: storage.PathLike, mmap: bool = False, *, verify: bool = True) -> "DenseIndex":
+    def load(cls, path: storage.PathLike, mmap: bool = False, *, verify: bool = True) -> DenseIndex:
         """Opens an index written by save. mmap=True maps the corpus instead of reading it
         into RAM (float32 originals of a quantised index are always mapped, never read);
         verify=False skips the checksum pass over the data. Everything is read through
@@ -466,7 +478,7 @@ class DenseIndex:
         return index
 
     @classmethod
-    def _from_stored(cls, name: str, stored: storage.StoredTensors, f: Any, mmap: bool) -> "DenseIndex":
+    def _from_stored(cls, name: str, stored: storage.StoredTensors, f: Any, mmap: bool) -> DenseIndex:
         tensors, meta = stored.tensors, stored.metadata
         if meta.get("format") != FORMAT:
             raise IndexFormatError(f"{name}: not a pyrag index (format={meta.get('format')!r})")
@@ -555,7 +567,9 @@ class DenseIndex:
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 check_finite(x, what)
             if self._quantised and max(-lo, hi) > 1e30:  # squares must stay finite in float32
-                raise ValueError(f"{what} hold values up to {max(-lo, hi):.3g}; a {self._dtype} index takes |x| <= 1e30")
+                raise ValueError(
+                    f"{what} hold values up to {max(-lo, hi):.3g}; a {self._dtype} index takes |x| <= 1e30"
+                )
         return x
 
     @staticmethod

@@ -39,7 +39,7 @@ class Originals:
         self._rows: Optional[torch.Tensor] = None  # [capacity, dim] view of the mapping
 
     @classmethod
-    def in_file(cls, file: BinaryIO, offset: int, rows: torch.Tensor) -> "Originals":
+    def in_file(cls, file: BinaryIO, offset: int, rows: torch.Tensor) -> Originals:
         """Originals at byte `offset` of an open index file, already mapped as `rows`."""
         self = cls.__new__(cls)
         self.dim = rows.shape[1]
@@ -62,7 +62,7 @@ class Originals:
             return torch.empty((0, self.dim), dtype=torch.float32)
         return self._rows[:n]
 
-    def write(self, start: int, rows: torch.Tensor) -> "Originals":
+    def write(self, start: int, rows: torch.Tensor) -> Originals:
         """Writes rows at [start, start + len); returns the object to keep in the new
         snapshot (self, or a copy in a new file if this one is a loaded index's)."""
         target = self
@@ -79,7 +79,7 @@ class Originals:
         if self._writable and rows > self._capacity:
             self._grow(rows)
 
-    def subset(self, rows: torch.Tensor) -> "Originals":
+    def subset(self, rows: torch.Tensor) -> Originals:
         """A new file holding rows `rows` (int64, in the order given) of this one."""
         out = Originals(self.dim, self._directory)
         src = self.view(int(rows.max()) + 1 if rows.numel() else 0)
@@ -97,7 +97,7 @@ class Originals:
         need = start + rows.shape[0]
         if need > self._capacity:
             self._grow(max(need, int(self._capacity * 1.5), 1024))
-        buf = memoryview(rows.contiguous().numpy()).cast("B")
+        buf = rows.contiguous().numpy().data.cast("B")
         offset = start * self.dim * 4
         while len(buf):
             written = os.pwrite(self._file.fileno(), buf, offset)

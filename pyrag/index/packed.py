@@ -62,9 +62,7 @@ def unpack_rows(dtype: str, packed: torch.Tensor, row_begin: int, n: int, dim: i
     return out
 
 
-def encode_rows(
-    dtype: str, x: torch.Tensor
-) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+def encode_rows(dtype: str, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
     """float32 rows [n, d] in a quantised dtype: (values bf16/int8 [n, d], scales float32
     [n] or None, norms [n], errors [n]); norms >= ||x|| and errors >= ||x - dequantised||,
     rounded up (the inputs of exact search's error bound)."""
@@ -114,8 +112,8 @@ def search(
     native = lookup_impl("topk_packed_exact" if originals is not None else "topk_packed", name)
     if native is not None:
         if originals is not None:
-            return native(queries, corpus, originals, k, tie_keys)  # type: ignore[no-any-return]
-        return native(queries, corpus, k, tie_keys)  # type: ignore[no-any-return]
+            return native(queries, corpus, originals, k, tie_keys)
+        return native(queries, corpus, k, tie_keys)
     # A backend that takes row-major corpora: unpack (in tie-key order, so that its ties
     # to the smaller row are ties to the smaller key).
     n = corpus.num_rows

@@ -58,7 +58,7 @@ def _crc_tensor(t: torch.Tensor, crc: int) -> int:
     # reshape first: view(uint8) needs at least one dimension (0-d tensors have none)
     data = t.contiguous().reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8)
     for start in range(0, data.size, _CHUNK):
-        crc = zlib.crc32(data[start : start + _CHUNK], crc)
+        crc = zlib.crc32(data[start : start + _CHUNK].data, crc)
     return crc
 
 
@@ -134,7 +134,9 @@ def _read_header(f: BinaryIO, name: str) -> tuple[dict, int]:
     metadata = header.get("__metadata__", {})
     if metadata is None:
         metadata = {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise FormatError(f"{name}: bad metadata (must map strings to strings)")
     for tname, info in header.items():
         if tname == "__metadata__":
@@ -145,8 +147,9 @@ def _read_header(f: BinaryIO, name: str) -> tuple[dict, int]:
             shape = info["shape"]
             if not (isinstance(begin, int) and isinstance(end, int) and isinstance(tag, str)):
                 raise TypeError
-            if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                      for s in shape):
+            if not isinstance(shape, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+            ):
                 raise TypeError
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{name}: bad entry for tensor {tname!r}") from None
@@ -186,7 +189,7 @@ def open_tensors(f: BinaryIO, *, name: str = "file", mmap: bool = False, verify:
             arr = np.memmap(f, dtype=np_dtype, mode="c", offset=begin, shape=shape)
         else:
             arr = np.empty(shape, dtype=np_dtype)
-            _read_into(f, begin, memoryview(arr.reshape(-1).view(np.uint8)), name)
+            _read_into(f, begin, arr.reshape(-1).view(np.uint8).data, name)
         t = torch.from_numpy(arr)
         tensors[tname] = t.view(torch_dtype) if t.dtype != torch_dtype else t
         offsets[tname] = begin

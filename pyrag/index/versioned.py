@@ -44,7 +44,7 @@ class IndexVersion:
     def get(self, ids: Any) -> torch.Tensor:
         return self.index.get(ids)
 
-    def snapshot(self) -> "IndexVersion":
+    def snapshot(self) -> IndexVersion:
         return self
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -112,7 +112,7 @@ class VersionedIndex:
         self._current.save(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], mmap: bool = False) -> "VersionedIndex":
+    def load(cls, path: str | os.PathLike[str], mmap: bool = False) -> VersionedIndex:
         """A VersionedIndex serving the index saved at `path`, under its saved version."""
         index = DenseIndex.load(path, mmap=mmap)
         try:

@@ -16,9 +16,11 @@ its version and snapshot step), which `load_index` puts back into service on res
 
 transformers is optional for pyrag: it is imported here, when this module is.
 """
+
 from __future__ import annotations
 
 import os
+from typing import Any
 
 try:
     from transformers import TrainerCallback
@@ -42,8 +44,14 @@ class AsyncReindexCallback(TrainerCallback):
         close_at_end: close the reindexer when training ends.
     """
 
-    def __init__(self, reindexer: AsyncReindexer, *, save_index: bool = True, wait_at_end: bool = False,
-                 close_at_end: bool = True):
+    def __init__(
+        self,
+        reindexer: AsyncReindexer,
+        *,
+        save_index: bool = True,
+        wait_at_end: bool = False,
+        close_at_end: bool = True,
+    ):
         if not isinstance(reindexer, AsyncReindexer):
             raise TypeError(f"reindexer must be a pyrag AsyncReindexer, got {type(reindexer).__name__}")
         self.reindexer = reindexer
@@ -51,23 +59,23 @@ class AsyncReindexCallback(TrainerCallback):
         self.wait_at_end = wait_at_end
         self.close_at_end = close_at_end
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.reindexer.step(state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         # The Trainer appends its log entry to log_history before the callbacks run.
         if state.log_history:
             state.log_history[-1]["index_version"] = self.reindexer.version
             state.log_history[-1]["index_staleness"] = self.reindexer.staleness(state.global_step)
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self.save_index or not state.is_world_process_zero:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(folder, exist_ok=True)
         save_index(self.reindexer, folder)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.wait_at_end:
             self.reindexer.wait()
         if self.close_at_end:

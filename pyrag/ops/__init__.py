@@ -11,7 +11,7 @@ from pyrag.ops._registry import (
     set_num_threads,
 )
 
-from pyrag import backends  # noqa: E402,F401  isort: skip  (registers the implementations)
+from pyrag import backends  # noqa: F401  isort: skip  (registers the implementations)
 
 OPS = ("topk_scores", "lsr_weights", "lsr_kl", "lsr_kl_backward", "marginal_nll", "marginal_nll_backward")
 

@@ -15,9 +15,11 @@ directly, every other backend is given the rows unpacked (see pyrag/index/packed
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 
@@ -76,13 +78,11 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
 def compiled_extension() -> Any:
     """pyrag._C, or a clear error if the package was installed without it."""
     try:
-        from pyrag import _C
+        return importlib.import_module("pyrag._C")
     except ImportError as e:  # pragma: no cover - only on a broken install
         raise BackendUnavailableError(
-            "pyrag's compiled extension pyrag._C is missing; reinstall pyrag "
-            "(pip install .) or use backend='reference'"
+            "pyrag's compiled extension pyrag._C is missing; reinstall pyrag (pip install .) or use backend='reference'"
         ) from e
-    return _C
 
 
 def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:

@@ -32,7 +32,7 @@ def _topk_scores(
     check_topk_args(queries, corpus, k)
     check_finite(queries, "queries")
     check_scales(scales, corpus)
-    return get_impl("topk_scores", backend, queries.device)(queries, corpus, k, scales)  # type: ignore[no-any-return]
+    return get_impl("topk_scores", backend, queries.device)(queries, corpus, k, scales)
 
 
 LIBRARY.impl("topk_scores", _topk_scores, "CompositeExplicitAutograd")

@@ -27,6 +27,7 @@ and the positive niceness makes the scheduler favour the trainer when they conte
 PyTorch's OpenMP thread count is per thread (each thread has its own OpenMP ICV), which is
 what makes a per-worker setting possible; see `_pin_worker_threads`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,9 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -57,20 +59,20 @@ class ReindexError(RuntimeError):
 
 @dataclass
 class ReindexStats:
-    started: int = 0      # refreshes begun by the worker
-    completed: int = 0    # refreshes swapped in
+    started: int = 0  # refreshes begun by the worker
+    completed: int = 0  # refreshes swapped in
     failed: int = 0
-    skipped: int = 0      # due while busy, dropped (policy="skip")
-    queued: int = 0       # due while busy, queued (policy="queue")
-    superseded: int = 0   # queued snapshots replaced by a newer one before they ran
+    skipped: int = 0  # due while busy, dropped (policy="skip")
+    queued: int = 0  # due while busy, queued (policy="queue")
+    superseded: int = 0  # queued snapshots replaced by a newer one before they ran
     last_duration_s: float = 0.0
     total_duration_s: float = 0.0
 
 
 class _Job(NamedTuple):
     step: int
-    state: dict            # snapshot of the encoder's state_dict
-    ready: object          # CUDA event recorded after the snapshot copy, or None
+    state: dict[str, torch.Tensor]  # snapshot of the encoder's state_dict
+    ready: Optional[torch.cuda.Event]  # recorded after the snapshot copy (CUDA encoders)
 
 
 class AsyncReindexer:
@@ -98,10 +100,23 @@ class AsyncReindexer:
         progress: show a tqdm bar per refresh.
     """
 
-    def __init__(self, encoder: torch.nn.Module, passages: Sequence, *,
-                 encode: Optional[Callable] = None, ids=None, index: Optional[DenseIndex] = None,
-                 dtype: str = "float32", schedule: str | Schedule = "0-:1000", policy: str = "skip", chunk_size: int = 256,
-                 num_threads: int = 1, nice: int = 5, device=None, progress: bool = True):
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        passages: Sequence[Any],
+        *,
+        encode: Optional[Callable[[torch.nn.Module, Any], torch.Tensor]] = None,
+        ids: Any = None,
+        index: Optional[DenseIndex] = None,
+        dtype: str = "float32",
+        schedule: str | Schedule = "0-:1000",
+        policy: str = "skip",
+        chunk_size: int = 256,
+        num_threads: int = 1,
+        nice: int = 5,
+        device: Any = None,
+        progress: bool = True,
+    ) -> None:
         if not isinstance(encoder, torch.nn.Module):
             raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
         if policy not in POLICIES:
@@ -149,8 +164,9 @@ class AsyncReindexer:
         # Worker state, guarded by _cond. The worker thread holds no reference to self
         # (only to _state), so a forgotten reindexer can still be collected and closed.
         self._state = _WorkerState()
-        self._worker = threading.Thread(target=_worker_main, name="pyrag-reindex", daemon=True,
-                                        args=(weakref.ref(self), self._state))
+        self._worker = threading.Thread(
+            target=_worker_main, name="pyrag-reindex", daemon=True, args=(weakref.ref(self), self._state)
+        )
         main_threads = torch.get_num_threads()  # initialises this thread's OpenMP setting first
         self._worker.start()
         self._state.pinned.wait()
@@ -180,19 +196,16 @@ class AsyncReindexer:
             busy = st.running is not None or st.pending is not None
             if busy and self.policy == "skip":
                 self.stats.skipped += 1
-                log.info("re-index due at step %d skipped: refresh from step %s still running",
-                         step, st.running)
+                log.info("re-index due at step %d skipped: refresh from step %s still running", step, st.running)
                 return False
         job = _Job(step, self._snapshot_weights(), self._record_event())
         with st.cond:
             if st.running is not None or st.pending is not None:
                 if st.pending is not None:
                     self.stats.superseded += 1
-                    log.info("re-index snapshot of step %d replaced by step %d in the queue",
-                             st.pending.step, step)
+                    log.info("re-index snapshot of step %d replaced by step %d in the queue", st.pending.step, step)
                 self.stats.queued += 1
-                log.info("re-index due at step %d queued behind the refresh from step %s",
-                         step, st.running)
+                log.info("re-index due at step %d queued behind the refresh from step %s", step, st.running)
             st.pending = job
             st.cond.notify_all()
         return True
@@ -242,21 +255,24 @@ class AsyncReindexer:
         self._finalizer()
         self._raise_pending()
 
-    def __enter__(self) -> "AsyncReindexer":
+    def __enter__(self) -> AsyncReindexer:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.close()
         else:  # do not mask the exception already on its way out
             self._finalizer()
             if self._state.error is not None:
-                log.error("background re-index failure while exiting on %s: %r",
-                          exc_type.__name__, self._state.error[1])
+                log.error(
+                    "background re-index failure while exiting on %s: %r", exc_type.__name__, self._state.error[1]
+                )
 
     def __repr__(self) -> str:
-        return (f"AsyncReindexer(version={self.version}, schedule={self.schedule.spec!r}, "
-                f"policy={self.policy!r}, busy={self.busy})")
+        return (
+            f"AsyncReindexer(version={self.version}, schedule={self.schedule.spec!r}, "
+            f"policy={self.policy!r}, busy={self.busy})"
+        )
 
     # ----------------------------------------------------------------- internals
     def _check_open(self) -> None:
@@ -269,24 +285,33 @@ class AsyncReindexer:
             error, st.error = st.error, None
         if error is not None:
             step, exc = error
-            raise ReindexError(f"background re-index from the step {step} snapshot failed "
-                               f"({type(exc).__name__}: {exc}); version {self.version} stays "
-                               f"in service") from exc
+            raise ReindexError(
+                f"background re-index from the step {step} snapshot failed "
+                f"({type(exc).__name__}: {exc}); version {self.version} stays "
+                f"in service"
+            ) from exc
 
     def _snapshot_weights(self) -> dict:
         # A copy, not references: the optimiser updates the live tensors in place.
         with torch.no_grad():
             return {k: v.detach().clone() for k, v in self._encoder.state_dict().items()}
 
-    def _record_event(self):
+    def _record_event(self) -> Optional[torch.cuda.Event]:
         if self._stream is None:
             return None
         event = torch.cuda.Event()
         event.record()  # the worker's stream waits for the snapshot copies to finish
         return event
 
-    def _build_index(self, encoder: torch.nn.Module, *, desc: str, stop: Optional[threading.Event],
-                     template: Optional[DenseIndex], dtype: str = "float32") -> Optional[DenseIndex]:
+    def _build_index(
+        self,
+        encoder: torch.nn.Module,
+        *,
+        desc: str,
+        stop: Optional[threading.Event],
+        template: Optional[DenseIndex],
+        dtype: str = "float32",
+    ) -> Optional[DenseIndex]:
         """Encodes every passage with `encoder` (on the reindexer's CUDA stream when it
         has one) into a new index like `template` (or a DenseIndex of `dtype`), chunk by
         chunk; None if `stop` was set meanwhile. A chunk of the wrong shape, dimension or
@@ -295,24 +320,28 @@ class AsyncReindexer:
 
         n = len(self._passages)
         index: Optional[DenseIndex] = None
-        with tqdm(total=n, desc=desc, unit="passage", disable=not self.progress, leave=False) as bar, \
-                torch.no_grad(), _on_stream(self._stream):
+        with (
+            tqdm(total=n, desc=desc, unit="passage", disable=not self.progress, leave=False) as bar,
+            torch.no_grad(),
+            _on_stream(self._stream),
+        ):
             for start in range(0, n, self.chunk_size):
                 if stop is not None and stop.is_set():
                     return None
-                chunk = self._passages[start:start + self.chunk_size]
+                chunk = self._passages[start : start + self.chunk_size]
                 emb = self._encode(encoder, chunk)
                 if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or emb.shape[0] != len(chunk):
                     got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
                     raise ValueError(f"encode returned {got} for {len(chunk)} passages; expected [{len(chunk)}, dim]")
                 if index is None:
                     if template is not None and emb.shape[1] != template.dim:
-                        raise ValueError(f"encode returned vectors of dim {emb.shape[1]} but the index in service "
-                                         f"has dim {template.dim}")
-                    index = (template.empty_like() if template is not None
-                             else DenseIndex(int(emb.shape[1]), dtype))
+                        raise ValueError(
+                            f"encode returned vectors of dim {emb.shape[1]} but the index in service "
+                            f"has dim {template.dim}"
+                        )
+                    index = template.empty_like() if template is not None else DenseIndex(int(emb.shape[1]), dtype)
                     index.reserve(n)
-                index.add(emb.detach().float().cpu(), self._ids[start:start + len(chunk)])
+                index.add(emb.detach().float().cpu(), self._ids[start : start + len(chunk)])
                 bar.update(len(chunk))
         assert index is not None
         return index
@@ -320,6 +349,7 @@ class AsyncReindexer:
     def _run(self, job: _Job, stop: threading.Event) -> None:
         """One refresh, on the worker thread."""
         if self._stream is not None:
+            assert job.ready is not None
             self._stream.wait_event(job.ready)
             with torch.cuda.stream(self._stream):
                 self._shadow.load_state_dict(job.state)
@@ -328,8 +358,9 @@ class AsyncReindexer:
             self._stream.synchronize()
         else:
             self._shadow.load_state_dict(job.state)
-        index = self._build_index(self._shadow, desc=f"re-index (step {job.step})", stop=stop,
-                                  template=self.index.snapshot().index)
+        index = self._build_index(
+            self._shadow, desc=f"re-index (step {job.step})", stop=stop, template=self.index.snapshot().index
+        )
         if index is None:
             log.info("re-index from step %d abandoned: closing", job.step)
             return
@@ -337,12 +368,12 @@ class AsyncReindexer:
         log.info("re-index from step %d done: version %d in service", job.step, version)
 
 
-def _on_stream(stream):
+def _on_stream(stream: Optional[torch.cuda.Stream]) -> contextlib.AbstractContextManager[Any]:
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 class _WorkerState:
-    def __init__(self):
+    def __init__(self) -> None:
         self.cond = threading.Condition()
         self.pending: Optional[_Job] = None
         self.running: Optional[int] = None  # step of the snapshot being encoded
@@ -371,7 +402,7 @@ def _pin_worker_threads(num_threads: int, nice: int) -> None:
             log.warning("could not lower the re-index thread's priority: %s", e)
 
 
-def _worker_main(owner_ref, st: _WorkerState) -> None:
+def _worker_main(owner_ref: Callable[[], Optional[AsyncReindexer]], st: _WorkerState) -> None:
     owner = owner_ref()
     if owner is None:  # pragma: no cover
         st.pinned.set()
@@ -385,7 +416,9 @@ def _worker_main(owner_ref, st: _WorkerState) -> None:
                 st.cond.wait()
             if st.stop.is_set():
                 return
-            job, st.pending = st.pending, None
+            job = st.pending
+            assert job is not None
+            st.pending = None
             st.running = job.step
         owner = owner_ref()
         if owner is None:

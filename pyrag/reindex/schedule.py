@@ -25,8 +25,9 @@ class Schedule:
             for part in spec.split(","):
                 m = self._RANGE.match(part)
                 if m is None:
-                    raise ValueError(f"bad schedule range {part.strip()!r} in {spec!r}; "
-                                     f"expected 'start-end:every' or 'start-:every'")
+                    raise ValueError(
+                        f"bad schedule range {part.strip()!r} in {spec!r}; expected 'start-end:every' or 'start-:every'"
+                    )
                 start, end, every = int(m[1]), int(m[2]) if m[2] else None, int(m[3])
                 if every < 1:
                     raise ValueError(f"schedule range {part.strip()!r}: every must be >= 1")
@@ -47,5 +48,3 @@ class Schedule:
 
     def __repr__(self) -> str:
         return f"Schedule({self.spec!r})"
-
-

@@ -39,7 +39,7 @@ class CheckpointFormatError(storage.FormatError):
     """The folder is not a pyrag training checkpoint, or it is corrupted."""
 
 
-def save(trainer: "Trainer", path: str | os.PathLike[str]) -> None:
+def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     """Writes `trainer`'s state (and its reindexer's index in service) into the directory
     `path`, created if needed. A refresh still running is not saved: the resumed run
     starts from the index in service and refreshes again at the next due step."""
@@ -67,7 +67,7 @@ def save(trainer: "Trainer", path: str | os.PathLike[str]) -> None:
             _remove(os.path.join(directory, entry))
 
 
-def load(trainer: "Trainer", path: str | os.PathLike[str]) -> None:
+def load(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     """Restores a checkpoint written by save() into `trainer`'s models, optimiser and
     reindexer (which must be idle). The config must match in mode and in what trains."""
     directory = os.fspath(path)

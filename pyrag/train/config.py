@@ -25,6 +25,7 @@ class TrainConfig:
         Atlas's scheduler does. The rate follows from the step alone, so a resumed run
         continues the same schedule.
     """
+
     mode: str = "replug_lsr"
     steps: int = 1000
     batch_size: int = 16
@@ -44,12 +45,12 @@ class TrainConfig:
     dual_schedule: str = "joint"
     hard_negatives: int = 0
     eval_k: int = 10
-    eval_every: int = 0       # 0: evaluate only when asked
+    eval_every: int = 0  # 0: evaluate only when asked
     log_every: int = 50
     checkpoint_every: int = 0  # 0: never (needs checkpoint_path)
     seed: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.dual_schedule not in ("joint", "alternate"):
@@ -60,8 +61,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.lr_decay not in ("constant", "linear"):
             raise ValueError(f"lr_decay must be 'constant' or 'linear', got {self.lr_decay!r}")
-        for name in ("freeze_retriever_steps", "hard_negatives", "eval_every", "log_every", "checkpoint_every",
-                     "warmup_steps"):
+        for name in (
+            "freeze_retriever_steps",
+            "hard_negatives",
+            "eval_every",
+            "log_every",
+            "checkpoint_every",
+            "warmup_steps",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -20,14 +22,21 @@ from pyrag.retriever import Retriever
 from pyrag.train import checkpoint
 from pyrag.train.config import TrainConfig
 from pyrag.train.example import Example, words
-from pyrag.train.modes import dpr_loss, marginal_loss, ra_dit_loss, replug_lsr_loss
+from pyrag.train.modes import LM, dpr_loss, marginal_loss, ra_dit_loss, replug_lsr_loss
 
 RECALL_MATCHES = ("positive", "answer")
 
 
 @torch.no_grad()
-def recall_at_k(retriever: Retriever, examples: Sequence[Example], k: int = 10, *, match: str = "positive",
-                passages: Optional[Sequence[str]] = None, batch_size: int = 64) -> float:
+def recall_at_k(
+    retriever: Retriever,
+    examples: Sequence[Example],
+    k: int = 10,
+    *,
+    match: str = "positive",
+    passages: Optional[Sequence[str]] = None,
+    batch_size: int = 64,
+) -> float:
     """Fraction of examples with a hit among the k best passages of the index.
 
     match="positive": the example's own passage is retrieved (needs Example.positive).
@@ -46,7 +55,7 @@ def recall_at_k(retriever: Retriever, examples: Sequence[Example], k: int = 10, 
         raise ValueError("recall_at_k(match='answer') needs the passage texts")
     found = 0
     for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
+        batch = examples[start : start + batch_size]
         q = retriever.encode_queries([e.query for e in batch])
         _, ids = retriever.index.search(q.detach().float().cpu(), k)
         if match == "positive":
@@ -55,7 +64,7 @@ def recall_at_k(retriever: Retriever, examples: Sequence[Example], k: int = 10, 
         else:
             for e, row in zip(batch, ids.tolist()):
                 answer = words(e.answer)
-                found += any(set(answer) <= _word_set(texts[i]) for i in row if i >= 0)
+                found += any(set(answer) <= _word_set(texts[i]) for i in row if i >= 0)  # type: ignore[index]
     return found / len(examples)
 
 
@@ -64,14 +73,13 @@ def _word_set(text: str) -> frozenset:
     return frozenset(words(text))
 
 
-
 @dataclass
 class StepRecord:
     step: int
     loss: float
     seconds: float
-    refreshing: Optional[bool]   # a refresh was running at the step's start and end (True), at
-                                 # neither (False), or at one of them (None)
+    refreshing: Optional[bool]  # a refresh was running at the step's start and end (True), at
+    # neither (False), or at one of them (None)
     index_version: int
     staleness: int
 
@@ -103,10 +111,19 @@ class Trainer:
         progress: show a tqdm bar. log: where the log lines go (default tqdm.write).
     """
 
-    def __init__(self, retriever: Retriever, config: TrainConfig, train_data: Sequence[Example], *,
-                 lm: Optional[Callable] = None, eval_data: Optional[Sequence[Example]] = None,
-                 reindexer: Optional[AsyncReindexer] = None, checkpoint_path=None,
-                 progress: bool = True, log: Optional[Callable[[str], None]] = None):
+    def __init__(
+        self,
+        retriever: Retriever,
+        config: TrainConfig,
+        train_data: Sequence[Example],
+        *,
+        lm: Optional[LM] = None,
+        eval_data: Optional[Sequence[Example]] = None,
+        reindexer: Optional[AsyncReindexer] = None,
+        checkpoint_path: Optional[str | os.PathLike[str]] = None,
+        progress: bool = True,
+        log: Optional[Callable[[str], None]] = None,
+    ) -> None:
         cfg = config
         if not isinstance(retriever, Retriever):
             raise TypeError(f"retriever must be a pyrag.Retriever, got {type(retriever).__name__}")
@@ -120,12 +137,15 @@ class Trainer:
             raise ValueError("mode 'dpr' needs a positive passage id on every example")
         self.lm_module = _lm_module(lm)
         if cfg.mode in ("ra_dit", "marginal") and self.lm_module is None:
-            raise TypeError(f"mode {cfg.mode!r} trains the LM: pass an nn.Module or a GeneratorAdapter "
-                            f"over one, not a black box")
+            raise TypeError(
+                f"mode {cfg.mode!r} trains the LM: pass an nn.Module or a GeneratorAdapter over one, not a black box"
+            )
         if cfg.train_passage_encoder:
             if not isinstance(retriever.passage_encoder, torch.nn.Module):
-                raise ValueError("train_passage_encoder needs the retriever to re-embed hits with an "
-                                 "nn.Module passage_encoder (Retriever(..., passage_encoder=, passages=))")
+                raise ValueError(
+                    "train_passage_encoder needs the retriever to re-embed hits with an "
+                    "nn.Module passage_encoder (Retriever(..., passage_encoder=, passages=))"
+                )
             if reindexer is None:
                 raise ValueError("train_passage_encoder needs an AsyncReindexer, or the index goes stale")
         if reindexer is not None and retriever.index is not reindexer.index:
@@ -140,6 +160,7 @@ class Trainer:
         self.progress = progress
         if log is None:
             from tqdm.auto import tqdm
+
             log = tqdm.write
         self.log = log
         self.state = TrainState()
@@ -150,12 +171,13 @@ class Trainer:
     def _trainable_modules(self) -> dict[str, torch.nn.Module]:
         """The modules this mode trains, by role; a module shared by two roles appears once."""
         cfg = self.config
+        # __init__ checked that each of these is an nn.Module.
         modules = {"query_encoder": self.retriever.query_encoder}
         if cfg.train_passage_encoder and self.retriever.passage_encoder is not self.retriever.query_encoder:
             modules["passage_encoder"] = self.retriever.passage_encoder
         if cfg.mode in ("ra_dit", "marginal"):
             modules["lm"] = self.lm_module
-        return modules
+        return {role: m for role, m in modules.items() if isinstance(m, torch.nn.Module)}
 
     def _base_lrs(self) -> dict[str, float]:
         cfg = self.config
@@ -172,7 +194,8 @@ class Trainer:
 
     def _param_groups(self) -> list[dict]:
         lrs = self._base_lrs()
-        groups, seen = [], set()
+        groups: list[dict] = []
+        seen: set[int] = set()
         for role, module in self._modules.items():
             params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
             seen.update(id(p) for p in params)
@@ -188,7 +211,7 @@ class Trainer:
         per_epoch = len(self.train_data) // b
         epoch, pos = divmod(step, per_epoch)
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.train_data), generator=gen)[pos * b:(pos + 1) * b]
+        order = torch.randperm(len(self.train_data), generator=gen)[pos * b : (pos + 1) * b]
         return [self.train_data[i] for i in order.tolist()]
 
     # ------------------------------------------------------------------ one step
@@ -197,18 +220,20 @@ class Trainer:
         cfg = self.config
         queries, answers = [e.query for e in batch], [e.answer for e in batch]
         train_retriever = step >= cfg.freeze_retriever_steps
+        if cfg.mode == "dpr":
+            return dpr_loss(self.retriever, queries, [int(e.positive) for e in batch if e.positive is not None], cfg)
+        lm = self.lm
+        assert lm is not None  # __init__ requires one for every mode but DPR
         if cfg.mode == "replug_lsr":
-            return replug_lsr_loss(self.retriever, self.lm, queries, answers, cfg)
+            return replug_lsr_loss(self.retriever, lm, queries, answers, cfg)
         if cfg.mode == "ra_dit":
             train_lm = True
             if cfg.dual_schedule == "alternate" and train_retriever:
                 train_lm, train_retriever = step % 2 == 0, step % 2 == 1
-            return ra_dit_loss(self.retriever, self.lm, queries, answers, cfg,
-                               train_lm=train_lm, train_retriever=train_retriever)
-        if cfg.mode == "marginal":
-            return marginal_loss(self.retriever, self.lm, queries, answers, cfg,
-                                 train_retriever=train_retriever)
-        return dpr_loss(self.retriever, queries, [e.positive for e in batch], cfg)
+            return ra_dit_loss(
+                self.retriever, lm, queries, answers, cfg, train_lm=train_lm, train_retriever=train_retriever
+            )
+        return marginal_loss(self.retriever, lm, queries, answers, cfg, train_retriever=train_retriever)
 
     def train_step(self) -> StepRecord:
         """One optimiser step; then the reindexer is told the step count."""
@@ -230,17 +255,23 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lrs[group["role"]] * scale
             if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                               cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]], cfg.max_grad_norm
+                )
             self.optimizer.step()  # parameters without a gradient (a frozen retriever) stay put
         self.state.step = step = step + 1
         if self.reindexer is not None:
             self.reindexer.step(step)  # timed too: a due refresh copies the weights here
         seconds = time.perf_counter() - t0
         busy_after = self.reindexer.busy if self.reindexer else False
-        record = StepRecord(step, float(loss.detach()), seconds,
-                            busy_before if busy_before == busy_after else None,
-                            self.retriever.index.version, self.staleness(step))
+        record = StepRecord(
+            step,
+            float(loss.detach()),
+            seconds,
+            busy_before if busy_before == busy_after else None,
+            self.retriever.index.version,
+            self.staleness(step),
+        )
         if not math.isfinite(record.loss):
             raise FloatingPointError(f"loss is {record.loss} at step {step}")
         self.state.history.append(record)
@@ -277,14 +308,24 @@ class Trainer:
         cfg = self.config
         end = cfg.steps if steps is None else steps
         window: list[float] = []
-        with tqdm(total=end, initial=self.state.step, desc=cfg.mode, unit="step",
-                  disable=not self.progress, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=end,
+            initial=self.state.step,
+            desc=cfg.mode,
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        ) as bar:
             while self.state.step < end:
                 record = self.train_step()
                 window.append(record.loss)
                 bar.update(1)
-                bar.set_postfix(loss=f"{record.loss:.4f}", index=f"v{record.index_version}",
-                                stale=record.staleness, refresh="yes" if self.reindexer and self.reindexer.busy else "no")
+                bar.set_postfix(
+                    loss=f"{record.loss:.4f}",
+                    index=f"v{record.index_version}",
+                    stale=record.staleness,
+                    refresh="yes" if self.reindexer and self.reindexer.busy else "no",
+                )
                 step = record.step
                 recall = None
                 if cfg.eval_every and self.eval_data and step % cfg.eval_every == 0:
@@ -304,19 +345,19 @@ class Trainer:
         if self.reindexer is not None:
             s = self.reindexer.stats
             parts.append(f"refreshes {s.completed} skipped {s.skipped} running {self.reindexer.busy}")
-        recent = [r.seconds for r in self.state.history[-len(losses):]] if losses else []
+        recent = [r.seconds for r in self.state.history[-len(losses) :]] if losses else []
         if recent:
             parts.append(f"{statistics.median(recent):.3f}s/step")
         return " | ".join(parts)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path) -> None:
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Writes the models, optimiser, step, RNG and (with a reindexer) the index in
         service with its version into the directory `path`, atomically (see
         pyrag/train/checkpoint.py)."""
         checkpoint.save(self, path)
 
-    def load_checkpoint(self, path) -> None:
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Restores a checkpoint written by save_checkpoint: the resumed run continues
         exactly as if never stopped."""
         checkpoint.load(self, path)
@@ -330,7 +371,7 @@ class Trainer:
         self.state = TrainState(step=step, evals=list(evals))
 
 
-def _lm_module(lm) -> Optional[torch.nn.Module]:
+def _lm_module(lm: Any) -> Optional[torch.nn.Module]:
     """The trainable module behind an LM callable, if any."""
     if isinstance(lm, torch.nn.Module):
         return lm
@@ -345,5 +386,4 @@ def step_time_medians(history: Sequence[StepRecord]) -> tuple[Optional[float], O
     none, how many of each): the cost of background re-indexing to training."""
     busy = [r.seconds for r in history if r.refreshing is True]
     idle = [r.seconds for r in history if r.refreshing is False]
-    return (statistics.median(busy) if busy else None, statistics.median(idle) if idle else None,
-            len(busy), len(idle))
+    return (statistics.median(busy) if busy else None, statistics.median(idle) if idle else None, len(busy), len(idle))
