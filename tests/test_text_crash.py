@@ -9,6 +9,7 @@ line (printed with -s) counts the trials, the operations completed, and how many
 landed inside a commit (the store's folder held an uncommitted or superseded vector file,
 or the child had committed an operation it had not reported).
 """
+
 import os
 import random
 import signal
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from pyrag.text import TextIndex
@@ -59,7 +59,9 @@ def operations(seed, n):
         yield op, dict(state)
 '''
 
-CHILD = OPS + r'''
+CHILD = (
+    OPS
+    + r"""
 import sys
 from pyrag.text import TextIndex
 path, seed = sys.argv[1], int(sys.argv[2])
@@ -73,7 +75,8 @@ for i, ((kind, ids, texts), _) in enumerate(operations(seed, 100000)):
     else:
         index.delete(ids)
     print(f"done {i}", flush=True)
-'''
+"""
+)
 
 ns: dict = {}
 exec(OPS, ns)
@@ -84,12 +87,18 @@ DTYPES = ["float32", "bfloat16", "int8"]
 def _run_trial(tmp_path, trial: int, dtype: str) -> dict:
     path = tmp_path / f"store{trial}"
     init = ns["initial"]()
-    TextIndex.from_texts(list(init.values()), ns["encoder"], [{"id": x} for x in init], list(init),
-                         dtype=dtype, path=path).close()
+    TextIndex.from_texts(
+        list(init.values()), ns["encoder"], [{"id": x} for x in init], list(init), dtype=dtype, path=path
+    ).close()
     seed = 1000 + trial
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(seed)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), str(seed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert child.stdout.readline().strip() == "ready", child.stderr.read()
     time.sleep(random.Random(seed).uniform(0.05, 1.5))
     os.kill(child.pid, signal.SIGKILL)
@@ -114,8 +123,11 @@ def _run_trial(tmp_path, trial: int, dtype: str) -> dict:
     assert [h[0].id for h in hits] == ids
     index.add_texts(["after recovery"], ids=["after"])  # and it is writable again
     index.close()
-    return {"done": done, "mid_commit": len(leftovers) > 1 or committed_unreported,
-            "committed_unreported": committed_unreported}
+    return {
+        "done": done,
+        "mid_commit": len(leftovers) > 1 or committed_unreported,
+        "committed_unreported": committed_unreported,
+    }
 
 
 def test_sigkill_during_writes_leaves_a_consistent_store(tmp_path):
@@ -123,6 +135,8 @@ def test_sigkill_during_writes_leaves_a_consistent_store(tmp_path):
     mid = sum(r["mid_commit"] for r in results)
     unreported = sum(r["committed_unreported"] for r in results)
     ops = sum(r["done"] for r in results)
-    print(f"\nkill test: {TRIALS} trials, {TRIALS} consistent after recovery; {ops} operations completed "
-          f"before the kills; {mid} kills inside a commit ({unreported} after its commit point)")
+    print(
+        f"\nkill test: {TRIALS} trials, {TRIALS} consistent after recovery; {ops} operations completed "
+        f"before the kills; {mid} kills inside a commit ({unreported} after its commit point)"
+    )
     assert len(results) == TRIALS

@@ -2,12 +2,19 @@
 AutoModel with mean pooling (a tiny random BERT saved here, compared with the pooling
 written out by hand), callables, the batched `encode` and its checks, and the embedding
 cache."""
+
 import pytest
 import torch
 
 from pyrag.text.cache import CachedEncoder
-from pyrag.text.encoders import (CallableEncoder, HuggingFaceEncoder, SentenceTransformerEncoder, as_encoder,
-                                 encode, load_encoder)
+from pyrag.text.encoders import (
+    CallableEncoder,
+    HuggingFaceEncoder,
+    SentenceTransformerEncoder,
+    as_encoder,
+    encode,
+    load_encoder,
+)
 
 
 def test_encode_batches_in_length_order_and_restores_input_order():
@@ -25,14 +32,17 @@ def test_encode_batches_in_length_order_and_restores_input_order():
     assert encode(CallableEncoder(fn, dim=2), [], batch_size=2).shape == (0, 2)
 
 
-@pytest.mark.parametrize("fn,exc,match", [
-    (lambda t: torch.ones(len(t), 3, 2), ValueError, r"returned shape \(1, 3, 2\)"),
-    (lambda t: torch.ones(len(t) + 1, 3), ValueError, "for 1 texts"),
-    (lambda t: torch.full((len(t), 3), float("nan")), ValueError, "non-finite vector for text 0"),
-    (lambda t: [["a", "b"]], TypeError, "returned list, not a tensor or array of vectors"),
-    (lambda t: torch.ones(len(t), 2, dtype=torch.bool), TypeError, "torch.bool values, not numbers"),
-    (lambda t: None, TypeError, "returned NoneType"),
-])
+@pytest.mark.parametrize(
+    "fn,exc,match",
+    [
+        (lambda t: torch.ones(len(t), 3, 2), ValueError, r"returned shape \(1, 3, 2\)"),
+        (lambda t: torch.ones(len(t) + 1, 3), ValueError, "for 1 texts"),
+        (lambda t: torch.full((len(t), 3), float("nan")), ValueError, "non-finite vector for text 0"),
+        (lambda t: [["a", "b"]], TypeError, "returned list, not a tensor or array of vectors"),
+        (lambda t: torch.ones(len(t), 2, dtype=torch.bool), TypeError, "torch.bool values, not numbers"),
+        (lambda t: None, TypeError, "returned NoneType"),
+    ],
+)
 def test_encoder_output_is_checked(fn, exc, match):
     with pytest.raises(exc, match=match):
         encode(CallableEncoder(fn), ["x"])
@@ -81,8 +91,16 @@ def tiny_bert(tmp_path_factory):
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=48, max_position_embeddings=32)).save_pretrained(path)
+    BertModel(
+        BertConfig(
+            vocab_size=len(words),
+            hidden_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=32,
+        )
+    ).save_pretrained(path)
     return path
 
 
@@ -90,8 +108,11 @@ def tiny_bert(tmp_path_factory):
 def test_huggingface_mean_pooling_matches_the_formula(tiny_bert, normalize):
     from transformers import AutoModel, AutoTokenizer
 
-    enc = load_encoder(f"hf:{tiny_bert}", precision="float32") if normalize else \
-        HuggingFaceEncoder.from_pretrained(tiny_bert, normalize=False, precision="float32")
+    enc = (
+        load_encoder(f"hf:{tiny_bert}", precision="float32")
+        if normalize
+        else HuggingFaceEncoder.from_pretrained(tiny_bert, normalize=False, precision="float32")
+    )
     assert isinstance(enc, HuggingFaceEncoder) and enc.dim == 24
     texts = ["the cat sat on a mat", "dog ran", "the"]
     got = encode(enc, texts, batch_size=2)
@@ -125,8 +146,10 @@ def test_minilm_bfloat16_autocast_stays_close_to_float32(minilm):
     f32 = load_encoder("minilm", precision="float32")
     bf16 = load_encoder("minilm", precision="bfloat16")
     assert f32.compute_dtype == torch.float32 and bf16.compute_dtype == torch.bfloat16
-    texts = ["Retrieval-augmented generation conditions a language model on retrieved passages.",
-             "The quick brown fox jumps over the lazy dog."]
+    texts = [
+        "Retrieval-augmented generation conditions a language model on retrieved passages.",
+        "The quick brown fox jumps over the lazy dog.",
+    ]
     cos = (encode(f32, texts) * encode(bf16, texts)).sum(1)
     assert bool((cos > 0.99).all()), cos
 
@@ -144,10 +167,10 @@ def test_embedding_cache(tmp_path):
     again = CachedEncoder(CallableEncoder(fn, name="len-encoder"), tmp_path)  # another process, say
     assert torch.equal(encode(again, ["ccc", "aa", "new"]), torch.cat([first[[3, 0]], fn(["new"])]))
     assert calls[-1] == ["new"] and again.hits == 2
-    other = CachedEncoder(CallableEncoder(fn, name="another"), tmp_path)   # keyed by the encoder's name
+    other = CachedEncoder(CallableEncoder(fn, name="another"), tmp_path)  # keyed by the encoder's name
     encode(other, ["aa"])
     assert calls[-1] == ["aa"]
-    encode(again, ["aa"], queries=True)                                       # and by documents / queries
+    encode(again, ["aa"], queries=True)  # and by documents / queries
     assert calls[-1] == ["aa"]
     with pytest.raises(ValueError, match="only an encoder with a name"):
         CachedEncoder(CallableEncoder(fn), tmp_path)

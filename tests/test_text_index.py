@@ -5,6 +5,7 @@ TextIndex must only map ids, texts and metadata around it), and for float32 also
 matmul + topk. Plumbing tests use a deterministic encoder (a seeded random unit vector
 per text), so they are exact and quick; tests/test_text_encoders.py covers real models.
 """
+
 import hashlib
 import os
 import sqlite3
@@ -39,13 +40,22 @@ IDS = [f"doc-{i}" for i in range(60)]
 def state(index: TextIndex):
     """Everything observable: ids, passages, and the hits of a few searches."""
     ids = index.ids
-    return (ids, index.get(ids), index.generation, len(index),
-            index.search(["passage 3 about topic 3", "passage 41 about topic 6"], 5))
+    return (
+        ids,
+        index.get(ids),
+        index.generation,
+        len(index),
+        index.search(["passage 3 about topic 3", "passage 41 about topic 6"], 5),
+    )
 
 
 def files(path):
-    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs
-                  if not f.endswith(("-wal", "-shm")))
+    return sorted(
+        os.path.relpath(os.path.join(d, f), path)
+        for d, _, fs in os.walk(path)
+        for f in fs
+        if not f.endswith(("-wal", "-shm"))
+    )
 
 
 @pytest.fixture(params=["memory", "directory"])
@@ -97,9 +107,9 @@ def test_search_matches_a_dense_index_of_the_same_vectors(dtype, k):
 def test_query_forms():
     index = TextIndex.from_texts(TEXTS, hash_encoder, METAS, IDS)
     one = index.search(TEXTS[5], 2)
-    assert index.search(vec(TEXTS[5]), 2) == one                     # [dim] tensor
+    assert index.search(vec(TEXTS[5]), 2) == one  # [dim] tensor
     assert index.search(vec(TEXTS[5]).numpy().astype(np.float64), 2) == one  # float64 numpy
-    assert index.search(vec(TEXTS[5]).tolist(), 2) == one             # list of floats
+    assert index.search(vec(TEXTS[5]).tolist(), 2) == one  # list of floats
     assert index.search([TEXTS[5], TEXTS[9]], 2) == [one, index.search(TEXTS[9], 2)]
     assert index.search(torch.stack([vec(TEXTS[5])]), 2) == [one]
     assert index.search([], 2) == []
@@ -129,11 +139,13 @@ def test_empty_index():
 def test_filters_match_brute_force(dtype, where):
     index = TextIndex.from_texts(TEXTS, hash_encoder, METAS, IDS, dtype=dtype, path=where)
     allhits = index.search("passage 12 about topic 5", 60)
-    for flt, pred in [({"topic": 3}, lambda m: m["topic"] == 3),
-                      ({"topic": 3, "even": True}, lambda m: m["topic"] == 3 and m["even"]),
-                      ({"tags": ["a"]}, lambda m: m["tags"] == ["a"]),
-                      ({"missing": 1}, lambda m: False),
-                      (lambda m: m["n"] > 55, lambda m: m["n"] > 55)]:
+    for flt, pred in [
+        ({"topic": 3}, lambda m: m["topic"] == 3),
+        ({"topic": 3, "even": True}, lambda m: m["topic"] == 3 and m["even"]),
+        ({"tags": ["a"]}, lambda m: m["tags"] == ["a"]),
+        ({"missing": 1}, lambda m: False),
+        (lambda m: m["n"] > 55, lambda m: m["n"] > 55),
+    ]:
         want = [h for h in allhits if pred(h.metadata)]
         for k in (1, 3, 50):
             assert index.search("passage 12 about topic 5", k, filter=flt) == want[:k]
@@ -164,8 +176,16 @@ def test_delete_and_upsert(where):
 BAD_CALLS = {
     "wrong dim vectors": (lambda ix: ix.add_texts(["a"], vectors=torch.ones(1, 5)), ValueError, "dim 5 but"),
     "vectors rows": (lambda ix: ix.add_texts(["a", "b"], vectors=torch.ones(3, DIM)), ValueError, r"shape \(3, 16\)"),
-    "NaN vector": (lambda ix: ix.add_texts(["a"], vectors=torch.full((1, DIM), float("nan"))), ValueError, "not finite"),
-    "inf vector": (lambda ix: ix.add_texts(["a"], vectors=torch.full((1, DIM), float("inf"))), ValueError, "not finite"),
+    "NaN vector": (
+        lambda ix: ix.add_texts(["a"], vectors=torch.full((1, DIM), float("nan"))),
+        ValueError,
+        "not finite",
+    ),
+    "inf vector": (
+        lambda ix: ix.add_texts(["a"], vectors=torch.full((1, DIM), float("inf"))),
+        ValueError,
+        "not finite",
+    ),
     "int vectors": (lambda ix: ix.add_texts(["a"], vectors=torch.ones(1, DIM, dtype=torch.int64)), TypeError, "floats"),
     "metadatas length": (lambda ix: ix.add_texts(["a"], [{}, {}]), ValueError, "2 metadatas for 1 texts"),
     "ids length": (lambda ix: ix.add_texts(["a"], ids=["x", "y"]), ValueError, "2 ids for 1 texts"),
@@ -179,12 +199,21 @@ BAD_CALLS = {
     "metadata not JSON": (lambda ix: ix.add_texts(["a"], [{"x": object()}]), TypeError, "JSON"),
     "metadata NaN": (lambda ix: ix.add_texts(["a"], [{"x": float("nan")}]), TypeError, "JSON"),
     "metadata key": (lambda ix: ix.add_texts(["a"], [{1: "x"}]), TypeError, "non-string keys"),
-    "encoder dim": (lambda ix: _with_encoder(ix, lambda t: torch.ones(len(t), 8)), ValueError,
-                    "gives 8-dim vectors but the index has dim 16"),
-    "encoder NaN": (lambda ix: _with_encoder(ix, lambda t: torch.full((len(t), DIM), float("nan"))), ValueError,
-                    "non-finite vector"),
-    "encoder rows": (lambda ix: _with_encoder(ix, lambda t: torch.ones(len(t) + 1, DIM)), ValueError,
-                     r"returned shape \(2, 16\) for 1 texts"),
+    "encoder dim": (
+        lambda ix: _with_encoder(ix, lambda t: torch.ones(len(t), 8)),
+        ValueError,
+        "gives 8-dim vectors but the index has dim 16",
+    ),
+    "encoder NaN": (
+        lambda ix: _with_encoder(ix, lambda t: torch.full((len(t), DIM), float("nan"))),
+        ValueError,
+        "non-finite vector",
+    ),
+    "encoder rows": (
+        lambda ix: _with_encoder(ix, lambda t: torch.ones(len(t) + 1, DIM)),
+        ValueError,
+        r"returned shape \(2, 16\) for 1 texts",
+    ),
     "encoder output": (lambda ix: _with_encoder(ix, lambda t: "not vectors"), TypeError, "returned str"),
     "delete unknown": (lambda ix: ix.delete(["doc-1", "nope"]), KeyError, "nope"),
     "delete duplicates": (lambda ix: ix.delete(["doc-1", "doc-1"]), ValueError, "duplicates"),
@@ -196,6 +225,7 @@ BAD_CALLS = {
 
 def _with_encoder(index, fn):
     from pyrag.text.encoders import CallableEncoder
+
     index._encoder = CallableEncoder(fn)  # a different encoder on the same index
     try:
         index.add_texts(["a"])
@@ -309,6 +339,7 @@ def test_save_a_copy(dtype, tmp_path):
 
 def test_encoder_is_recorded_and_checked(tmp_path):
     from pyrag.text.encoders import CallableEncoder
+
     enc = CallableEncoder(hash_encoder, name="my-hash", dim=DIM)
     TextIndex.from_texts(TEXTS[:5], enc, path=tmp_path / "idx").close()
     with TextIndex.load(tmp_path / "idx", encoder=None) as ix:
@@ -350,14 +381,21 @@ CORRUPTIONS = {
     "empty directory": (lambda p: [f.unlink() for f in p.iterdir() if f.is_file()], "no passages.sqlite"),
     "not SQLite": (lambda p: (p / "passages.sqlite").write_bytes(b"hello" * 100), "not a readable SQLite database"),
     "foreign SQLite": (lambda p: _foreign_sqlite(p / "passages.sqlite"), "not a pyrag text index"),
-    "other format version": (lambda p: _sql(p, "UPDATE meta SET value='99' WHERE key='format_version'"),
-                             "unsupported text index format version '99'"),
+    "other format version": (
+        lambda p: _sql(p, "UPDATE meta SET value='99' WHERE key='format_version'"),
+        "unsupported text index format version '99'",
+    ),
     "bad dtype": (lambda p: _sql(p, "UPDATE meta SET value='float8' WHERE key='dtype'"), "metadata is corrupt"),
     "vectors corrupted": (lambda p: _flip_byte(p / "vectors" / "000000000001.pyrag"), "vectors of generation 1"),
     "vectors truncated": (lambda p: (p / "vectors" / "000000000001.pyrag").write_bytes(b"\0" * 16), "generation 1"),
-    "vectors missing": (lambda p: (p / "vectors" / "000000000001.pyrag").unlink(), "vectors of generation 1 are missing"),
-    "no vectors folder": (lambda p: [f.unlink() for f in (p / "vectors").iterdir()] and (p / "vectors").rmdir(),
-                          "no vectors/ folder"),
+    "vectors missing": (
+        lambda p: (p / "vectors" / "000000000001.pyrag").unlink(),
+        "vectors of generation 1 are missing",
+    ),
+    "no vectors folder": (
+        lambda p: [f.unlink() for f in (p / "vectors").iterdir()] and (p / "vectors").rmdir(),
+        "no vectors/ folder",
+    ),
     "a row lost": (lambda p: _sql(p, "DELETE FROM passages WHERE id='doc-3'"), "inconsistent"),
     "vectors of another store": (lambda p: _swap_vectors(p), "inconsistent"),
 }
@@ -427,13 +465,13 @@ def test_two_processes_worth_of_handles(tmp_path):
     a = TextIndex.load(path, encoder=hash_encoder)
     b = TextIndex.load(path, encoder=hash_encoder)
     a.add_texts(["added by a"], ids=["a1"])
-    assert b.search("added by a", 1)[0].id == "a1"        # b reloaded generation 2
-    b.delete(["a1"])                                       # b is current: allowed
+    assert b.search("added by a", 1)[0].id == "a1"  # b reloaded generation 2
+    b.delete(["a1"])  # b is current: allowed
     before = state(b)
     with pytest.raises(StaleIndexError, match="changed by another process"):
-        a.add_texts(["stale"], ids=["s"])                  # a still holds generation 2
+        a.add_texts(["stale"], ids=["s"])  # a still holds generation 2
     assert state(b) == before and "s" not in b
-    assert a.search("added by a", 1)[0].id != "a1"        # a catches up on read
+    assert a.search("added by a", 1)[0].id != "a1"  # a catches up on read
     a.add_texts(["fresh"], ids=["f"])
     assert b.get(["f"])[0].text == "fresh"
     a.close()
@@ -459,8 +497,9 @@ def test_threads_share_one_index(tmp_path):
         except Exception as e:  # pragma: no cover
             errors.append(e)
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)] + \
-              [threading.Thread(target=reader) for _ in range(2)]
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)] + [
+        threading.Thread(target=reader) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:

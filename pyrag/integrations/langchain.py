@@ -15,11 +15,13 @@ normalize=True (the default) vectors are scaled to unit length, so scores are co
 similarities, and relevance scores are (1 + cosine) / 2. Passes langchain-tests'
 VectorStoreIntegrationTests, sync and async (tests/test_langchain.py).
 """
+
 from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -29,8 +31,7 @@ try:
     from langchain_core.vectorstores import VectorStore
     from langchain_core.vectorstores.utils import maximal_marginal_relevance
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("pyrag.integrations.langchain needs langchain-core: "
-                      "pip install pyrag[langchain]") from e
+    raise ImportError("pyrag.integrations.langchain needs langchain-core: pip install pyrag[langchain]") from e
 
 from pyrag.text import CallableEncoder, Hit, TextIndex
 
@@ -43,8 +44,10 @@ def _unit(x) -> torch.Tensor:
 
 def _encoder(embedding: Embeddings, normalize: bool) -> CallableEncoder:
     post = _unit if normalize else (lambda x: torch.as_tensor(x, dtype=torch.float32))
-    return CallableEncoder(lambda texts: post(embedding.embed_documents(list(texts))),
-                           query_fn=lambda texts: post([embedding.embed_query(t) for t in texts]))
+    return CallableEncoder(
+        lambda texts: post(embedding.embed_documents(list(texts))),
+        query_fn=lambda texts: post([embedding.embed_query(t) for t in texts]),
+    )
 
 
 class PyragVectorStore(VectorStore):
@@ -59,19 +62,32 @@ class PyragVectorStore(VectorStore):
         index: an existing TextIndex to wrap instead (path / dtype are then ignored).
     """
 
-    def __init__(self, embedding: Embeddings, *, path: Optional[str | os.PathLike] = None,
-                 dtype: str = "float32", normalize: bool = True, keep_originals: bool = False,
-                 index: Optional[TextIndex] = None):
+    def __init__(
+        self,
+        embedding: Embeddings,
+        *,
+        path: Optional[str | os.PathLike] = None,
+        dtype: str = "float32",
+        normalize: bool = True,
+        keep_originals: bool = False,
+        index: Optional[TextIndex] = None,
+    ):
         self._embedding = embedding
         self._normalize = bool(normalize)
         if index is None:
-            index = TextIndex(_encoder(embedding, self._normalize), dtype=dtype, path=path,
-                              keep_originals=keep_originals, progress=False)
+            index = TextIndex(
+                _encoder(embedding, self._normalize),
+                dtype=dtype,
+                path=path,
+                keep_originals=keep_originals,
+                progress=False,
+            )
         self.index = index
 
     @classmethod
-    def load(cls, path: str | os.PathLike, embedding: Embeddings, *, normalize: bool = True,
-             mmap: bool = False) -> "PyragVectorStore":
+    def load(
+        cls, path: str | os.PathLike, embedding: Embeddings, *, normalize: bool = True, mmap: bool = False
+    ) -> PyragVectorStore:
         """Reopens a store saved in a directory (pass the same embedding model)."""
         index = TextIndex.load(path, encoder=_encoder(embedding, normalize), mmap=mmap, progress=False)
         return cls(embedding, normalize=normalize, index=index)
@@ -85,8 +101,14 @@ class PyragVectorStore(VectorStore):
         return self._embedding
 
     # ------------------------------------------------------------------ writing
-    def add_texts(self, texts: Iterable[str], metadatas: Optional[list[dict]] = None, *,
-                  ids: Optional[list[Optional[str]]] = None, **kwargs: Any) -> list[str]:
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: Optional[list[dict]] = None,
+        *,
+        ids: Optional[list[Optional[str]]] = None,
+        **kwargs: Any,
+    ) -> list[str]:
         """Adds (or, for ids already stored, replaces) texts; returns their ids."""
         texts = list(texts)
         if ids is not None:
@@ -113,26 +135,35 @@ class PyragVectorStore(VectorStore):
         v = torch.as_tensor(self._embedding.embed_query(query), dtype=torch.float32)
         return _unit(v) if self._normalize else v
 
-    def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4,
-                                               filter: Any = None, **kwargs: Any) -> list[tuple[Document, float]]:
+    def similarity_search_with_score_by_vector(
+        self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
         """filter: a dict of metadata key: value pairs, or a callable metadata -> bool."""
         v = torch.as_tensor(embedding, dtype=torch.float32)
         return self._documents(self.index.search(_unit(v) if self._normalize else v, k, filter=filter))
 
-    def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: Any = None,
-                                    **kwargs: Any) -> list[Document]:
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
+    ) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
 
-    def similarity_search_with_score(self, query: str, k: int = 4, filter: Any = None,
-                                     **kwargs: Any) -> list[tuple[Document, float]]:
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: Any = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
         return self._documents(self.index.search(self._query_vector(query), k, filter=filter))
 
     def similarity_search(self, query: str, k: int = 4, filter: Any = None, **kwargs: Any) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, filter)]
 
-    def max_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,
-                                                lambda_mult: float = 0.5, filter: Any = None,
-                                                **kwargs: Any) -> list[Document]:
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: Any = None,
+        **kwargs: Any,
+    ) -> list[Document]:
         """MMR over the fetch_k best hits, with their stored vectors (TextIndex.get_vectors)."""
         v = torch.as_tensor(embedding, dtype=torch.float32)
         v = _unit(v) if self._normalize else v
@@ -143,22 +174,33 @@ class PyragVectorStore(VectorStore):
         picked = maximal_marginal_relevance(v.numpy(), vectors.numpy(), lambda_mult=lambda_mult, k=k)
         return [d for d, _ in self._documents([hits[i] for i in picked])]
 
-    def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
-                                      filter: Any = None, **kwargs: Any) -> list[Document]:
-        return self.max_marginal_relevance_search_by_vector(self._embedding.embed_query(query), k, fetch_k,
-                                                            lambda_mult, filter)
+    def max_marginal_relevance_search(
+        self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, filter: Any = None, **kwargs: Any
+    ) -> list[Document]:
+        return self.max_marginal_relevance_search_by_vector(
+            self._embedding.embed_query(query), k, fetch_k, lambda_mult, filter
+        )
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         if not self._normalize:
-            raise ValueError("relevance scores need normalize=True (cosine similarities); "
-                             "inner products of unnormalised vectors have no fixed range")
+            raise ValueError(
+                "relevance scores need normalize=True (cosine similarities); "
+                "inner products of unnormalised vectors have no fixed range"
+            )
         # Quantised scores of a vector with itself can pass 1 by a rounding error.
         return lambda score: min(1.0, max(0.0, (1.0 + score) / 2.0))
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_texts(cls, texts: list[str], embedding: Embeddings, metadatas: Optional[list[dict]] = None, *,
-                   ids: Optional[list[str]] = None, **kwargs: Any) -> "PyragVectorStore":
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: Optional[list[dict]] = None,
+        *,
+        ids: Optional[list[str]] = None,
+        **kwargs: Any,
+    ) -> PyragVectorStore:
         """A new store holding these texts; kwargs go to the constructor (path, dtype, ...)."""
         store = cls(embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids)

@@ -17,23 +17,30 @@ add() replaces nodes whose id is already stored. query() ranks by inner product 
 for unit-length embeddings, as most embedding models give), and supports metadata
 filters (every FilterOperator, AND / OR / NOT, nested), doc_ids and node_ids.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 try:
     from llama_index.core.bridge.pydantic import PrivateAttr
     from llama_index.core.schema import BaseNode, MetadataMode
-    from llama_index.core.vector_stores.types import (BasePydanticVectorStore, FilterCondition,
-                                                      FilterOperator, MetadataFilter, MetadataFilters,
-                                                      VectorStoreQuery, VectorStoreQueryMode,
-                                                      VectorStoreQueryResult)
+    from llama_index.core.vector_stores.types import (
+        BasePydanticVectorStore,
+        FilterCondition,
+        FilterOperator,
+        MetadataFilter,
+        MetadataFilters,
+        VectorStoreQuery,
+        VectorStoreQueryMode,
+        VectorStoreQueryResult,
+    )
     from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("pyrag.integrations.llamaindex needs llama-index-core: "
-                      "pip install pyrag[llamaindex]") from e
+    raise ImportError("pyrag.integrations.llamaindex needs llama-index-core: pip install pyrag[llamaindex]") from e
 
 from pyrag.text import TextIndex
 
@@ -113,14 +120,24 @@ class PyragVectorStore(BasePydanticVectorStore):
     flat_metadata: bool = False
     _index: TextIndex = PrivateAttr()
 
-    def __init__(self, path: Optional[str | os.PathLike] = None, *, dtype: str = "float32",
-                 keep_originals: bool = False, index: Optional[TextIndex] = None, **kwargs: Any):
+    def __init__(
+        self,
+        path: Optional[str | os.PathLike] = None,
+        *,
+        dtype: str = "float32",
+        keep_originals: bool = False,
+        index: Optional[TextIndex] = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
-        self._index = index if index is not None else TextIndex(
-            None, dtype=dtype, path=path, keep_originals=keep_originals, progress=False)
+        self._index = (
+            index
+            if index is not None
+            else TextIndex(None, dtype=dtype, path=path, keep_originals=keep_originals, progress=False)
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = False) -> "PyragVectorStore":
+    def load(cls, path: str | os.PathLike, *, mmap: bool = False) -> PyragVectorStore:
         """Reopens a store kept in a directory."""
         return cls(index=TextIndex.load(path, encoder=None, mmap=mmap, progress=False))
 
@@ -134,19 +151,22 @@ class PyragVectorStore(BasePydanticVectorStore):
         return self._index
 
     # ------------------------------------------------------------------ writing
-    def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> List[str]:
+    def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         """Adds nodes with their embeddings (replacing nodes with the same id)."""
         nodes = list(nodes)
         if not nodes:
             return []
         missing = [n.node_id for n in nodes if n.embedding is None]
         if missing:
-            raise ValueError(f"nodes have no embedding: {missing[:5]}; embed them first "
-                             f"(VectorStoreIndex does so with its embed_model)")
+            raise ValueError(
+                f"nodes have no embedding: {missing[:5]}; embed them first "
+                f"(VectorStoreIndex does so with its embed_model)"
+            )
         texts = [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         metadatas = [node_to_metadata_dict(n, remove_text=True, flat_metadata=self.flat_metadata) for n in nodes]
-        return self._index.upsert_texts(texts, metadatas, [n.node_id for n in nodes],
-                                        vectors=[n.get_embedding() for n in nodes])
+        return self._index.upsert_texts(
+            texts, metadatas, [n.node_id for n in nodes], vectors=[n.get_embedding() for n in nodes]
+        )
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Deletes every node of the source document `ref_doc_id`."""
@@ -154,8 +174,9 @@ class PyragVectorStore(BasePydanticVectorStore):
         if ids:
             self._index.delete(ids, missing="ignore")
 
-    def delete_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None,
-                     **delete_kwargs: Any) -> None:
+    def delete_nodes(
+        self, node_ids: Optional[list[str]] = None, filters: Optional[MetadataFilters] = None, **delete_kwargs: Any
+    ) -> None:
         """Deletes the nodes with these ids and / or matching these filters."""
         ids = self._select(node_ids, filters)
         if ids:
@@ -167,7 +188,7 @@ class PyragVectorStore(BasePydanticVectorStore):
             self._index.delete(ids)
 
     # ------------------------------------------------------------------ reading
-    def _select(self, node_ids: Optional[List[str]], filters: Optional[MetadataFilters]) -> list[str]:
+    def _select(self, node_ids: Optional[list[str]], filters: Optional[MetadataFilters]) -> list[str]:
         if filters is None:
             return list(dict.fromkeys(node_ids or []))
         ids = self._index.find(metadata_filter(filters))
@@ -176,8 +197,9 @@ class PyragVectorStore(BasePydanticVectorStore):
         wanted = set(node_ids)
         return [i for i in ids if i in wanted]
 
-    def get_nodes(self, node_ids: Optional[List[str]] = None,
-                  filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
+    def get_nodes(
+        self, node_ids: Optional[list[str]] = None, filters: Optional[MetadataFilters] = None
+    ) -> list[BaseNode]:
         ids = self._select(node_ids, filters) if (node_ids is not None or filters is not None) else self._index.ids
         return [metadata_dict_to_node(p.metadata, text=p.text) for p in self._index.get(ids, missing="ignore")]
 
@@ -202,5 +224,8 @@ class PyragVectorStore(BasePydanticVectorStore):
             preds.append(lambda m: json.loads(m["_node_content"]).get("id_") in nodes)
         match = (lambda m: all(p(m) for p in preds)) if preds else None
         hits = self._index.search(list(map(float, query.query_embedding)), query.similarity_top_k, filter=match)
-        return VectorStoreQueryResult(nodes=[metadata_dict_to_node(h.metadata, text=h.text) for h in hits],
-                                      similarities=[h.score for h in hits], ids=[h.id for h in hits])
+        return VectorStoreQueryResult(
+            nodes=[metadata_dict_to_node(h.metadata, text=h.text) for h in hits],
+            similarities=[h.score for h in hits],
+            ids=[h.id for h in hits],
+        )

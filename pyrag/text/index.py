@@ -16,6 +16,7 @@ was. One TextIndex object may be shared by threads. Several processes may read o
 store while one writes: a reader's search notices a newer committed generation and
 reloads; a writer whose store was changed by another writer raises StaleIndexError.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,10 @@ import sqlite3
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -45,6 +47,7 @@ Filter = Union[dict, Callable[[dict], bool], None]
 @dataclass(frozen=True)
 class Passage:
     """A stored passage: its id, text and metadata."""
+
     id: str
     text: str
     metadata: dict = field(default_factory=dict)
@@ -54,6 +57,7 @@ class Passage:
 class Hit(Passage):
     """A search result: the passage and its score (the inner product of the vectors;
     the cosine similarity for unit-norm encoders such as the default)."""
+
     score: float = 0.0
 
 
@@ -80,10 +84,17 @@ class TextIndex:
         progress: show a tqdm bar while encoding (None: only on a terminal).
     """
 
-    def __init__(self, encoder: Any = DEFAULT_ENCODER, *, dtype: str = "float32",
-                 dim: Optional[int] = None, path: Optional[str | os.PathLike] = None,
-                 keep_originals: bool = False, batch_size: int = 64,
-                 progress: Optional[bool] = None):
+    def __init__(
+        self,
+        encoder: Any = DEFAULT_ENCODER,
+        *,
+        dtype: str = "float32",
+        dim: Optional[int] = None,
+        path: Optional[str | os.PathLike] = None,
+        keep_originals: bool = False,
+        batch_size: int = 64,
+        progress: Optional[bool] = None,
+    ):
         if dtype not in _DTYPES:
             raise TypeError(f"unsupported dtype {dtype!r}; expected one of {', '.join(_DTYPES)}")
         if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
@@ -96,10 +107,16 @@ class TextIndex:
         self._keep_originals = bool(keep_originals) and dtype != "float32"
         self._dim = dim if dim is not None else (enc.dim if enc is not None else None)
         self._index = self._new_dense() if self._dim is not None else None
-        meta = {"format": store.FORMAT, "format_version": store.FORMAT_VERSION,
-                "dim": "" if self._dim is None else str(self._dim), "dtype": dtype,
-                "keep_originals": "1" if self._keep_originals else "0",
-                "encoder": self._encoder_name(), "generation": "0", "next_key": "0"}
+        meta = {
+            "format": store.FORMAT,
+            "format_version": store.FORMAT_VERSION,
+            "dim": "" if self._dim is None else str(self._dim),
+            "dtype": dtype,
+            "keep_originals": "1" if self._keep_originals else "0",
+            "encoder": self._encoder_name(),
+            "generation": "0",
+            "next_key": "0",
+        }
         self._recorded_encoder = meta["encoder"]
         if path is None:
             self._path = None
@@ -127,8 +144,15 @@ class TextIndex:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_texts(cls, texts: Sequence[str], encoder: Any = DEFAULT_ENCODER, metadatas=None,
-                   ids=None, dtype: str = "float32", **kwargs) -> "TextIndex":
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        encoder: Any = DEFAULT_ENCODER,
+        metadatas=None,
+        ids=None,
+        dtype: str = "float32",
+        **kwargs,
+    ) -> TextIndex:
         """A new index holding `texts` (see __init__ for the other arguments)."""
         index = cls(encoder, dtype=dtype, **kwargs)
         try:
@@ -142,8 +166,15 @@ class TextIndex:
         return index
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, encoder: Any = _STORED, mmap: bool = False,
-             batch_size: int = 64, progress: Optional[bool] = None) -> "TextIndex":
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        encoder: Any = _STORED,
+        mmap: bool = False,
+        batch_size: int = 64,
+        progress: Optional[bool] = None,
+    ) -> TextIndex:
         """Opens the index in a directory. encoder: by default the one recorded in the
         store; pass another (of the same dimension) or None. mmap=True maps the vectors
         from disk instead of reading them into RAM."""
@@ -159,8 +190,7 @@ class TextIndex:
             if dtype not in _DTYPES or (dim is not None and dim < 1):
                 raise IndexFormatError(f"{path}: text index metadata is corrupt (dtype={dtype!r}, dim={dim!r})")
             self = cls.__new__(cls)
-            self._init_common((meta["encoder"] or None) if encoder is _STORED else encoder,
-                              batch_size, progress)
+            self._init_common((meta["encoder"] or None) if encoder is _STORED else encoder, batch_size, progress)
             self._path, self._db, self._dtype, self._dim = path, db, dtype, dim
             self._keep_originals = meta.get("keep_originals") == "1"
             self._recorded_encoder = meta["encoder"]
@@ -231,9 +261,15 @@ class TextIndex:
     def info(self) -> dict:
         """What the index holds, for people: sizes, dtype, encoder, files."""
         with self._lock:
-            out = {"passages": len(self), "dim": self._dim, "dtype": self._dtype,
-                   "encoder": self.encoder_name, "generation": self._generation,
-                   "keep_originals": self._keep_originals, "path": str(self._path) if self._path else None}
+            out = {
+                "passages": len(self),
+                "dim": self._dim,
+                "dtype": self._dtype,
+                "encoder": self.encoder_name,
+                "generation": self._generation,
+                "keep_originals": self._keep_originals,
+                "path": str(self._path) if self._path else None,
+            }
             if self._path is not None:
                 files = {p.name: p.stat().st_size for p in self._path.iterdir() if p.is_file()}
                 vec = store.vectors_path(self._path, self._generation)
@@ -244,8 +280,14 @@ class TextIndex:
             return out
 
     # ------------------------------------------------------------------ mutation
-    def add_texts(self, texts: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
-                  ids: Optional[Sequence[str]] = None, *, vectors=None) -> list[str]:
+    def add_texts(
+        self,
+        texts: Sequence[str],
+        metadatas: Optional[Sequence[dict]] = None,
+        ids: Optional[Sequence[str]] = None,
+        *,
+        vectors=None,
+    ) -> list[str]:
         """Adds passages and returns their ids (new uuid4 strings where ids is None).
         An id already in the index is an error (see upsert_texts to replace).
 
@@ -254,8 +296,14 @@ class TextIndex:
         """
         return self._write(texts, metadatas, ids, vectors, replace=False)
 
-    def upsert_texts(self, texts: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
-                     ids: Optional[Sequence[str]] = None, *, vectors=None) -> list[str]:
+    def upsert_texts(
+        self,
+        texts: Sequence[str],
+        metadatas: Optional[Sequence[dict]] = None,
+        ids: Optional[Sequence[str]] = None,
+        *,
+        vectors=None,
+    ) -> list[str]:
         """Like add_texts, but a passage whose id is already in the index is replaced
         (text, metadata and vector), in the same commit as the additions."""
         return self._write(texts, metadatas, ids, vectors, replace=True)
@@ -268,8 +316,11 @@ class TextIndex:
         if vectors is None:
             if n and self.encoder is None:
                 raise ValueError("this index has no encoder: pass vectors=, or give an encoder")
-            x = encode(self.encoder, texts, batch_size=self._batch_size, progress=self._progress,
-                       dim=self._dim) if n else None
+            x = (
+                encode(self.encoder, texts, batch_size=self._batch_size, progress=self._progress, dim=self._dim)
+                if n
+                else None
+            )
         else:
             x = _check_vectors(vectors, n, self._dim)
         if n == 0:
@@ -357,9 +408,11 @@ class TextIndex:
             try:
                 gen = int(store.read_meta(conn, self._where())["generation"])
                 if gen != old_gen:
-                    raise StaleIndexError(f"{self._where()} was changed by another process "
-                                          f"(generation {gen}, this object read {old_gen}); "
-                                          f"load it again")
+                    raise StaleIndexError(
+                        f"{self._where()} was changed by another process "
+                        f"(generation {gen}, this object read {old_gen}); "
+                        f"load it again"
+                    )
                 keys = sql(conn)
                 store.set_meta(conn, generation=gen + 1)
                 touched = True
@@ -415,8 +468,11 @@ class TextIndex:
         if texts is not None:
             if self.encoder is None:
                 raise ValueError("this index has no encoder: search by vector, or give an encoder")
-            q = encode(self.encoder, texts, queries=True, batch_size=self._batch_size,
-                       progress=False, dim=self._dim) if texts else None
+            q = (
+                encode(self.encoder, texts, queries=True, batch_size=self._batch_size, progress=False, dim=self._dim)
+                if texts
+                else None
+            )
         with self._lock:
             self._refresh_if_changed()
             if q is not None and self._dim is not None and q.shape[1] != self._dim:
@@ -429,8 +485,7 @@ class TextIndex:
                 results = self._search(q, k, match, exact)
         return results[0] if single else results
 
-    def _search(self, q: torch.Tensor, k: int, match: Optional[Callable[[dict], bool]],
-                exact: bool) -> list[list[Hit]]:
+    def _search(self, q: torch.Tensor, k: int, match: Optional[Callable[[dict], bool]], exact: bool) -> list[list[Hit]]:
         n = len(self._index)
         fetch = min(n, k if match is None else max(4 * k, 32))
         results: list[Optional[list[Hit]]] = [None] * q.shape[0]
@@ -542,7 +597,7 @@ class TextIndex:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "TextIndex":
+    def __enter__(self) -> TextIndex:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -600,19 +655,22 @@ class TextIndex:
                 index = self._open_dense(gen)
             except FileNotFoundError:
                 if attempt == 4:
-                    raise IndexFormatError(f"{self._path}: the vectors of generation {gen} are "
-                                           f"missing") from None
+                    raise IndexFormatError(f"{self._path}: the vectors of generation {gen} are missing") from None
                 continue  # a writer committed a newer generation and removed this one
             except ValueError as e:  # IndexFormatError: corrupt or foreign file
                 raise IndexFormatError(f"{self._path}: vectors of generation {gen}: {e}") from None
             break
         have = index.ids.sort().values if index is not None else torch.empty(0, dtype=torch.int64)
         if index is not None and (index.dim != self._dim or index.dtype != self._dtype):
-            raise IndexFormatError(f"{self._path}: the vector file has dim {index.dim} and dtype "
-                                   f"{index.dtype}, the store says {self._dim} and {self._dtype}")
+            raise IndexFormatError(
+                f"{self._path}: the vector file has dim {index.dim} and dtype "
+                f"{index.dtype}, the store says {self._dim} and {self._dtype}"
+            )
         if not torch.equal(have, torch.tensor(keys, dtype=torch.int64)):
-            raise IndexFormatError(f"{self._path}: the vector file holds {have.numel()} vectors but "
-                                   f"SQLite {len(keys)} passages, or other ids: the store is inconsistent")
+            raise IndexFormatError(
+                f"{self._path}: the vector file holds {have.numel()} vectors but "
+                f"SQLite {len(keys)} passages, or other ids: the store is inconsistent"
+            )
         self._index, self._generation = index, gen
 
 

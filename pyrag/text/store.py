@@ -18,13 +18,15 @@ it holds SQLite's write lock (so it never races a live writer).
 Passages are keyed by an int64 key (the id in the DenseIndex) and carry the user's string
 id. Keys are never reused: `next_key` in the meta table only grows.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 from pyrag import IndexFormatError
 
@@ -87,14 +89,12 @@ def read_meta(conn: sqlite3.Connection, where: str) -> dict[str, str]:
     if meta.get("format") != FORMAT:
         raise IndexFormatError(f"{where}: not a pyrag text index (format={meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise IndexFormatError(f"{where}: unsupported text index format version "
-                               f"{meta.get('format_version')!r}")
+        raise IndexFormatError(f"{where}: unsupported text index format version {meta.get('format_version')!r}")
     return meta
 
 
 def set_meta(conn: sqlite3.Connection, **values) -> None:
-    conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                     [(str(v), k) for k, v in values.items()])
+    conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [(str(v), k) for k, v in values.items()])
 
 
 def vectors_path(directory: str | os.PathLike, generation: int) -> Path:
@@ -119,7 +119,7 @@ def clean_vectors_dir(directory: str | os.PathLike, generation: int) -> list[str
 # ---------------------------------------------------------------------- rows
 def _chunks(seq: list, n: int = _PARAMS):
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 def existing_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
