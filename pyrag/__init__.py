@@ -23,6 +23,9 @@ from pyrag.ops import BACKENDS, BackendUnavailableError, get_num_threads, set_nu
 from pyrag.ops._registry import compiled_extension as _compiled_extension
 from pyrag.reindex import AsyncReindexer, ReindexError, Schedule
 from pyrag.retriever import RetrievalResult, Retriever
+
+# Last: pyrag.text builds on the names above.
+from pyrag.text import Hit, Passage, TextIndex
 from pyrag.topk import topk_scores
 
 __version__ = "0.1.0"
@@ -48,9 +51,11 @@ __all__ = [
     "FormatError",
     "GenerationResult",
     "GeneratorAdapter",
+    "Hit",
     "Index",
     "IndexFormatError",
     "IndexVersion",
+    "Passage",
     "ReindexError",
     "RetrievalResult",
     "Retriever",
@@ -58,6 +63,7 @@ __all__ = [
     "SearcherClosedError",
     "SearcherSnapshot",
     "Source",
+    "TextIndex",
     "VersionedIndex",
     "contrastive_loss",
     "cpu_isa",

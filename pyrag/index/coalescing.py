@@ -265,8 +265,6 @@ class _Batcher:
         self._last_batch = 1  # callers in the previous batch: how many to wait for
         self._last_scan_s = float("inf")  # the previous fused scan's time (the worker's own)
         self._counts: dict[str, float] = {"queries": 0, "scans": 0, "fallbacks": 0, "scan_seconds": 0.0}
-        self._pin_lock = threading.Lock()
-        self._pinned: Optional[Index] = None
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="pyrag-coalescing-searcher", daemon=True)
         self._thread.start()
@@ -280,14 +278,9 @@ class _Batcher:
             return dict(self._counts)
 
     def pin(self) -> Index:
-        """A snapshot of the index now: the one pinned last while the index's version has
-        not changed (the contract: equal versions hold the same vectors), so that callers
-        pinning at about the same time share a scan."""
-        snap = self._index.snapshot()
-        with self._pin_lock:
-            if self._pinned is None or self._pinned.version != snap.version:
-                self._pinned = snap
-            return self._pinned
+        """A snapshot of the index now. An index returns the same snapshot object while it
+        has not changed, so callers pinning at about the same time share a scan."""
+        return self._index.snapshot()
 
     def submit(self, request: _Request) -> Future[tuple[Any, Any]]:
         if os.getpid() != self._pid:
