@@ -156,9 +156,11 @@ def test_concurrent_adds_are_each_atomic(dtype):
     its own ids, each row its own vector, and the index ends holding exactly the union."""
     index = pyrag.DenseIndex(DIM, dtype)
     auto: list[torch.Tensor] = []
-    explicit: list[torch.Tensor] = []
+    top = torch.tensor([10**12])
+    index.add(vectors(top, 0, DIM), top)  # automatic ids go up from the largest id: past it
+    explicit: list[torch.Tensor] = [top]
     lock = threading.Lock()
-    counting_down = iter(range(10**12, 10**11, -3))  # never where automatic ids go (up from the largest)
+    counting_down = iter(range(10**12 - 1, 10**11, -3))  # below it: never where automatic ids go
 
     def add_auto():
         ids = index.add(torch.zeros(3, DIM))

@@ -381,6 +381,135 @@ def load_checkpoint(directory: str, _: bool) -> str:
     return "ok"
 
 
+# ----------------------------------------------------------------------------- TextIndex stores
+TEXT_META = ["format", "format_version", "dim", "dtype", "keep_originals", "encoder", "generation", "next_key"]
+TEXT_VALUES = [
+    "pyrag.TextIndex", "1", "2", "0", "-1", "3", "32", "abc", "", "float32", "bfloat16", "int8", "float16",
+    "9" * 30, "1e3", "minilm",
+]  # fmt: skip
+SQL_VALUES: list[Any] = [None, 0, -1, 2**62, 1.5, "", "x", "{", "[1]", "null", '"x"', '{"a": NaN}', '{"a": 1}', b"\xff"]
+SQL_STATEMENTS = [
+    "DROP TABLE passages", "DROP TABLE meta", "ALTER TABLE passages RENAME TO p2", "PRAGMA user_version = 7",
+    "DELETE FROM passages", "CREATE TABLE extra (a)", "ALTER TABLE passages ADD COLUMN extra TEXT",
+]  # fmt: skip
+_TEXT: dict[str, str] = {}
+
+
+def _text_base() -> str:
+    """A real store, made once: 7 passages of dim 32 in float32, closed (no WAL left)."""
+    if not _TEXT:
+        from kill_writers import text_encoder
+
+        from pyrag.text import TextIndex
+
+        directory = tempfile.mkdtemp(prefix="pyrag-fuzz-text-")
+        path = os.path.join(directory, "store")
+        texts = [f"passage {i}" for i in range(7)]
+        index = TextIndex.from_texts(texts, text_encoder, [{"i": i} for i in range(7)], path=path)
+        index.delete([index.ids[0]])  # a generation past 1, a key gap
+        index.close()
+        _TEXT["path"] = path
+    return _TEXT["path"]
+
+
+@st.composite
+def text_stores(draw: st.DrawFn) -> list[tuple]:
+    """Mutations to apply to a copy of the real store (see _write_text_store)."""
+    kinds = ["meta", "drop meta", "passage", "delete passage", "insert passage", "sql", "vector file",
+             "remove vector file", "stray file", "db bytes", "no vectors dir"]  # fmt: skip
+    out: list[tuple] = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(kinds))
+        if kind == "meta":
+            out.append(
+                (kind, draw(st.sampled_from(TEXT_META)), draw(st.sampled_from(TEXT_VALUES) | st.text(max_size=5)))
+            )
+        elif kind == "drop meta":
+            out.append((kind, draw(st.sampled_from(TEXT_META))))
+        elif kind == "passage":
+            out.append(
+                (kind, draw(st.sampled_from(["key", "id", "text", "metadata"])), draw(st.sampled_from(SQL_VALUES)))
+            )
+        elif kind == "insert passage":
+            out.append((kind, draw(st.sampled_from([-1, 0, 1, 3, 100, 2**63 - 1]))))
+        elif kind == "sql":
+            out.append((kind, draw(st.sampled_from(SQL_STATEMENTS))))
+        elif kind == "vector file":
+            out.append((kind, draw(index_files())))
+        elif kind == "stray file":
+            out.append((kind, draw(st.sampled_from(["000000000001.pyrag", "999999999999.pyrag", ".pyrag-tmp-x", "x"]))))
+        elif kind == "db bytes":
+            out.append((kind, draw(st.integers(0, 2**31)), draw(st.integers(1, 255)), draw(st.booleans())))
+        else:
+            out.append((kind,))
+    return out
+
+
+def _write_text_store(directory: str, mutations: list[tuple]) -> str:
+    import sqlite3
+
+    path = os.path.join(directory, "store")
+    shutil.copytree(_text_base(), path)
+    db_path = os.path.join(path, "passages.sqlite")
+    vectors_dir = os.path.join(path, "vectors")
+    for m in mutations:
+        kind = m[0]
+        if kind == "vector file" or kind == "remove vector file":
+            for name in os.listdir(vectors_dir) if os.path.isdir(vectors_dir) else []:
+                os.unlink(os.path.join(vectors_dir, name))
+                if kind == "vector file":
+                    with open(os.path.join(vectors_dir, name), "wb") as f:
+                        f.write(m[1])
+        elif kind == "stray file" and os.path.isdir(vectors_dir):
+            with open(os.path.join(vectors_dir, m[1]), "wb") as f:
+                f.write(b"stray")
+        elif kind == "no vectors dir":
+            shutil.rmtree(vectors_dir, ignore_errors=True)
+        elif kind == "db bytes" and os.path.isfile(db_path):
+            blob = bytearray(open(db_path, "rb").read())
+            if blob:
+                at = m[1] % len(blob)
+                blob = blob[:at] if m[3] else blob[:at] + bytes([blob[at] ^ m[2]]) + blob[at + 1 :]
+                with open(db_path, "wb") as f:
+                    f.write(blob)
+        else:
+            try:
+                db = sqlite3.connect(db_path, isolation_level=None)
+                try:
+                    if kind == "meta":
+                        db.execute("UPDATE meta SET value = ? WHERE key = ?", (m[2], m[1]))
+                    elif kind == "drop meta":
+                        db.execute("DELETE FROM meta WHERE key = ?", (m[1],))
+                    elif kind == "passage":
+                        db.execute(
+                            f"UPDATE passages SET {m[1]} = ? WHERE key = (SELECT min(key) FROM passages)", (m[2],)
+                        )
+                    elif kind == "delete passage":
+                        db.execute("DELETE FROM passages WHERE key = (SELECT max(key) FROM passages)")
+                    elif kind == "insert passage":
+                        db.execute("INSERT INTO passages VALUES (?, 'extra', 'text', '{}')", (m[1],))
+                    elif kind == "sql":
+                        db.execute(m[1])
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                pass  # the mutation itself was refused (a constraint, a damaged file): keep the store as it is
+    return path
+
+
+def load_text_store(path: str, mmap: bool) -> str:
+    from pyrag.text import TextIndex
+
+    with TextIndex.load(path, encoder=None, mmap=mmap) as index:
+        ids = index.ids
+        passages = index.get(ids)
+        assert [p.id for p in passages] == ids
+        if ids:
+            hits = index.search(index.get_vectors(ids[:1])[0], 2)  # one query: a list of hits
+            assert hits and {h.id for h in hits} <= set(ids)
+    return "ok"
+
+
 def close() -> None:
     """Stops the cached trainer's reindexer."""
     trainer = _TRAINER.pop("t", None)
@@ -428,7 +557,8 @@ LOADERS: list[Loader] = [
         (pyrag.FormatError,),
     ),
     Loader("Trainer.load_checkpoint", checkpoint_dirs, _write_checkpoint, load_checkpoint, (pyrag.FormatError,)),
-    # TextIndex's store and ShardedIndex's manifest: one entry each once they are on main.
+    Loader("TextIndex.load", text_stores, _write_text_store, load_text_store, (pyrag.FormatError,)),
+    # ShardedIndex's manifest: one entry once it is on main.
 ]
 
 

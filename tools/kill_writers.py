@@ -19,14 +19,15 @@ returns that k, and leftovers(directory) lists what a killed write left behind.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
@@ -162,6 +163,71 @@ def _checkpoint_leftovers(directory: str) -> list[str]:
     return sorted(e for e in os.listdir(directory) if e not in ("trainer.safetensors", meta.get("index")))
 
 
+# ----------------------------------------------------------------------------- TextIndex.add_texts
+TEXT_BATCH, TEXT_DIM = 200, 32
+
+
+def text_encoder(texts: list[str]) -> torch.Tensor:
+    """A deterministic encoder: integer-valued vectors from a hash of the text (exact in
+    every dtype, see stress_save_load.vectors)."""
+    import hashlib
+
+    keys = [int.from_bytes(hashlib.sha256(t.encode()).digest()[:6], "little") for t in texts]
+    return vectors(torch.tensor(keys, dtype=torch.int64), 0, TEXT_DIM)
+
+
+def _text_batch(k: int) -> tuple[list[str], list[str], list[dict]]:
+    ids = [f"b{k}-{i}" for i in range(TEXT_BATCH)]
+    return [f"passage {x}" for x in ids], ids, [{"batch": k} for _ in ids]
+
+
+def _text_commit(k: int, directory: str) -> None:
+    """State k: the store holds batches 0..k, added one add_texts call each."""
+    from pyrag.text import TextIndex
+
+    path = os.path.join(directory, "store")
+    texts, ids, metadatas = _text_batch(k)
+    if k == 0:
+        TextIndex.from_texts(texts, text_encoder, metadatas, ids, path=path).close()
+        return
+    with TextIndex.load(path, encoder=text_encoder) as index:
+        index.add_texts(texts, metadatas, ids)
+
+
+def _text_read(directory: str) -> int:
+    from pyrag.text import TextIndex
+
+    with TextIndex.load(os.path.join(directory, "store"), encoder=text_encoder) as index:
+        ids = index.ids
+        k = len(ids) // TEXT_BATCH - 1
+        want = [x for j in range(k + 1) for x in _text_batch(j)[1]]
+        if sorted(ids) != sorted(want):
+            raise AssertionError(f"the store holds {len(ids)} passages, not batches 0..{k} whole")
+        passages = index.get(want)
+        texts = [p.text for p in passages]
+        if texts != [f"passage {x}" for x in want] or [p.metadata["batch"] for p in passages] != [
+            int(x[1:].split("-")[0]) for x in want
+        ]:
+            raise AssertionError(f"state {k}: texts or metadata differ")
+        if not torch.equal(index.get_vectors(want), text_encoder(texts)):
+            raise AssertionError(f"state {k}: vectors disagree with the texts")
+    return k
+
+
+def _text_leftovers(directory: str) -> list[str]:
+    """Everything in the store but SQLite's files and the committed generation's vectors."""
+    import sqlite3
+
+    path = os.path.join(directory, "store")
+    with sqlite3.connect(os.path.join(path, "passages.sqlite")) as db:
+        gen = int(db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+    db.close()
+    sqlite_files = {"passages.sqlite", "passages.sqlite-wal", "passages.sqlite-shm", "vectors"}
+    top = [e for e in os.listdir(path) if e not in sqlite_files]
+    vec = [f"vectors/{e}" for e in os.listdir(os.path.join(path, "vectors")) if e != f"{gen:012d}.pyrag"]
+    return sorted(top + vec)
+
+
 WRITERS: list[Writer] = [
     *(
         Writer(f"DenseIndex.save {dtype}", _dense_prepare(dtype), _dense_commit, _dense_read, _dense_leftovers, 0.2)
@@ -176,22 +242,28 @@ WRITERS: list[Writer] = [
         0.4,
         _checkpoint_release,
     ),
-    # TextIndex.add_texts and ShardedIndex.save: one line each once they are on main.
+    Writer("TextIndex.add_texts", lambda k: k, _text_commit, _text_read, _text_leftovers, 0.5),
+    # ShardedIndex.save: one entry once it is on main.
 ]
 
 
 AHEAD = 8  # states prepared before the first commit, so that kills land in commits
 
 
-def _child(name: str, directory: str, start: int, started: mp.Event, done: mp.Value) -> None:  # type: ignore[valid-type]
+def _child(name: str, directory: str, start: int, progress: Connection) -> None:
+    """Writes states start, start + 1, ... and reports each one written whole."""
+    from tqdm import tqdm
+
+    # tqdm's default lock is a multiprocessing semaphore, which a killed process leaks.
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(1)
     writer = next(w for w in WRITERS if w.name == name)
     prepared = [writer.prepare(k) for k in range(start, start + AHEAD)]
-    started.set()
+    progress.send(-1)  # started
     k = start
     while True:
         writer.commit(prepared.pop(0) if prepared else writer.prepare(k), directory)
-        done.value = k  # the last state written whole
+        progress.send(k)
         k += 1
 
 
@@ -213,16 +285,24 @@ def run_trials(writer: Writer, trials: int, directory: str, seed: int = 0) -> Re
     writer.write(directory, 0)
     last = 0
     for _ in range(trials):
-        started, done = ctx.Event(), ctx.Value("q", -1)
-        child = ctx.Process(target=_child, args=(writer.name, directory, last + 1, started, done), daemon=True)
+        # A pipe, not shared semaphores: a killed child would leak those.
+        receive, send = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_child, args=(writer.name, directory, last + 1, send), daemon=True)
         child.start()
-        if not started.wait(120):
+        send.close()
+        if not receive.poll(120) or receive.recv() != -1:
             raise RuntimeError(f"{writer.name}: the writer process did not start")
         time.sleep(rng.uniform(0, writer.window_s))
         child.kill()
         child.join()
+        finished = last
+        while receive.poll():
+            try:
+                finished = receive.recv()  # the last state written whole
+            except EOFError:
+                break
+        receive.close()
         result.trials += 1
-        finished = done.value if done.value >= 0 else last
         left = writer.leftovers(directory)
         result.killed_mid_write += bool(left)
         try:
@@ -246,10 +326,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=30, help="kills per writer")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="run the writers whose name contains this")
     args = parser.parse_args()
     torch.set_num_threads(1)
     failed = False
-    for writer in WRITERS:
+    for writer in (w for w in WRITERS if args.only in w.name):
         with tempfile.TemporaryDirectory() as directory:
             t0 = time.perf_counter()
             r = run_trials(writer, args.trials, directory, args.seed)

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 import torch
 
@@ -173,7 +174,8 @@ def save_racing_add(dtype: str, saves: int, directory: str, *, batch: int = 7, m
 STATES = ((0, 900), (1, 2500), (2, 40))  # (salt, rows) of the indexes a saver alternates between
 
 
-def _saver(path: str, dtype: str, ready: mp.Event, stop: mp.Event, count: mp.Value) -> None:  # type: ignore[valid-type]
+def _saver(path: str, dtype: str, progress: Connection) -> None:
+    """Saves the STATES over `path` round and round, reporting each save, until killed."""
     torch.set_num_threads(1)
     indexes = []
     for salt, rows in STATES:
@@ -182,13 +184,12 @@ def _saver(path: str, dtype: str, ready: mp.Event, stop: mp.Event, count: mp.Val
         index.add(vectors(ids, salt), ids)
         indexes.append(index)
     indexes[0].save(path, metadata={"state": "0"})
-    ready.set()
+    progress.send(0)
     i = 0
-    while not stop.is_set():
+    while True:
         i += 1
         indexes[i % len(STATES)].save(path, metadata={"state": str(i % len(STATES))})
-        with count.get_lock():
-            count.value += 1
+        progress.send(i)
 
 
 def load_racing_save(dtype: str, loads: int, directory: str) -> Tally:
@@ -197,12 +198,13 @@ def load_racing_save(dtype: str, loads: int, directory: str) -> Tally:
     one of the three, whole: its ids, vectors, scores and float32 originals."""
     path = os.path.join(directory, f"racing-load-{dtype}.safetensors")
     ctx = process_context()
-    ready, stop, count = ctx.Event(), ctx.Event(), ctx.Value("i", 0)
-    saver = ctx.Process(target=_saver, args=(path, dtype, ready, stop, count), daemon=True)
+    receive, send = ctx.Pipe(duplex=False)  # not shared semaphores: the saver is killed
+    saver = ctx.Process(target=_saver, args=(path, dtype, send), daemon=True)
     saver.start()
+    send.close()
     tally = Tally(dtype)
     try:
-        if not ready.wait(120):
+        if not receive.poll(120):
             raise RuntimeError("the saver process did not start")
         for i in range(loads):
             try:
@@ -219,11 +221,14 @@ def load_racing_save(dtype: str, loads: int, directory: str) -> Tally:
                 tally.wrong += 1
                 tally.note(f"state {salt}: {problem}")
     finally:
-        stop.set()
-        saver.join(60)
-        if saver.is_alive():  # pragma: no cover
-            saver.kill()
-    tally.saves = count.value
+        saver.kill()  # its temp file, if it was saving, is removed by the next save there
+        saver.join()
+        while receive.poll():
+            try:
+                tally.saves = receive.recv()
+            except EOFError:
+                break
+        receive.close()
     return tally
 
 

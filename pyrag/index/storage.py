@@ -356,6 +356,7 @@ def open_tensors(f: BinaryIO, *, name: str = "file", mmap: bool = False, verify:
         begin = data_start + info["data_offsets"][0]
         if begin % np.dtype(np_dtype).itemsize:
             raise FormatError(f"{name}: tensor {tname!r} is not aligned to its element size")
+        arr: np.ndarray
         if mmap and math.prod(shape):
             arr = np.memmap(f, dtype=np_dtype, mode="c", offset=begin, shape=shape)
         else:

@@ -185,7 +185,12 @@ class TextIndex:
             raise IndexFormatError(f"{path}: not a pyrag text index (not a directory)")
         db = store.connect(path / store.DB_NAME)
         try:
+            # Damage inside the database file shows here, not later at some query.
+            problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise IndexFormatError(f"{path}: the SQLite store is damaged ({problems[0]})")
             meta = store.read_meta(db, str(path))
+            store.check_rows(db, str(path))
             dtype, dim = meta.get("dtype"), store.optional_int(meta.get("dim"))
             if dtype not in _DTYPES or (dim is not None and dim < 1):
                 raise IndexFormatError(f"{path}: text index metadata is corrupt (dtype={dtype!r}, dim={dim!r})")
@@ -197,6 +202,9 @@ class TextIndex:
             self._mmap = bool(mmap)
             self._recover()
             self._reload()
+        except sqlite3.DatabaseError as e:
+            db.close()
+            raise IndexFormatError(f"{path}: the SQLite store is damaged ({e})") from None
         except BaseException:
             db.close()
             raise

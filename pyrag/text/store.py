@@ -34,6 +34,9 @@ FORMAT = "pyrag.TextIndex"
 FORMAT_VERSION = "1"
 DB_NAME = "passages.sqlite"
 VECTORS_DIR = "vectors"
+# Every meta key a store holds, each a string (read_meta checks them once, for every reader).
+_META_KEYS = ("dim", "dtype", "keep_originals", "encoder", "generation", "next_key")
+_DTYPES = ("float32", "bfloat16", "int8")
 # SQLite's default limit on bound parameters is 32766 since 3.32; stay far below it.
 _PARAMS = 900
 
@@ -56,6 +59,9 @@ def connect(target: str | os.PathLike, *, create: bool = False) -> sqlite3.Conne
         raise IndexFormatError(f"{os.path.dirname(target)}: not a pyrag text index (no {DB_NAME})")
     try:
         conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30.0)
+    except sqlite3.DatabaseError as e:
+        raise IndexFormatError(f"{target}: not a readable SQLite database ({e})") from None
+    try:
         if target != ":memory:":
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -63,6 +69,7 @@ def connect(target: str | os.PathLike, *, create: bool = False) -> sqlite3.Conne
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
     except sqlite3.DatabaseError as e:
+        conn.close()  # now, not at garbage collection (which would delete the WAL file then)
         raise IndexFormatError(f"{target}: not a readable SQLite database ({e})") from None
     return conn
 
@@ -90,7 +97,33 @@ def read_meta(conn: sqlite3.Connection, where: str) -> dict[str, str]:
         raise IndexFormatError(f"{where}: not a pyrag text index (format={meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise IndexFormatError(f"{where}: unsupported text index format version {meta.get('format_version')!r}")
+    missing = [k for k in _META_KEYS if not isinstance(meta.get(k), str)]
+    if missing:
+        raise IndexFormatError(f"{where}: text index metadata is missing or not text: {missing}")
+    try:
+        dim, generation, next_key = optional_int(meta["dim"]), int(meta["generation"]), int(meta["next_key"])
+    except ValueError:
+        raise IndexFormatError(f"{where}: text index metadata is corrupt (dim, generation or next_key)") from None
+    if (
+        (dim is not None and dim < 1)
+        or generation < 0
+        or next_key < 0
+        or meta["dtype"] not in _DTYPES
+        or meta["keep_originals"] not in ("0", "1")
+    ):
+        raise IndexFormatError(f"{where}: text index metadata is corrupt (out of range: {sorted(meta.items())})")
     return meta
+
+
+def check_rows(conn: sqlite3.Connection, where: str) -> None:
+    """Every passage row has the types the store writes (SQLite itself does not enforce
+    column types): an integer key, a non-empty text id, a text, a text metadata. One scan."""
+    bad = conn.execute(
+        "SELECT count(*) FROM passages WHERE typeof(key) != 'integer' OR typeof(id) != 'text' OR id = '' "
+        "OR typeof(text) != 'text' OR typeof(metadata) != 'text'"
+    ).fetchone()[0]
+    if bad:
+        raise IndexFormatError(f"{where}: {bad} passage rows are corrupt (a key, id, text or metadata of a wrong type)")
 
 
 def set_meta(conn: sqlite3.Connection, **values) -> None:
@@ -178,7 +211,14 @@ def dumps_metadata(metadata, i: int) -> str:
 
 
 def loads_metadata(text: str) -> dict:
-    return json.loads(text)
+    """A passage's metadata; IndexFormatError if the stored value is not a JSON object."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise IndexFormatError(f"a passage's stored metadata is not a JSON object: {str(text)[:40]!r}")
+    return value
 
 
 def optional_int(value: Optional[str]) -> Optional[int]:
