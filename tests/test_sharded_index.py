@@ -1,0 +1,85 @@
+"""pyrag.distributed.ShardedIndex on 2, 3 and 4 processes (gloo on loopback), against one
+DenseIndex holding every row: the same results bit for bit, in every dtype, with
+exact=True, uneven and empty shards, ranks without queries, k past every shard and the
+total, ties across shards and user ids; get, remove, add, a Retriever over it; save, then
+load on another number of ranks; and the failures, each under a time limit so that a
+hang fails the test. What each rank runs is in tests/sharded_workers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch.multiprocessing
+
+# The spawned ranks import the workers by name: they must be on sys.path (spawn passes it on).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sharded_workers
+
+
+def run_ranks(
+    scenario: str,
+    world: int,
+    tmp: Path,
+    *args: object,
+    limit_s: float = 240,
+    group_timeout_s: float = 90,
+    exit_codes: dict[int, int] | None = None,
+) -> None:
+    """Runs sharded_workers.<scenario> on `world` spawned ranks; fails if a rank fails, or
+    if they have not all finished after `limit_s` seconds (then they are killed)."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    init = tmp / f"init-{uuid.uuid4().hex}"
+    procs = [
+        ctx.Process(
+            target=sharded_workers.main,
+            args=(scenario, rank, world, str(init), str(tmp), args, group_timeout_s),
+            name=f"{scenario}-rank{rank}",
+        )
+        for rank in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + limit_s
+    try:
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        if hung:
+            pytest.fail(f"{scenario}: ranks {hung} of {world} still running after {limit_s} s (a hang)")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    expected = exit_codes or {}
+    for rank, p in enumerate(procs):
+        if p.exitcode != expected.get(rank, 0):
+            err = tmp / f"rank{rank}.err"
+            detail = err.read_text() if err.exists() else "(no traceback)"
+            pytest.fail(f"{scenario}: rank {rank} of {world} exited with {p.exitcode}:\n{detail}")
+
+
+def test_two_ranks_agree_with_one_index_and_fail_together(tmp_path):
+    run_ranks("equivalence", 2, tmp_path, "")
+    run_ranks("failures", 2, tmp_path)
+
+
+def test_save_on_three_load_on_four_then_on_two(tmp_path):
+    run_ranks("equivalence", 3, tmp_path, str(tmp_path / "by3"))
+    run_ranks("load_and_compare", 4, tmp_path, 3, 3, str(tmp_path / "by3"), str(tmp_path / "by4"))
+    run_ranks("load_and_compare", 2, tmp_path, 3, 4, str(tmp_path / "by4"))
+    for dtype in sharded_workers.DTYPES:
+        assert (
+            sorted(p.split("-")[0] for p in os.listdir(tmp_path / "by4" / dtype)) == ["manifest.json"] + ["shard"] * 4
+        )
+
+
+def test_a_rank_that_hangs_or_dies_does_not_hang_the_others(tmp_path):
+    run_ranks("hang_and_death", 3, tmp_path, limit_s=120, exit_codes={2: 3})
+    assert sorted(p.name for p in tmp_path.glob("survived*")) == ["survived0", "survived1"]
