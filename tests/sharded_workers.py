@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -366,3 +367,217 @@ def hang_and_death(rank: int, world: int, out: Path) -> None:
     assert time.monotonic() - t0 < 4 + 20
     (out / f"survived{rank}").write_text("ok")
     os._exit(0)  # the default group has a dead member: leave without destroying it
+
+
+# ----------------------------------------------------------------------------- re-indexing
+class Table(torch.nn.Module):
+    """A passage encoder: row p of an integer-valued table is passage p's vector."""
+
+    def __init__(self, n: int, dim: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.weight = torch.nn.Parameter(torch.randint(-4, 5, (n, dim), generator=g).float())
+
+    def forward(self, passages) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        return self.weight[torch.as_tensor(list(passages))]
+
+
+def train_table(table: Table, step: int) -> None:
+    """A training step: every row changes (so every version scores differently)."""
+    g = torch.Generator().manual_seed(100 + step)
+    with torch.no_grad():
+        table.weight += torch.randint(-1, 2, table.weight.shape, generator=g).float()
+
+
+def refresh(rank: int, world: int, out: Path, dtype: str) -> None:
+    """Re-indexing in the background on every rank: a new version goes into service on
+    every rank at the same step, never before the slowest rank has finished it, and never
+    holding up a step; each search between steps matches exactly one version's vectors (a
+    search mixing shards of two versions would match none, as every row changes at every
+    step); a refresh that fails on one rank raises on every rank and is never served."""
+    from pyrag.distributed import ShardedReindexer
+    from pyrag.reindex import ReindexError
+
+    sizes, dim = [5, 7, 4, 6][:world], 8
+    total, start = sum(sizes), sum(sizes[:rank])
+    table = Table(total, dim)
+    weights = {0: table.weight.detach().clone()}
+    gate, fail, built = out / f"release-{dtype}", {"next": False}, {"yet": False}
+
+    def encode(model: Table, chunk) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        if rank == world - 1 and built["yet"]:  # the slow rank: its first refresh waits for the gate
+            deadline = time.monotonic() + 120
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if fail["next"]:
+            fail["next"] = False
+            raise RuntimeError("the encoder ran out of memory")
+        return model(chunk)
+
+    reindexer = ShardedReindexer(
+        table, list(range(start, start + sizes[rank])), encode=encode, schedule="4-:4", chunk_size=2, dtype=dtype
+    )
+    built["yet"] = True
+    index = reindexer.index
+    assert len(index) == total and index.local_len == sizes[rank] and index.version == 0
+    q = queries([2], dim, seed=rank)
+    retriever = pyrag.Retriever(None, index)
+
+    def check_search(step: int) -> tuple[int, int]:
+        snap = index.snapshot()
+        version, made_at = snap.version, snap.step
+        reference = pyrag.DenseIndex(dim, dtype)
+        reference.add(weights[made_at], torch.arange(total))
+        for exact in (False, True):
+            same(snap.search(q, 5, exact=exact), reference.search(q, 5, exact=exact), f"step {step} v{version}")
+        hits = retriever.retrieve(q, 3)
+        assert hits.index_version == index.version == version
+        return version, made_at
+
+    history = []
+    with reindexer:
+        for step in range(1, 31):
+            train_table(table, step)
+            weights[step] = table.weight.detach().clone()
+            if step == 22 and rank == 0:
+                fail["next"] = True  # the refresh due at step 24 fails on rank 0
+            try:
+                reindexer.step(step)
+            except ReindexError as e:
+                assert "encoder ran out of memory" in str(e.__cause__ or e), e
+                history.append((-1, step, 0))
+            history.append((step, *check_search(step)))
+            if step == 9:
+                # Steps 5..9 went on while the slow rank encoded (the refresh from step 4
+                # is not served), and the refresh due at 8 was skipped. Now let it finish.
+                assert index.version == 0 and reindexer.stats.skipped == 1
+                if rank == 0:
+                    gate.write_text("go")
+            if step >= 9:
+                reindexer.wait(60)  # from here on, refreshes finish between steps
+    # The same history on every rank: versions switched at the same steps.
+    everyone = gather_ints(*[x for h in history for x in h], len(history))
+    assert all(e == everyone[0] for e in everyone), "the ranks switched versions at different steps"
+    served = {h[1:] for h in history if h[0] > 0}
+    # v0 (step 0); v1 from step 4 (served at step 10, after the gate); then refreshes from 12, 16, 20; the
+    # one from 24 failed on rank 0 (raised at step 25 everywhere, never served); then 28.
+    assert sorted(served) == [(0, 0), (1, 4), (2, 12), (3, 16), (4, 20), (5, 28)], sorted(served)
+    assert [h[1] for h in history if h[0] == -1] == [25]
+    assert next(h for h in history if h[0] == 10)[1:] == (1, 4)
+    assert reindexer.stats.failed == 1 and reindexer.stats.completed == 5
+
+
+def trainer_checkpoint(rank: int, world: int, out: Path) -> None:
+    """A Trainer over a ShardedIndex kept by a ShardedReindexer: a checkpoint saves the
+    index through its manifest, and a run resumed from it continues exactly as one that
+    never stopped (losses, weights, index version)."""
+    from pyrag.distributed import ShardedReindexer
+    from pyrag.train import Example, TrainConfig, Trainer
+
+    n, dim = 24, 16
+    sizes = [n // world + (r < n % world) for r in range(world)]
+    start = sum(sizes[:rank])
+    vocab = 64
+    texts = [" ".join(f"w{(7 * p + 3 * j) % vocab}" for j in range(6)) for p in range(n)]
+    examples = [Example(" ".join(texts[p].split()[::2]), "", p) for p in range(n)]
+
+    class Bag(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.embed = torch.nn.Parameter(torch.randn(vocab, dim, generator=g))
+
+        def forward(self, items) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            rows = [texts[i] if isinstance(i, int) else i for i in items]
+            bags = [torch.tensor([int(w[1:]) for w in t.split()]) for t in rows]
+            return torch.stack([self.embed[b].mean(0) for b in bags])
+
+    cfg = TrainConfig(mode="dpr", steps=8, batch_size=4, hard_negatives=2, lr_query=0.05, log_every=0)
+
+    def make() -> tuple[Trainer, ShardedReindexer]:
+        encoder = Bag()  # queries and passages: training it makes the index stale
+        reindexer = ShardedReindexer(encoder, list(range(start, start + sizes[rank])), schedule="0-:3")
+        # DDP averages the gradients: every rank holds the same weights (rank 0's are saved).
+        query_encoder = torch.nn.parallel.DistributedDataParallel(encoder)
+        retriever = pyrag.Retriever(query_encoder, reindexer.index)
+        return Trainer(retriever, cfg, examples, reindexer=reindexer, progress=False, log=lambda line: None), reindexer
+
+    def run(trainer: Trainer, reindexer: ShardedReindexer, until: int) -> None:
+        while trainer.state.step < until:
+            trainer.train_step()
+            reindexer.wait(60)  # refreshes finish between steps: the same versions in every run
+
+    straight, r1 = make()
+    with r1:
+        run(straight, r1, 8)
+        final = straight.retriever.index.search(queries([3], dim, seed=rank), 4)
+    first, r2 = make()
+    with r2:
+        run(first, r2, 4)
+        saved = (r2.index.version, r2.index.step)
+        assert saved[0] >= 1, "a refresh is in service at the checkpoint"
+        first.save_checkpoint(out / "ckpt")
+        first.save_checkpoint(out / "ckpt")  # the second save replaces the first's index folder
+    entries = sorted(p.name.split("-")[0] for p in (out / "ckpt").iterdir())
+    assert entries == ["index", "trainer.safetensors"], entries
+    torch.manual_seed(1000 + rank)  # whatever happens between the runs
+    resumed, r3 = make()
+    with r3:
+        resumed.load_checkpoint(out / "ckpt")
+        assert (r3.index.version, r3.index.step, resumed.state.step) == (*saved, 4)
+        run(resumed, r3, 8)
+        after = resumed.retriever.index.search(queries([3], dim, seed=rank), 4)
+    losses = [r.loss for r in first.state.history + resumed.state.history]
+    assert losses == [r.loss for r in straight.state.history], (losses, [r.loss for r in straight.state.history])
+    assert [r.index_version for r in first.state.history + resumed.state.history] == [
+        r.index_version for r in straight.state.history
+    ]
+    same(after, final, "index after resuming")
+    assert torch.equal(resumed.retriever.query_encoder.module.embed, straight.retriever.query_encoder.module.embed)
+    assert [r.index_version for r in resumed.state.history] == [r.index_version for r in straight.state.history][4:]
+
+
+# ----------------------------------------------------------------------------- the harness (the tests' side)
+def run_ranks(
+    scenario: str,
+    world: int,
+    tmp: Path,
+    *args: object,
+    limit_s: float = 240,
+    group_timeout_s: float = 90,
+    exit_codes: dict[int, int] | None = None,
+) -> None:
+    """Runs the scenario on `world` ranks spawned with torch.multiprocessing; fails the
+    test if a rank fails, or if they have not all finished after `limit_s` seconds (then
+    they are killed: a hang fails, it does not block CI)."""
+    import pytest
+    import torch.multiprocessing
+
+    ctx = torch.multiprocessing.get_context("spawn")
+    init = tmp / f"init-{uuid.uuid4().hex}"
+    procs = [
+        ctx.Process(
+            target=main, args=(scenario, rank, world, str(init), str(tmp), args, group_timeout_s), name=f"rank{rank}"
+        )
+        for rank in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + limit_s
+    try:
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        if hung:
+            pytest.fail(f"{scenario}: ranks {hung} of {world} still running after {limit_s} s (a hang)")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    expected = exit_codes or {}
+    for rank, p in enumerate(procs):
+        if p.exitcode != expected.get(rank, 0):
+            err = tmp / f"rank{rank}.err"
+            detail = err.read_text() if err.exists() else "(no traceback)"
+            pytest.fail(f"{scenario}: rank {rank} of {world} exited with {p.exitcode}:\n{detail}")

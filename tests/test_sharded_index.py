@@ -10,59 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import uuid
 from pathlib import Path
 
-import pytest
-import torch.multiprocessing
-
-# The spawned ranks import the workers by name: they must be on sys.path (spawn passes it on).
+# The spawned ranks import the workers by name: tests/ must be on sys.path (spawn passes it on).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sharded_workers
-
-
-def run_ranks(
-    scenario: str,
-    world: int,
-    tmp: Path,
-    *args: object,
-    limit_s: float = 240,
-    group_timeout_s: float = 90,
-    exit_codes: dict[int, int] | None = None,
-) -> None:
-    """Runs sharded_workers.<scenario> on `world` spawned ranks; fails if a rank fails, or
-    if they have not all finished after `limit_s` seconds (then they are killed)."""
-    ctx = torch.multiprocessing.get_context("spawn")
-    init = tmp / f"init-{uuid.uuid4().hex}"
-    procs = [
-        ctx.Process(
-            target=sharded_workers.main,
-            args=(scenario, rank, world, str(init), str(tmp), args, group_timeout_s),
-            name=f"{scenario}-rank{rank}",
-        )
-        for rank in range(world)
-    ]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + limit_s
-    try:
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        hung = [r for r, p in enumerate(procs) if p.is_alive()]
-        if hung:
-            pytest.fail(f"{scenario}: ranks {hung} of {world} still running after {limit_s} s (a hang)")
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    expected = exit_codes or {}
-    for rank, p in enumerate(procs):
-        if p.exitcode != expected.get(rank, 0):
-            err = tmp / f"rank{rank}.err"
-            detail = err.read_text() if err.exists() else "(no traceback)"
-            pytest.fail(f"{scenario}: rank {rank} of {world} exited with {p.exitcode}:\n{detail}")
+from sharded_workers import run_ranks
 
 
 def test_two_ranks_agree_with_one_index_and_fail_together(tmp_path):

@@ -118,6 +118,7 @@ class ShardedReindexer:
         self._comm = comm
         self._served = -1  # start step of the refresh in service; -1: the first index
         self._owed = False  # policy "queue": a refresh fell due while a rank was busy
+        self._failure: Optional[ReindexError] = None  # seen by wait(), raised by step()
 
     # ----------------------------------------------------------------- trainer side
     def step(self, step: int) -> bool:
@@ -133,6 +134,9 @@ class ShardedReindexer:
             try:
                 if isinstance(step, bool) or not isinstance(step, int):
                     raise TypeError(f"step must be an int, got {type(step).__name__}")
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None
+                    raise failure
                 idle = self._local.wait(timeout=0)  # busy first: a refresh finishing now shows next step
                 current = self._local.index.snapshot()
                 key = current.step if current.version > 0 else -1
@@ -174,9 +178,13 @@ class ShardedReindexer:
             return True
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        """Local: blocks until this rank's refresh is done (True) or timeout (False);
-        re-raises its failure. The next step() serves it once every rank is done."""
-        return self._local.wait(timeout)
+        """Local: blocks until this rank's refresh is done (True) or timeout (False). The
+        next step() serves it once every rank is done, or raises its failure on every rank."""
+        try:
+            return self._local.wait(timeout)
+        except ReindexError as e:  # kept for step(), which raises it on every rank
+            self._failure = e
+            return True
 
     @property
     def busy(self) -> bool:
