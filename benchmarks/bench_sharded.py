@@ -4,7 +4,7 @@ against one DenseIndex in 1 process x 2 threads, over the same corpus and querie
     python benchmarks/bench_sharded.py                       # N = 2M, d = 384, B = 16 and 256, k = 10
     python benchmarks/bench_sharded.py --n 200000 --rounds 3  # a quick look
 
-Two ranks start (gloo on loopback). Each generates its half of the corpus chunk by chunk
+Two ranks start (gloo on loopback). Each generates its half of the rows chunk by chunk
 from per-chunk seeds (nothing is sent), and rank 0 also builds the single index of the
 whole corpus from the same chunks. Rounds interleave the two configurations on the same
 data: the single index searched by rank 0 with 2 kernel threads while rank 1 waits in a
@@ -58,25 +58,25 @@ def rank_main(rank: int, args: argparse.Namespace, init: str) -> None:
         "gloo", init_method=f"file://{init}", rank=rank, world_size=2, timeout=timedelta(seconds=1800)
     )
     chunks = -(-args.n // CHUNK)
-    mine = range(rank * chunks // 2, (rank + 1) * chunks // 2)
+    lo, hi = rank * args.n // 2, (rank + 1) * args.n // 2  # this rank's rows: half of them
     queries = torch.randn(max(args.batch), args.dim, generator=torch.Generator().manual_seed(7))
     for dtype in args.dtypes:
         t0 = time.perf_counter()
-        shard_rows = sum(len(chunk_rows(c, args.n, 1)) for c in mine)
         part = pyrag.DenseIndex(args.dim, dtype, keep_originals=False)
-        part.reserve(shard_rows)
+        part.reserve(hi - lo)
         single = None
         if rank == 0:
             single = pyrag.DenseIndex(args.dim, dtype, keep_originals=False)
             single.reserve(args.n)
         pyrag.set_num_threads(1)
         for c in range(chunks):
-            if rank == 0 or c in mine:
+            a, b = max(lo, c * CHUNK), min(hi, (c + 1) * CHUNK)
+            if single is not None or a < b:
                 x = chunk_rows(c, args.n, args.dim)
                 if single is not None:
                     single.add(x)
-                if c in mine:
-                    part.add(x)
+                if a < b:  # under the ids the single index gives these rows
+                    part.add(x[a - c * CHUNK : b - c * CHUNK], torch.arange(a, b))
         sharded = ShardedIndex.from_shard(part)
         build_s = time.perf_counter() - t0
         if rank == 0:
