@@ -19,14 +19,13 @@ from sharded_workers import run_ranks
 
 
 def test_two_ranks_agree_with_one_index_and_fail_together(tmp_path):
-    run_ranks("equivalence", 2, tmp_path, "")
-    run_ranks("failures", 2, tmp_path)
+    run_ranks(2, tmp_path, ("equivalence",), ("failures",))
 
 
 def test_save_on_three_load_on_four_then_on_two(tmp_path):
-    run_ranks("equivalence", 3, tmp_path, str(tmp_path / "by3"))
-    run_ranks("load_and_compare", 4, tmp_path, 3, 3, str(tmp_path / "by3"), str(tmp_path / "by4"))
-    run_ranks("load_and_compare", 2, tmp_path, 3, 4, str(tmp_path / "by4"))
+    run_ranks(3, tmp_path, ("equivalence", str(tmp_path / "by3")))
+    run_ranks(4, tmp_path, ("load_and_compare", 3, 3, str(tmp_path / "by3"), str(tmp_path / "by4")))
+    run_ranks(2, tmp_path, ("load_and_compare", 3, 4, str(tmp_path / "by4")))
     for dtype in sharded_workers.DTYPES:
         assert (
             sorted(p.split("-")[0] for p in os.listdir(tmp_path / "by4" / dtype)) == ["manifest.json"] + ["shard"] * 4
@@ -34,5 +33,5 @@ def test_save_on_three_load_on_four_then_on_two(tmp_path):
 
 
 def test_a_rank_that_hangs_or_dies_does_not_hang_the_others(tmp_path):
-    run_ranks("hang_and_death", 3, tmp_path, limit_s=120, exit_codes={2: 3})
+    run_ranks(3, tmp_path, ("hang_and_death",), limit_s=120, exit_codes={2: 3})
     assert sorted(p.name for p in tmp_path.glob("survived*")) == ["survived0", "survived1"]

@@ -247,5 +247,9 @@ def test_one_rank_errors_and_reads(group_of_one):
     assert index.remove([1, 2]) == 2 and len(index) == 2
     assert index.add(torch.ones(1, 4)).tolist() == [4]
     assert "ShardedIndex(dim=4" in repr(index)
+    empty = ShardedIndex.from_shard(pyrag.DenseIndex(4))
+    scores, found = empty.search(torch.zeros(2, 4), 3)
+    assert found.tolist() == [[-1] * 3] * 2 and bool(torch.isneginf(scores).all())
+    assert empty.get([-1]).tolist() == [[0.0] * 4] and empty.remove([]) == 0
     assert isinstance(index, pyrag.Index)
     assert issubclass(CollectiveError, RuntimeError)

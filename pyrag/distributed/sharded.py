@@ -17,6 +17,7 @@ changes nothing anywhere.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from pyrag.index.dense import DTYPES
 from pyrag.ops._checks import check_finite, check_k
 
 _META = "sharded."  # DenseIndex.save metadata of a shard file
+log = logging.getLogger("pyrag.distributed")
 
 
 class _State(NamedTuple):
@@ -589,8 +591,8 @@ class ShardedIndex:
                 for stale in manifest.stale_files(path, keep):
                     try:
                         os.unlink(stale)
-                    except FileNotFoundError:
-                        pass
+                    except OSError as e:  # the save is complete: a file left over is not an error
+                        log.warning("could not remove %s from an earlier save: %s", stale, e)
 
     @classmethod
     def load(
