@@ -2,17 +2,18 @@
 against one DenseIndex in 1 process x 2 threads, over the same corpus and queries.
 
     python benchmarks/bench_sharded.py                       # N = 2M, d = 384, B = 16 and 256, k = 10
-    python benchmarks/bench_sharded.py --n 200000 --rounds 3  # a quick look
+    python benchmarks/bench_sharded.py --n 200000 --pairs 5   # a quick look
 
 Two ranks start (gloo on loopback). Each generates its half of the rows chunk by chunk
 from per-chunk seeds (nothing is sent), and rank 0 also builds the single index of the
-whole corpus from the same chunks. Rounds interleave the two configurations on the same
-data: the single index searched by rank 0 with 2 kernel threads while rank 1 waits in a
-blocking barrier, then the sharded search with 1 thread on each rank, each rank asking
-B / 2 of the queries. The overhead is the ratio of their median times per round; the
-script prints every round's ratio and their median and spread, the CPU and the ISA path,
-and checks that both configurations return the same ids. The machine should be quiet:
-the load average is printed before and after.
+whole corpus from the same chunks. Then pairs of searches, one of each configuration,
+their order alternating: the single index searched by rank 0 with 2 kernel threads
+while rank 1 waits in a blocking barrier (its CPU time meanwhile is printed: ~0), and the
+sharded search with 1 thread on each rank, each rank asking B / 2 of the queries. The
+overhead is the sharded time over the single time, per pair; the script prints every
+pair's ratio, their median, quartiles and range, the CPU and the ISA path, and checks
+first that both configurations return the same ids. The machine should be quiet: the
+load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -96,31 +97,31 @@ def rank_main(rank: int, args: argparse.Namespace, init: str) -> None:
                 got = torch.cat([both[0][: b // 2], both[1][: b - b // 2]])
                 assert torch.equal(got, single.search(q, args.k)[1]), "the sharded and single indexes disagree"
             ratios, singles, shardeds, idle_cpu = [], [], [], []
-            for _ in range(args.rounds):
-                # 1 process x 2 threads (rank 1 blocks in the barrier meanwhile).
-                dist.barrier()
-                cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-                times = []
-                if single is not None:
-                    pyrag.set_num_threads(2)
-                    for _ in range(args.reps):
+            sharded.search(mine_q, args.k)  # warm the exchange
+            for i in range(args.pairs):
+                a = s = 0.0
+                # One search of each configuration, their order alternating from pair to
+                # pair, so that a change in the machine's load falls on both alike.
+                for config in ("single", "sharded") if i % 2 == 0 else ("sharded", "single"):
+                    if config == "single":  # 1 process x 2 threads; rank 1 blocks in the barrier
+                        dist.barrier()
+                        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+                        if single is not None:
+                            pyrag.set_num_threads(2)
+                            t = time.perf_counter()
+                            single.search(q, args.k)
+                            a = time.perf_counter() - t
+                        dist.barrier()
+                        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+                        if rank == 1:
+                            idle_cpu.append(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime)
+                    else:  # 2 processes x 1 thread
+                        pyrag.set_num_threads(1)
+                        dist.barrier()
                         t = time.perf_counter()
-                        single.search(q, args.k)
-                        times.append(time.perf_counter() - t)
-                dist.barrier()
-                cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-                if rank == 1:
-                    idle_cpu.append(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime)
-                # 2 processes x 1 thread.
-                pyrag.set_num_threads(1)
-                sharded.search(mine_q, args.k)  # warm the exchange
-                sharded_times = []
-                for _ in range(args.reps):
-                    t = time.perf_counter()
-                    sharded.search(mine_q, args.k)
-                    sharded_times.append(time.perf_counter() - t)
+                        sharded.search(mine_q, args.k)
+                        s = time.perf_counter() - t
                 if single is not None:
-                    a, s = statistics.median(times), statistics.median(sharded_times)
                     singles.append(a)
                     shardeds.append(s)
                     ratios.append(s / a)
@@ -129,13 +130,20 @@ def rank_main(rank: int, args: argparse.Namespace, init: str) -> None:
                 print(
                     f"  B={b:4d} k={args.k}: 1x2 {statistics.median(singles) * 1e3:8.1f} ms  "
                     f"2x1 {statistics.median(shardeds) * 1e3:8.1f} ms  overhead x{statistics.median(ratios):.3f} "
-                    f"(rounds {min(ratios):.3f} .. {max(ratios):.3f}: {' '.join(f'{r:.3f}' for r in ratios)})  "
-                    f"rank 1 CPU while waiting {spent[1] * 1e3:.0f} ms/round",
+                    f"(pairs {min(ratios):.3f} .. {max(ratios):.3f}, quartiles {quartiles(ratios)}: "
+                    f"{' '.join(f'{r:.3f}' for r in ratios)})  rank 1 CPU while waiting {spent[1] * 1e3:.0f} ms/search",
                     flush=True,
                 )
         del sharded, part, single
     dist.barrier()
     dist.destroy_process_group()
+
+
+def quartiles(values: list[float]) -> str:
+    if len(values) < 4:
+        return "-"
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"{q1:.3f} .. {q3:.3f}"
 
 
 def gather_float(v: float) -> list[float]:
@@ -152,11 +160,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[16, 256])
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "int8"])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=15)
     args = ap.parse_args()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores); ISA path: {pyrag.cpu_isa()}; torch {torch.__version__}")
-    print(f"N={args.n} d={args.dim} k={args.k}; {args.rounds} interleaved rounds x {args.reps} searches each")
+    print(f"N={args.n} d={args.dim} k={args.k}; {args.pairs} pairs of searches (one of each configuration)")
     print(f"load average before: {os.getloadavg()}", flush=True)
     init = f"/tmp/pyrag-bench-sharded-{os.getpid()}"
     try:

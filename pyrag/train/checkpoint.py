@@ -125,11 +125,9 @@ def load(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         name = meta["index"]
         if not name.startswith(_INDEX_PREFIX) or os.sep in name:
             raise CheckpointFormatError(f"{state_path}: bad index name {name!r}")
-        if sharded != (meta.get("index_kind") == "sharded"):
-            raise ValueError(
-                f"checkpoint holds a {'sharded' if not sharded else 'single'} index but this trainer's reindexer "
-                f"keeps a {'sharded' if sharded else 'single'} one"
-            )
+        saved_kind, kind = meta.get("index_kind", "single"), "sharded" if sharded else "single"
+        if saved_kind != kind:
+            raise ValueError(f"checkpoint holds a {saved_kind} index but this trainer's reindexer keeps a {kind} one")
         if isinstance(reindexer, ShardedReindexer):  # collective: every rank opens its shard through the manifest
             index = ShardedIndex.load(os.path.join(directory, name), group=reindexer.index.group)
             rng = tensors.get(f"rng/torch/rank{reindexer.index.rank}", rng)
