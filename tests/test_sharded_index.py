@@ -35,3 +35,20 @@ def test_save_on_three_load_on_four_then_on_two(tmp_path):
 def test_a_rank_that_hangs_or_dies_does_not_hang_the_others(tmp_path):
     run_ranks(3, tmp_path, ("hang_and_death",), limit_s=120, exit_codes={2: 3})
     assert sorted(p.name for p in tmp_path.glob("survived*")) == ["survived0", "survived1"]
+
+
+def test_the_benchmark_runs_at_a_tiny_size():
+    """benchmarks/bench_sharded.py end to end (it checks that both configurations return
+    the same ids before it times them); no timing is asserted."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["--n", "3000", "--dim", "16", "--batch", "5", "--pairs", "2"]
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "bench_sharded.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("overhead x") == 2 and "ISA path" in proc.stdout
