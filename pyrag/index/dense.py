@@ -123,6 +123,7 @@ class DenseIndex:
         self._block_bytes = packed.block_bytes(dtype, dim)
         self._lock = threading.Lock()
         self._frozen = False
+        self._view: Optional[DenseIndex] = None  # the last snapshot(), reused while unchanged
         self.metadata: dict[str, str] = {}
         self._snap = self._empty_snapshot()
 
@@ -207,10 +208,17 @@ class DenseIndex:
 
     def snapshot(self) -> DenseIndex:
         """A read-only view of the index as it is now: searches and gets on it agree with
-        each other whatever is added or removed meanwhile. O(1)."""
-        view = copy.copy(self)
-        view._frozen = True
-        view._lock = threading.Lock()
+        each other whatever is added or removed meanwhile. O(1). Two calls return the same
+        object exactly when nothing changed in between."""
+        if self._frozen:
+            return self
+        snap, view = self._snap, self._view
+        if view is None or view._snap is not snap:
+            view = copy.copy(self)
+            view._frozen = True
+            view._lock = threading.Lock()
+            view._view = None
+            self._view = view
         return view
 
     # ------------------------------------------------------------------ reading vectors
