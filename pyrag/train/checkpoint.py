@@ -10,6 +10,11 @@ under a fresh name and trainer.safetensors, which names it, last: a crash at any
 leaves the previous checkpoint whole, and the next save removes index files that no
 trainer.safetensors names. The optimiser state is torch's own state_dict, serialised by
 torch.save and read back with torch.load(weights_only=True).
+
+With a pyrag.distributed.ShardedReindexer, every rank calls save and load (they are
+collective): the index folder is a ShardedIndex save (a shard file per rank and its
+manifest, written last), rank 0 writes trainer.safetensors after it with every rank's
+RNG state, and load opens the index through its manifest on every rank.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pyrag.distributed import ShardedIndex, ShardedReindexer
+from pyrag.distributed.collective import Comm
 from pyrag.index import VersionedIndex, storage
+from pyrag.reindex import AsyncReindexer
 
 if TYPE_CHECKING:
     from pyrag.train.trainer import Trainer
@@ -59,12 +67,30 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         "format": FORMAT, "format_version": FORMAT_VERSION, "step": str(trainer.state.step),
         "config": json.dumps(asdict(trainer.config)), "evals": json.dumps(trainer.state.evals),
     }  # fmt: skip
-    if trainer.reindexer is not None:
+    reindexer = trainer.reindexer
+    if isinstance(reindexer, ShardedReindexer):
+        comm = Comm(reindexer.index.group)
+        states = comm.all_gather(torch.get_rng_state().to(comm.device), "checkpoint (rng)").cpu()
+        for rank, state in enumerate(states.reshape(comm.world, -1)):
+            tensors[f"rng/torch/rank{rank}"] = state
+
+        def write_last(name: str) -> None:
+            _write_state(directory, tensors, dict(meta, index=name, index_kind="sharded"))
+
+        reindexer.save_index(directory, f"{_INDEX_PREFIX}{trainer.state.step:09d}-", write_last)
+        return
+    if reindexer is not None:
         name = f"{_INDEX_PREFIX}{trainer.state.step:09d}-{secrets.token_hex(4)}"
-        trainer.reindexer.index.snapshot().save(os.path.join(directory, name))
+        reindexer.index.snapshot().save(os.path.join(directory, name))
         meta["index"] = name
+    _write_state(directory, tensors, meta)
+
+
+def _write_state(directory: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """trainer.safetensors, naming the index already written; then the index files of
+    earlier (or interrupted) saves go."""
     storage.save_tensors(os.path.join(directory, STATE_FILE), tensors, meta)
-    for entry in os.listdir(directory):  # index files of earlier (or interrupted) saves
+    for entry in os.listdir(directory):
         if entry.startswith(_INDEX_PREFIX) and entry != meta.get("index"):
             _remove(os.path.join(directory, entry))
 
@@ -100,7 +126,10 @@ def load(trainer: Trainer, path: str | os.PathLike[str]) -> None:
             )
     modules = trainer.trainable_modules()
     states = {role: _module_state(state_path, role, module, tensors) for role, module in modules.items()}
+    reindexer = trainer.reindexer
     rng = tensors.get("rng/torch")
+    if isinstance(reindexer, ShardedReindexer):  # each rank resumes its own RNG
+        rng = tensors.get(f"rng/torch/rank{reindexer.index.rank}", rng)
     if rng is None or rng.dtype != torch.uint8 or tuple(rng.shape) != tuple(torch.get_rng_state().shape):
         raise CheckpointFormatError(f"{state_path}: missing or malformed RNG state")
     try:
@@ -121,9 +150,11 @@ def load(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     for role, module in modules.items():
         module.load_state_dict(states[role], strict=True)
     torch.set_rng_state(rng.clone())
-    if index is not None:
+    if isinstance(index, ShardedIndex) and isinstance(reindexer, ShardedReindexer):
+        reindexer.restore(index)
+    elif isinstance(index, VersionedIndex) and isinstance(reindexer, AsyncReindexer):
         current = index.snapshot()
-        trainer.reindexer.restore(current.index, version=current.version, step=current.step)  # type: ignore[union-attr]
+        reindexer.restore(current.index, version=current.version, step=current.step)
     trainer.restore_state(step, evals)
 
 
@@ -196,16 +227,27 @@ def _optimizer_state(state_path: str, raw: torch.Tensor | None, optimizer: torch
     return state
 
 
-def _read_index(directory: str, state_path: str, meta: dict[str, str], trainer: Trainer) -> VersionedIndex | None:
-    """The index the checkpoint names, checked against the trainer's reindexer."""
+def _read_index(
+    directory: str, state_path: str, meta: dict[str, str], trainer: Trainer
+) -> VersionedIndex | ShardedIndex | None:
+    """The index the checkpoint names, checked against the trainer's reindexer. With a
+    ShardedReindexer this is collective: every rank opens its shard through the manifest."""
     reindexer = trainer.reindexer
     if reindexer is None:
         return None
     name = meta["index"]
     if not re.fullmatch(r"index-[0-9]+-[0-9a-f]+", name):
         raise CheckpointFormatError(f"{state_path}: bad index name {name!r}")
+    sharded = isinstance(reindexer, ShardedReindexer)
+    saved_kind, kind = meta.get("index_kind", "single"), "sharded" if sharded else "single"
+    if saved_kind != kind:
+        raise CheckpointFormatError(
+            f"{state_path}: holds a {saved_kind} index but this trainer's reindexer keeps a {kind} one"
+        )
     index_path = os.path.join(directory, name)
     try:
+        if isinstance(reindexer, ShardedReindexer):
+            return ShardedIndex.load(index_path, group=reindexer.index.group)
         index = VersionedIndex.load(index_path)
     except FileNotFoundError:
         raise CheckpointFormatError(f"{state_path}: names the index {name}, which is missing") from None
