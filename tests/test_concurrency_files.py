@@ -29,6 +29,20 @@ def test_loads_racing_saves_of_another_process_are_whole(tmp_path, dtype):
     assert tally.saves > 0  # the saver did run meanwhile
 
 
+def test_sharded_loads_racing_saves_of_another_process_are_whole(tmp_path):
+    """A ShardedIndex save removes the files of the save it replaces: a load that read the
+    old manifest starts again from the new one (on every rank together)."""
+    from kill_writers import group_of_one
+
+    undo = group_of_one()
+    try:
+        tally = load_racing_save("int8", 25, str(tmp_path), sharded=True)
+    finally:
+        undo()
+    assert tally.loads == 25 and tally.unloadable == tally.wrong == 0, tally.first_problem
+    assert tally.saves > 0
+
+
 def _save_many(path: str, salt: int, times: int) -> None:
     index = pyrag.DenseIndex(DIM, "int8")
     ids = torch.arange(100 * salt)

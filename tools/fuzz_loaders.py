@@ -510,11 +510,149 @@ def load_text_store(path: str, mmap: bool) -> str:
     return "ok"
 
 
+# ----------------------------------------------------------------------------- ShardedIndex saves
+MANIFEST_FIELDS = ["dim", "dtype", "keep_originals", "world_size", "count", "version", "step", "token", "metadata",
+                   "format", "format_version", "shards"]  # fmt: skip
+MANIFEST_VALUES: list[Any] = [
+    0, 1, 2, -1, 8, 32, 10**30, True, False, None, "", "int8", "float32", "float16", [], {}, {"a": 1}, [{}],
+    "pyrag.ShardedIndex", 1.5,
+]  # fmt: skip
+SHARD_FIELDS = ["file", "rows", "bytes", "checksum"]
+_SHARDED: dict[str, str] = {}
+_CLOSE: list[Callable[[], None]] = []  # what close() undoes: the process group made here
+
+
+def _sharded_bases() -> list[str]:
+    """Two real saves, made once: one by ShardedIndex.save on a group of one (one shard
+    file), one of two shard files as a 2-rank save writes them (loaded on one rank, its
+    rows are dealt from both)."""
+    if not _SHARDED:
+        from kill_writers import group_of_one
+
+        from pyrag.distributed import ShardedIndex, manifest
+
+        _CLOSE.append(group_of_one())
+        root = tempfile.mkdtemp(prefix="pyrag-fuzz-sharded-")
+        index = ShardedIndex(8, "int8")
+        index.add(torch.randn(30, 8, generator=torch.Generator().manual_seed(0)))
+        index.save(os.path.join(root, "one"), metadata={"note": "x"})
+        two = os.path.join(root, "two")
+        os.makedirs(two)
+        token, shards = manifest.new_token(), []
+        for r, (a, b) in enumerate([(0, 12), (12, 20)]):
+            part = pyrag.DenseIndex(8, "bfloat16")
+            part.add(torch.randn(b - a, 8, generator=torch.Generator().manual_seed(r)), torch.arange(a, b))
+            name = manifest.shard_file(r, 2, token)
+            part.save(os.path.join(two, name), metadata={"sharded.token": f"{token:016x}"})
+            size, checksum = manifest.describe(os.path.join(two, name))
+            shards.append({"file": name, "rows": b - a, "bytes": size, "checksum": checksum})
+        body = {
+            "format": manifest.FORMAT, "format_version": manifest.FORMAT_VERSION, "dim": 8, "dtype": "bfloat16",
+            "keep_originals": True, "world_size": 2, "count": 20, "version": 3, "step": 0, "token": token,
+            "metadata": {}, "shards": shards,
+        }  # fmt: skip
+        manifest.write(two, body)
+        _SHARDED.update(one=os.path.join(root, "one"), two=two)
+    return [_SHARDED["one"], _SHARDED["two"]]
+
+
+@st.composite
+def sharded_saves(draw: st.DrawFn) -> tuple[int, list[tuple]]:
+    """(which base, mutations to apply to a copy of it: see _write_sharded)."""
+    kinds = ["field", "drop field", "shard field", "raw manifest", "shard file", "no shard file", "stray file"]
+    out: list[tuple] = []
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(kinds))
+        if kind == "field":
+            out.append(
+                (kind, draw(st.sampled_from(MANIFEST_FIELDS)), draw(st.sampled_from(MANIFEST_VALUES) | JSON_ANY))
+            )
+        elif kind == "drop field":
+            out.append((kind, draw(st.sampled_from(MANIFEST_FIELDS))))
+        elif kind == "shard field":
+            value = draw(
+                st.sampled_from(MANIFEST_VALUES) | st.sampled_from(["shard-00000-of-00001-1.safetensors", "../x"])
+            )
+            out.append((kind, draw(st.integers(0, 1)), draw(st.sampled_from(SHARD_FIELDS)), value))
+        elif kind == "raw manifest":
+            out.append((kind, draw(st.sampled_from(["cut", "flip", "deep", "huge int"])), draw(st.integers(0, 10**6))))
+        elif kind == "shard file":
+            out.append((kind, draw(st.integers(0, 1)), draw(index_files())))
+        elif kind == "no shard file":
+            out.append((kind, draw(st.integers(0, 1))))
+        else:
+            out.append((kind,))
+    return draw(st.integers(0, 1)), out
+
+
+def _write_sharded(directory: str, case: tuple[int, list[tuple]]) -> str:
+    from pyrag.distributed import manifest
+
+    which, mutations = case
+    path = os.path.join(directory, "sharded")
+    shutil.copytree(_sharded_bases()[which], path)
+    mpath = os.path.join(path, "manifest.json")
+    with open(mpath) as f:
+        doc = json.load(f)
+    doc.pop("checksum")
+    shard_files = sorted(e for e in os.listdir(path) if e.startswith("shard-"))
+    raw: bytes | None = None
+    for m in mutations:
+        kind = m[0]
+        if kind == "field":
+            doc[m[1]] = m[2]
+        elif kind == "drop field":
+            doc.pop(m[1], None)
+        elif kind == "shard field" and isinstance(doc.get("shards"), list) and doc["shards"]:
+            entry = doc["shards"][m[1] % len(doc["shards"])]
+            if isinstance(entry, dict):
+                entry[m[2]] = m[3]
+        elif kind == "raw manifest":
+            text = json.dumps(dict(doc, checksum=manifest._body_checksum(doc))).encode()
+            how, at = m[1], m[2] % max(len(text), 1)
+            raw = {
+                "cut": text[:at],
+                "flip": text[:at] + bytes([text[at] ^ 0x20]) + text[at + 1 :] if text else text,
+                "deep": b"[" * 100_000 + b"]" * 100_000,
+                "huge int": text.replace(b'"count": ', b'"count": ' + b"9" * 5000, 1),
+            }[how]
+        elif kind == "shard file":
+            with open(os.path.join(path, shard_files[m[1] % len(shard_files)]), "wb") as f:
+                f.write(m[2])
+        elif kind == "no shard file":
+            target = os.path.join(path, shard_files[m[1] % len(shard_files)])
+            if os.path.exists(target):
+                os.unlink(target)
+        elif kind == "stray file":
+            with open(os.path.join(path, "shard-00009-of-00010-ff.safetensors"), "wb") as f:
+                f.write(b"stray")
+    if raw is None:  # the manifest with a right checksum, so that the checks behind it are reached
+        try:
+            raw = json.dumps(dict(doc, checksum=manifest._body_checksum(doc))).encode()
+        except (TypeError, ValueError):  # a value JSON cannot hold
+            raw = b"{"
+    with open(mpath, "wb") as f:
+        f.write(raw)
+    return path
+
+
+def load_sharded(path: str, mmap: bool) -> str:
+    from pyrag.distributed import ShardedIndex
+
+    index = ShardedIndex.load(path, mmap=mmap)
+    scores, ids = index.search(torch.ones(2, index.dim), 3)
+    assert int((ids >= 0).sum()) == 2 * min(len(index), 3)
+    return "ok"
+
+
 def close() -> None:
-    """Stops the cached trainer's reindexer."""
+    """Stops the cached trainer's reindexer, and tears down the process group made here."""
     trainer = _TRAINER.pop("t", None)
     if trainer is not None:
         trainer.reindexer.close()
+    while _CLOSE:
+        _CLOSE.pop()()
+    _SHARDED.clear()
 
 
 # ----------------------------------------------------------------------------- the loaders
@@ -558,7 +696,7 @@ LOADERS: list[Loader] = [
     ),
     Loader("Trainer.load_checkpoint", checkpoint_dirs, _write_checkpoint, load_checkpoint, (pyrag.FormatError,)),
     Loader("TextIndex.load", text_stores, _write_text_store, load_text_store, (pyrag.FormatError,)),
-    # ShardedIndex's manifest: one entry once it is on main.
+    Loader("ShardedIndex.load", sharded_saves, _write_sharded, load_sharded, (pyrag.FormatError,)),
 ]
 
 

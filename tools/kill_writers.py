@@ -48,6 +48,7 @@ class Writer:
     leftovers: Callable[[str], list[str]]  # files other than the state: what a killed write left
     window_s: float  # kills land uniformly in [0, window_s] after the first commit starts
     release: Callable[[Any], None] = lambda state: None
+    setup: Callable[[], Callable[[], None]] = lambda: lambda: None  # per process; returns its undo
 
     def write(self, directory: str, k: int) -> None:
         state = self.prepare(k)
@@ -228,6 +229,58 @@ def _text_leftovers(directory: str) -> list[str]:
     return sorted(top + vec)
 
 
+# ----------------------------------------------------------------------------- ShardedIndex.save
+SHARDED_ROWS = 6000
+
+
+def group_of_one() -> Callable[[], None]:
+    """A torch.distributed group of one rank (gloo) for ShardedIndex in this process; returns
+    what tears it down (nothing if a group was already there)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return lambda: None
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    init = tempfile.mkdtemp(prefix="pyrag-group-")
+    dist.init_process_group("gloo", init_method=f"file://{init}/init", rank=0, world_size=1)
+    return dist.destroy_process_group
+
+
+def _sharded_prepare(k: int) -> Any:
+    from pyrag.distributed import ShardedIndex
+
+    index = ShardedIndex(DIM, "int8")
+    ids = torch.arange(SHARDED_ROWS + (k % 5) * 97)
+    index.add(vectors(ids, k), ids)
+    return index, k
+
+
+def _sharded_commit(state: Any, directory: str) -> None:
+    index, k = state
+    index.save(os.path.join(directory, "sharded"), metadata={"state": str(k)})
+
+
+def _sharded_read(directory: str) -> int:
+    from pyrag.distributed import ShardedIndex
+
+    index = ShardedIndex.load(os.path.join(directory, "sharded"))
+    k = int(index.metadata["state"])
+    problem = check_index(index.shard, torch.arange(SHARDED_ROWS + (k % 5) * 97), k)
+    if problem is not None:
+        raise AssertionError(f"state {k}: {problem}")
+    return k
+
+
+def _sharded_leftovers(directory: str) -> list[str]:
+    """Everything but the manifest and the shard files it names."""
+    from pyrag.distributed import manifest
+
+    path = os.path.join(directory, "sharded")
+    doc = manifest.read(path)
+    keep = {"manifest.json"} | {s["file"] for s in doc["shards"]}
+    return sorted(e for e in os.listdir(path) if e not in keep)
+
+
 WRITERS: list[Writer] = [
     *(
         Writer(f"DenseIndex.save {dtype}", _dense_prepare(dtype), _dense_commit, _dense_read, _dense_leftovers, 0.2)
@@ -243,7 +296,15 @@ WRITERS: list[Writer] = [
         _checkpoint_release,
     ),
     Writer("TextIndex.add_texts", lambda k: k, _text_commit, _text_read, _text_leftovers, 0.5),
-    # ShardedIndex.save: one entry once it is on main.
+    Writer(
+        "ShardedIndex.save",
+        _sharded_prepare,
+        _sharded_commit,
+        _sharded_read,
+        _sharded_leftovers,
+        0.3,
+        setup=group_of_one,
+    ),
 ]
 
 
@@ -258,6 +319,7 @@ def _child(name: str, directory: str, start: int, progress: Connection) -> None:
     tqdm.set_lock(threading.RLock())
     torch.set_num_threads(1)
     writer = next(w for w in WRITERS if w.name == name)
+    writer.setup()
     prepared = [writer.prepare(k) for k in range(start, start + AHEAD)]
     progress.send(-1)  # started
     k = start
@@ -281,6 +343,16 @@ def run_trials(writer: Writer, trials: int, directory: str, seed: int = 0) -> Re
     ctx = process_context()
     rng = random.Random(seed)
     result = Result(writer.name, problems=[])
+    assert result.problems is not None
+    undo = writer.setup()
+    try:
+        _trials(writer, trials, directory, ctx, rng, result)
+    finally:
+        undo()
+    return result
+
+
+def _trials(writer: Writer, trials: int, directory: str, ctx: Any, rng: random.Random, result: Result) -> None:
     assert result.problems is not None
     writer.write(directory, 0)
     last = 0
@@ -319,7 +391,6 @@ def run_trials(writer: Writer, trials: int, directory: str, seed: int = 0) -> Re
         if left:
             result.problems.append(f"left after the next write: {left}")
         last = k + 1
-    return result
 
 
 def main() -> int:

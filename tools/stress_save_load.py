@@ -13,6 +13,7 @@ runs the same functions with small counts.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing as mp
 import os
 import sys
@@ -174,12 +175,19 @@ def save_racing_add(dtype: str, saves: int, directory: str, *, batch: int = 7, m
 STATES = ((0, 900), (1, 2500), (2, 40))  # (salt, rows) of the indexes a saver alternates between
 
 
-def _saver(path: str, dtype: str, progress: Connection) -> None:
-    """Saves the STATES over `path` round and round, reporting each save, until killed."""
+def _saver(path: str, dtype: str, progress: Connection, sharded: bool = False) -> None:
+    """Saves the STATES over `path` round and round, reporting each save, until killed.
+    sharded: as a ShardedIndex (on a group of one) into the directory `path`."""
     torch.set_num_threads(1)
-    indexes = []
+    indexes: list = []
+    if sharded:
+        from kill_writers import group_of_one
+
+        from pyrag.distributed import ShardedIndex
+
+        group_of_one()
     for salt, rows in STATES:
-        index = pyrag.DenseIndex(DIM, dtype)
+        index = ShardedIndex(DIM, dtype) if sharded else pyrag.DenseIndex(DIM, dtype)
         ids = torch.arange(rows) * 3 + salt  # each state its own ids, sizes and vectors
         index.add(vectors(ids, salt), ids)
         indexes.append(index)
@@ -192,14 +200,15 @@ def _saver(path: str, dtype: str, progress: Connection) -> None:
         progress.send(i)
 
 
-def load_racing_save(dtype: str, loads: int, directory: str) -> Tally:
+def load_racing_save(dtype: str, loads: int, directory: str, *, sharded: bool = False) -> Tally:
     """Another process saves three different indexes over one path, round and round,
     while this one loads the path (mmap and not, in turn) and checks that each load is
-    one of the three, whole: its ids, vectors, scores and float32 originals."""
-    path = os.path.join(directory, f"racing-load-{dtype}.safetensors")
+    one of the three, whole: its ids, vectors, scores and float32 originals.
+    sharded: ShardedIndex saves and loads (a group of one in each process)."""
+    path = os.path.join(directory, f"racing-load-{dtype}" + ("-sharded" if sharded else ".safetensors"))
     ctx = process_context()
     receive, send = ctx.Pipe(duplex=False)  # not shared semaphores: the saver is killed
-    saver = ctx.Process(target=_saver, args=(path, dtype, send), daemon=True)
+    saver = ctx.Process(target=_saver, args=(path, dtype, send, sharded), daemon=True)
     saver.start()
     send.close()
     tally = Tally(dtype)
@@ -208,7 +217,14 @@ def load_racing_save(dtype: str, loads: int, directory: str) -> Tally:
             raise RuntimeError("the saver process did not start")
         for i in range(loads):
             try:
-                loaded = pyrag.DenseIndex.load(path, mmap=bool(i % 2))
+                if sharded:
+                    from pyrag.distributed import ShardedIndex
+
+                    whole = ShardedIndex.load(path, mmap=bool(i % 2))
+                    loaded = whole.shard
+                    loaded.metadata = whole.metadata
+                else:
+                    loaded = pyrag.DenseIndex.load(path, mmap=bool(i % 2))
             except Exception as e:
                 tally.unloadable += 1
                 tally.note(f"{type(e).__name__}: {e}")
@@ -232,6 +248,12 @@ def load_racing_save(dtype: str, loads: int, directory: str) -> Tally:
     return tally
 
 
+def group_of_one():  # type: ignore[no-untyped-def]
+    from kill_writers import group_of_one as make
+
+    return make()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saves", type=int, default=600, help="saves racing add, per dtype")
@@ -242,9 +264,12 @@ def main() -> int:
     bad = 0
     with tempfile.TemporaryDirectory() as directory:
         totals = {"saves": 0, "loads": 0, "unloadable": 0, "wrong": 0}
+        undo = group_of_one()
+        sharded_load = functools.partial(load_racing_save, sharded=True)
         for what, run, count in (
             ("save racing add", save_racing_add, args.saves),
             ("load racing save", load_racing_save, args.loads),
+            ("ShardedIndex load racing save", sharded_load, args.loads),
         ):
             for dtype in args.dtypes:
                 t0 = time.perf_counter()
@@ -253,6 +278,7 @@ def main() -> int:
                 bad += tally.unloadable + tally.wrong
                 for key in totals:
                     totals[key] += getattr(tally, key)
+        undo()
         print(
             f"total: {totals['saves']} saves, {totals['loads']} loads, "
             f"{totals['unloadable']} unloadable, {totals['wrong']} wrong"

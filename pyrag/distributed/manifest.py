@@ -82,7 +82,7 @@ def read(directory: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep, a 5000-digit int
         raise IndexFormatError(f"{path}: not a ShardedIndex manifest ({type(e).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise IndexFormatError(f"{path}: not a ShardedIndex manifest")

@@ -606,25 +606,35 @@ class ShardedIndex:
         r gets the global rows [r * total // M, (r + 1) * total // M)), copied as stored,
         ids preserved. Every file is checked against the manifest (size, checksum, save)
         and by its own checksum (verify=True).
+
+        A save over the same directory meanwhile (it removes the files of the save it
+        replaces) makes every rank start again from the new manifest, together.
         """
         comm = Comm(group)
-        path, doc, error = "", {}, None
-        try:
-            path = os.fspath(directory)
-            doc = manifest.read(path)
-        except Exception as e:
-            error = e
-        table = comm.exchange("load", [doc.get("token", 0)], error)
-        if bool((table[:, 0] != table[0, 0]).any()):
-            raise IndexFormatError(
-                f"{path}: the ranks read different manifests (saves {table[:, 0].tolist()}); the directory must be "
-                f"on a file system every rank sees"
-            )
-        shard, error = None, None
-        try:
-            shard = _open_shards(path, doc, comm.world, comm.rank, mmap=mmap, verify=verify)
-        except Exception as e:
-            error = e
+        for _ in range(_LOAD_ATTEMPTS):
+            path, doc, error = "", {}, None
+            try:
+                path = os.fspath(directory)
+                doc = manifest.read(path)
+            except Exception as e:
+                error = e
+            table = comm.exchange("load", [doc.get("token", 0)], error)
+            if bool((table[:, 0] != table[0, 0]).any()):
+                raise IndexFormatError(
+                    f"{path}: the ranks read different manifests (saves {table[:, 0].tolist()}); the directory must "
+                    f"be on a file system every rank sees"
+                )
+            shard, error, superseded = None, None, False
+            try:
+                shard = _open_shards(path, doc, comm.world, comm.rank, mmap=mmap, verify=verify)
+            except _Superseded:
+                superseded = True
+            except Exception as e:
+                error = e
+            if not bool(comm.exchange("load", [int(superseded)])[:, 0].any()):
+                break
+        else:
+            raise IndexFormatError(f"{path}: saves kept replacing the index while it was loaded")
         self = cls.__new__(cls)
         self._start(
             comm, shard, error, version=doc.get("version", 0), step=doc.get("step", 0), metadata=doc.get("metadata")
@@ -632,6 +642,13 @@ class ShardedIndex:
         if len(self) != doc["count"]:  # pragma: no cover - the manifest's counts were checked file by file
             raise IndexFormatError(f"{path}: loaded {len(self)} rows but the manifest counts {doc['count']}")
         return self
+
+
+_LOAD_ATTEMPTS = 5
+
+
+class _Superseded(Exception):
+    """A shard file of the manifest read is gone, and another save's manifest is there now."""
 
 
 def _open_shards(path: str, doc: dict[str, Any], world: int, rank: int, *, mmap: bool, verify: bool) -> DenseIndex:
@@ -642,10 +659,21 @@ def _open_shards(path: str, doc: dict[str, Any], world: int, rank: int, *, mmap:
     def open_file(f: int, map_it: bool) -> DenseIndex:
         entry = files[f]
         file = os.path.join(path, entry["file"])
-        size, checksum = manifest.describe(file)
-        if size != entry["bytes"] or checksum != entry["checksum"]:
-            raise IndexFormatError(f"{file}: does not match the manifest (size or checksum); it is not this save's")
-        index = DenseIndex.load(file, mmap=map_it, verify=verify)
+        try:
+            size, checksum = manifest.describe(file)
+            if size != entry["bytes"] or checksum != entry["checksum"]:
+                raise IndexFormatError(f"{file}: does not match the manifest (size or checksum); it is not this save's")
+            index = DenseIndex.load(file, mmap=map_it, verify=verify)
+        except (FileNotFoundError, IndexFormatError):
+            try:  # a save replaced the one we read (and removed its files, or rewrote one of its names)?
+                replaced = manifest.read(path)["token"] != doc["token"]
+            except (OSError, ValueError):
+                replaced = False
+            if replaced:
+                raise _Superseded from None
+            if not os.path.exists(file):
+                raise IndexFormatError(f"{path}: the manifest names {entry['file']}, which is missing") from None
+            raise
         if (
             index.metadata.get(f"{_META}token") != f"{doc['token']:016x}"
             or len(index) != entry["rows"] or index.dim != doc["dim"] or index.dtype != doc["dtype"]
