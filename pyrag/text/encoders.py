@@ -364,13 +364,14 @@ def encode(
     *,
     queries: bool = False,
     batch_size: int = 64,
-    progress: bool = False,
+    progress: Optional[bool] = False,
     dim: Optional[int] = None,
 ) -> torch.Tensor:
     """Encodes texts in batches: float32 [len(texts), dim], row i for texts[i].
 
     Checks that every batch gives one finite vector per text, of the encoder's dimension
     and of `dim` if given (the index's). Sets encoder.dim when it was unknown.
+    progress: show a tqdm bar (None: only when stderr is a terminal).
     """
     from tqdm.auto import tqdm
 
@@ -387,7 +388,13 @@ def encode(
     if not texts:
         return torch.empty((0, want or 0), dtype=torch.float32)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with tqdm(total=len(texts), desc="encode", unit="text", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(texts),
+        desc="encode",
+        unit="text",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    ) as bar:
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
             emb = _as_float_tensor(fn([texts[i] for i in rows]))
