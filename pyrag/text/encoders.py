@@ -64,12 +64,12 @@ class Encoder(Protocol):
     def encode_queries(self, texts: list[str]) -> torch.Tensor: ...
 
 
-# What a plain encoder function may return for n texts: [n, dim] as a tensor, a numpy
-# array or nested lists (checked and converted by `encode`).
+# Float vectors [n, dim] as a tensor, a numpy array or nested lists: what an encoder
+# function may return (checked and converted by `encode`), and TextIndex's vectors=.
 Vectors = Union[torch.Tensor, np.ndarray, Sequence[Sequence[float]]]
 EncodeFn = Callable[[list[str]], Vectors]
-# What TextIndex, CachedEncoder's users and the CLI accept as an encoder: a spec string,
-# an Encoder, a SentenceTransformer (a callable nn.Module), a function, or None.
+# What TextIndex (and as_encoder) accept as an encoder: a spec string, an Encoder, a
+# SentenceTransformer (a callable nn.Module), a function list[str] -> vectors, or None.
 EncoderLike = Union[str, Encoder, EncodeFn, None]
 
 

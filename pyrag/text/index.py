@@ -35,7 +35,7 @@ import torch
 
 from pyrag import DenseIndex, IndexFormatError
 from pyrag.text import store
-from pyrag.text.encoders import DEFAULT_ENCODER, Encoder, EncoderLike, as_encoder, encode
+from pyrag.text.encoders import DEFAULT_ENCODER, Encoder, EncoderLike, Vectors, as_encoder, encode
 from pyrag.text.store import Metadata
 
 __all__ = ["Filter", "Hit", "IndexInfo", "Metadata", "Passage", "StaleIndexError", "TextIndex", "VectorQuery"]
@@ -53,13 +53,11 @@ _STORED = _Stored.ENCODER
 
 # search(filter=): metadata key: value pairs that must all be equal, or a predicate.
 Filter = Union[Metadata, Callable[[Metadata], bool], None]
-# Vectors given to add_texts / upsert_texts: float [n, dim].
-VectorsIn = Union[torch.Tensor, np.ndarray, Sequence[Sequence[float]]]
 # A vector query whose shape only shows at run time: [dim] (one query) or [B, dim].
 VectorQuery = Union[torch.Tensor, np.ndarray]
 
 _T = TypeVar("_T")
-_Undo = Optional[Callable[[], object]]
+_Undo = Optional[Callable[[], object]]  # what a mutation's in-memory step returns: its undo
 
 
 @dataclass(frozen=True)
@@ -352,7 +350,7 @@ class TextIndex:
         metadatas: Optional[Sequence[Metadata]] = None,
         ids: Optional[Sequence[str]] = None,
         *,
-        vectors: Optional[VectorsIn] = None,
+        vectors: Optional[Vectors] = None,
     ) -> list[str]:
         """Adds passages and returns their ids (new uuid4 strings where ids is None).
         An id already in the index is an error (see upsert_texts to replace).
@@ -368,7 +366,7 @@ class TextIndex:
         metadatas: Optional[Sequence[Metadata]] = None,
         ids: Optional[Sequence[str]] = None,
         *,
-        vectors: Optional[VectorsIn] = None,
+        vectors: Optional[Vectors] = None,
     ) -> list[str]:
         """Like add_texts, but a passage whose id is already in the index is replaced
         (text, metadata and vector), in the same commit as the additions."""
