@@ -12,6 +12,7 @@ the CPU, the instruction-set path pyrag's kernels took and the thread count.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -19,7 +20,15 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # imported when the benchmark runs, so that `pyrag --help` stays fast
+    import torch
+
+    import pyrag
+
+# One search method under test: a query batch [B, dim] in, the top-k ids [B, k] out.
+SearchFn = Callable[["torch.Tensor"], "torch.Tensor"]
 
 __all__ = ["add_arguments", "machine", "measure", "run"]
 
@@ -57,20 +66,20 @@ def _pyrag_isa() -> str:
     fn = getattr(pyrag, "cpu_isa", None)  # the public name, where this pyrag has one
     if fn is None:
         try:
-            from pyrag import _C
+            import pyrag._C
 
-            fn = _C.cpu_isa
+            fn = pyrag._C.cpu_isa
         except (ImportError, AttributeError):
             return "unknown"
     return str(fn())
 
 
-def machine() -> dict:
+def machine() -> dict[str, Any]:
     import torch
 
     import pyrag
 
-    info = {
+    info: dict[str, Any] = {
         "cpu": _cpu_name(),
         "logical_cpus": os.cpu_count(),
         "pyrag_isa": _pyrag_isa(),
@@ -98,7 +107,7 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _recall(ids, ref) -> float:
+def _recall(ids: torch.Tensor, ref: torch.Tensor) -> float:
     import torch
 
     ids, ref = torch.as_tensor(ids), torch.as_tensor(ref)
@@ -108,7 +117,7 @@ def _recall(ids, ref) -> float:
 
 def measure(
     n: int, dim: int, k: int, batches: list[int], repeats: int, log: Optional[Callable[[str], None]] = None
-) -> dict:
+) -> dict[str, Any]:
     """The figures of one run: {"machine", "config", "results": [{method, dtype, batch,
     ms, queries_per_s, recall, speedup_vs_torch}, ...]}."""
     import torch
@@ -119,16 +128,19 @@ def measure(
     g = torch.Generator().manual_seed(0)
     corpus = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
     queries = torch.nn.functional.normalize(torch.randn(max(batches), dim, generator=g), dim=1)
-    methods: list[tuple[str, str, Callable]] = []
+    methods: list[tuple[str, str, SearchFn]] = []
 
-    def torch_search(q):
-        return torch.topk(q @ corpus.T, k, dim=1)
+    def torch_search(q: torch.Tensor) -> torch.Tensor:
+        return torch.topk(q @ corpus.T, k, dim=1).indices
 
-    methods.append(("torch matmul+topk", "float32", lambda q: torch_search(q)[1]))
+    def pyrag_search(index: pyrag.DenseIndex) -> SearchFn:
+        return lambda q: index.search(q, k)[1]
+
+    methods.append(("torch matmul+topk", "float32", torch_search))
     for dtype in ("float32", "bfloat16", "int8"):
         index = pyrag.DenseIndex(dim, dtype, keep_originals=False)
         index.add(corpus)
-        methods.append(("pyrag DenseIndex", dtype, lambda q, index=index: index.search(q, k)[1]))
+        methods.append(("pyrag DenseIndex", dtype, pyrag_search(index)))
     try:
         import faiss
 
@@ -142,10 +154,10 @@ def measure(
     results = []
     for b in batches:
         q = queries[:b].contiguous()
-        ref = torch_search(q)[1]
+        ref = torch_search(q)
         torch_ms = None
         for name, dtype, fn in methods:
-            ms = _median_ms(lambda fn=fn, q=q: fn(q), repeats)
+            ms = _median_ms(functools.partial(fn, q), repeats)
             torch_ms = ms if torch_ms is None else torch_ms
             row = {
                 "method": name,
@@ -168,7 +180,7 @@ def measure(
     }
 
 
-def plot(figures: dict, path: str | os.PathLike) -> None:
+def plot(figures: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """A grouped bar chart of queries/s per batch size and method."""
     import matplotlib
 
@@ -212,7 +224,7 @@ def plot(figures: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
     batches = []

@@ -17,14 +17,18 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # the commands import pyrag.text when they run: `pyrag --help` stays fast
+    from pyrag.text.corpus import Document
+    from pyrag.text.encoders import Encoder
 
 __all__ = ["main"]
 
 
-def _human_bytes(n: int) -> str:
+def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -129,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------- build
-def _build(args) -> int:
+def _build(args: argparse.Namespace) -> int:
     from pyrag.text import TextIndex
     from pyrag.text.cache import CachedEncoder
     from pyrag.text.corpus import passages, read_documents
@@ -144,7 +148,7 @@ def _build(args) -> int:
     docs = read_documents(args.corpus, text_field=args.text_field, id_field=args.id_field, exclude=args.exclude)
     n_docs = 0
 
-    def counted(it):
+    def counted(it: Iterable[Document]) -> Iterator[Document]:
         nonlocal n_docs
         for d in it:
             n_docs += 1
@@ -153,7 +157,7 @@ def _build(args) -> int:
     texts, metadatas, ids = passages(counted(docs), args.chunk_size, args.overlap)
     t_read = time.perf_counter() - t0
     print(f"read {n_docs:,} documents -> {len(texts):,} passages in {t_read:.1f} s", file=sys.stderr)
-    encoder = load_encoder(args.encoder, args.precision)
+    encoder: Encoder = load_encoder(args.encoder, args.precision)
     if not args.no_cache and encoder.name:
         encoder = CachedEncoder(encoder)
     t1 = time.perf_counter()
@@ -197,10 +201,10 @@ def _build(args) -> int:
 
 
 # ---------------------------------------------------------------------- search
-def _where(pairs: Sequence[str]) -> Optional[dict]:
+def _where(pairs: Sequence[str]) -> Optional[dict[str, Any]]:
     if not pairs:
         return None
-    out = {}
+    out: dict[str, Any] = {}
     for p in pairs:
         key, eq, value = p.partition("=")
         if not eq or not key:
@@ -212,7 +216,7 @@ def _where(pairs: Sequence[str]) -> Optional[dict]:
     return out
 
 
-def _search(args) -> int:
+def _search(args: argparse.Namespace) -> int:
     from pyrag.text import TextIndex
 
     if args.k < 1:
@@ -247,7 +251,7 @@ def _search(args) -> int:
 
 
 # ---------------------------------------------------------------------- info
-def _info(args) -> int:
+def _info(args: argparse.Namespace) -> int:
     from pyrag.text import TextIndex
 
     with TextIndex.load(args.index, encoder=None, mmap=True) as index:

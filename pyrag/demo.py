@@ -26,9 +26,12 @@ import shutil
 import sys
 import sysconfig
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+if TYPE_CHECKING:  # imported when the demo runs, so that `--help` answers at once
+    from pyrag.text import TextIndex
 
 __all__ = ["DEMO_MODULES", "DEMO_TOPICS", "QUESTIONS", "corpus", "main"]
 
@@ -100,7 +103,7 @@ DEMO_MODULES = (
 )
 
 # The pydoc topics to index: None for all of them (~1,000 passages).
-DEMO_TOPICS: Optional[tuple] = None
+DEMO_TOPICS: Optional[tuple[str, ...]] = None
 
 QUESTIONS = (
     "How do I run a shell command and capture its output?",
@@ -141,7 +144,7 @@ def _sources() -> list[tuple[str, Path]]:
     return out
 
 
-def _signature(node) -> str:
+def _signature(node: Union[ast.FunctionDef, ast.AsyncFunctionDef]) -> str:
     args = node.args
     text = ast.unparse(args)
     if text.startswith(("self, ", "cls, ")):
@@ -151,18 +154,18 @@ def _signature(node) -> str:
     return f"({text})" if len(text) <= _SIGNATURE_CHARS else f"({text[:_SIGNATURE_CHARS]}...)"
 
 
-def _docstring_passages(module: str, path: Path, rel: str) -> list[tuple[str, dict]]:
+def _docstring_passages(module: str, path: Path, rel: str) -> list[tuple[str, dict[str, Any]]]:
     """(text, metadata) for the docstrings of a module, its public functions and classes,
     and their public methods, each headed by the object's name and signature."""
     from pyrag.text.chunking import chunk_text
 
     tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"), filename=str(path))
-    items = []  # (qualified name, kind, header, docstring, line)
+    items: list[tuple[str, str, str, str, int]] = []  # (qualified name, kind, header, docstring, line)
     doc = ast.get_docstring(tree)
     if doc:
         items.append((module, "module", f"module {module}", doc, 1))
 
-    def visit(body, prefix: str, in_class: bool):
+    def visit(body: list[ast.stmt], prefix: str, in_class: bool) -> None:
         for node in body:
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
@@ -190,7 +193,7 @@ def _docstring_passages(module: str, path: Path, rel: str) -> list[tuple[str, di
     return out
 
 
-def _topic_passages() -> list[tuple[str, dict]]:
+def _topic_passages() -> list[tuple[str, dict[str, Any]]]:
     from pydoc_data.topics import topics
 
     from pyrag.text.chunking import chunk_text
@@ -202,13 +205,16 @@ def _topic_passages() -> list[tuple[str, dict]]:
     return out
 
 
-def corpus() -> tuple[list[str], list[dict], list[str]]:
+def corpus() -> tuple[list[str], list[dict[str, Any]], list[str]]:
     """The demo's passages: (texts, metadatas, ids), pydoc topics first."""
     root = _stdlib()
     rows = _topic_passages()
     for module, path in _sources():
         rows += _docstring_passages(module, path, path.relative_to(root).as_posix())
-    texts, metas, ids, seen = [], [], [], {}
+    texts: list[str] = []
+    metas: list[dict[str, Any]] = []
+    ids: list[str] = []
+    seen: dict[str, int] = {}
     for text, meta in rows:
         base = f"{meta['source']}@{meta['offset']}"
         n = seen[base] = seen.get(base, 0) + 1  # a name defined twice (platform branches)
@@ -232,18 +238,19 @@ def _fingerprint(encoder_name: str, compute: str) -> str:
 
 
 # ---------------------------------------------------------------------- build or load
-def _index(cache_dir: Path, rebuild: bool, log) -> tuple[object, bool]:
+def _index(cache_dir: Path, rebuild: bool, log: Callable[[str], None]) -> tuple[TextIndex, bool]:
     from pyrag.text import TextIndex
     from pyrag.text.cache import CachedEncoder
     from pyrag.text.encoders import load_encoder
 
     t0 = time.perf_counter()
-    encoder = load_encoder("minilm")
+    spec = "minilm"
+    encoder = load_encoder(spec)
     log(
         f"encoder all-MiniLM-L6-v2 loaded in {time.perf_counter() - t0:.1f} s "
         f"(computes in {str(encoder.compute_dtype).replace('torch.', '')})"
     )
-    path = cache_dir / f"demo-{_fingerprint(encoder.name, str(encoder.compute_dtype))}"
+    path = cache_dir / f"demo-{_fingerprint(spec, str(encoder.compute_dtype))}"
     if path.is_dir() and not rebuild:
         try:
             index = TextIndex.load(path, encoder=encoder, mmap=True)
@@ -272,7 +279,7 @@ def _index(cache_dir: Path, rebuild: bool, log) -> tuple[object, bool]:
     return index, True
 
 
-def _generate(index, path: str, questions: Sequence[str], k: int, tau: float, max_new_tokens: int) -> None:
+def _generate(index: TextIndex, path: str, questions: Sequence[str], k: int, tau: float, max_new_tokens: int) -> None:
     import torch
 
     import pyrag
@@ -291,7 +298,7 @@ def _generate(index, path: str, questions: Sequence[str], k: int, tau: float, ma
         if not hits:
             continue
         scores = torch.tensor([[h.score for h in hits]])
-        weights = pyrag.lsr_weights(scores, tau)[0]  # p_R = softmax(scores / tau)
+        weights = pyrag.lsr_weights(scores, tau)[0].tolist()  # p_R = softmax(scores / tau)
         t0 = time.perf_counter()
         result = lm.generate(q, [h.text for h in hits], weights=weights, max_new_tokens=max_new_tokens, do_sample=False)
         dt = time.perf_counter() - t0

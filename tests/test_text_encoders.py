@@ -3,6 +3,9 @@ AutoModel with mean pooling (a tiny random BERT saved here, compared with the po
 written out by hand), callables, the batched `encode` and its checks, and the embedding
 cache."""
 
+import io
+import sys
+
 import pytest
 import torch
 
@@ -30,6 +33,22 @@ def test_encode_batches_in_length_order_and_restores_input_order():
     assert [len(b) for b in calls] == [2, 2, 1] and calls[0] == ["a", "e"]
     assert encode(CallableEncoder(fn), [], batch_size=2).shape == (0, 0)  # dim not known yet
     assert encode(CallableEncoder(fn, dim=2), [], batch_size=2).shape == (0, 2)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize(
+    "progress,tty,bar", [(None, True, True), (None, False, False), (True, False, True), (False, True, False)]
+)
+def test_progress_bar_where_asked(monkeypatch, progress, tty, bar):
+    """progress=None (TextIndex's default) shows the bar on a terminal only."""
+    err = _Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    encode(CallableEncoder(lambda t: torch.ones(len(t), 2)), ["a", "b", "c"], batch_size=2, progress=progress)
+    assert ("encode: 100%" in err.getvalue()) == bar, err.getvalue()
 
 
 @pytest.mark.parametrize(

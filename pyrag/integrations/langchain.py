@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union, cast
 
 import torch
 
@@ -34,11 +34,12 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("pyrag.integrations.langchain needs langchain-core: pip install pyrag[langchain]") from e
 
 from pyrag.text import CallableEncoder, Hit, TextIndex
+from pyrag.text.index import Filter
 
 __all__ = ["PyragVectorStore"]
 
 
-def _unit(x) -> torch.Tensor:
+def _unit(x: Union[torch.Tensor, Sequence[float], Sequence[Sequence[float]]]) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.as_tensor(x, dtype=torch.float32), dim=-1)
 
 
@@ -66,12 +67,12 @@ class PyragVectorStore(VectorStore):
         self,
         embedding: Embeddings,
         *,
-        path: Optional[str | os.PathLike] = None,
+        path: Optional[str | os.PathLike[str]] = None,
         dtype: str = "float32",
         normalize: bool = True,
         keep_originals: bool = False,
         index: Optional[TextIndex] = None,
-    ):
+    ) -> None:
         self._embedding = embedding
         self._normalize = bool(normalize)
         if index is None:
@@ -86,13 +87,13 @@ class PyragVectorStore(VectorStore):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, embedding: Embeddings, *, normalize: bool = True, mmap: bool = False
+        cls, path: str | os.PathLike[str], embedding: Embeddings, *, normalize: bool = True, mmap: bool = False
     ) -> PyragVectorStore:
         """Reopens a store saved in a directory (pass the same embedding model)."""
         index = TextIndex.load(path, encoder=_encoder(embedding, normalize), mmap=mmap, progress=False)
         return cls(embedding, normalize=normalize, index=index)
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Writes a copy of the store to a new directory."""
         self.index.save(path)
 
@@ -104,16 +105,17 @@ class PyragVectorStore(VectorStore):
     def add_texts(
         self,
         texts: Iterable[str],
-        metadatas: Optional[list[dict]] = None,
+        metadatas: Optional[list[dict[str, Any]]] = None,
         *,
-        ids: Optional[list[Optional[str]]] = None,
+        # Wider than VectorStore's list[str]: its own add_documents passes [doc.id, ...],
+        # which holds None for the documents that have no id.
+        ids: Optional[Sequence[Optional[str]]] = None,
         **kwargs: Any,
     ) -> list[str]:
         """Adds (or, for ids already stored, replaces) texts; returns their ids."""
         texts = list(texts)
-        if ids is not None:
-            ids = [i if i else str(uuid.uuid4()) for i in ids]
-        return self.index.upsert_texts(texts, metadatas, ids)
+        given = None if ids is None else [i if i else str(uuid.uuid4()) for i in ids]
+        return self.index.upsert_texts(texts, metadatas, given)
 
     def delete(self, ids: Optional[list[str]] = None, **kwargs: Any) -> Optional[bool]:
         """Deletes these ids (unknown ones are skipped), or everything with ids=None."""
@@ -127,32 +129,36 @@ class PyragVectorStore(VectorStore):
         return [Document(id=p.id, page_content=p.text, metadata=p.metadata) for p in passages]
 
     # ------------------------------------------------------------------ searching
+    def _vector(self, embedding: list[float]) -> torch.Tensor:
+        """The query vector the index is searched with (unit length, with normalize)."""
+        v = torch.as_tensor(embedding, dtype=torch.float32)
+        return _unit(v) if self._normalize else v
+
+    def _search(self, vector: torch.Tensor, k: int, filter: Filter) -> list[Hit]:
+        hits = self.index.search(vector, k, filter=filter)
+        return cast(list[Hit], hits)  # one vector [dim]: one list of hits
+
     @staticmethod
     def _documents(hits: list[Hit]) -> list[tuple[Document, float]]:
         return [(Document(id=h.id, page_content=h.text, metadata=h.metadata), h.score) for h in hits]
 
-    def _query_vector(self, query: str) -> torch.Tensor:
-        v = torch.as_tensor(self._embedding.embed_query(query), dtype=torch.float32)
-        return _unit(v) if self._normalize else v
-
     def similarity_search_with_score_by_vector(
-        self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
+        self, embedding: list[float], k: int = 4, filter: Filter = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """filter: a dict of metadata key: value pairs, or a callable metadata -> bool."""
-        v = torch.as_tensor(embedding, dtype=torch.float32)
-        return self._documents(self.index.search(_unit(v) if self._normalize else v, k, filter=filter))
+        return self._documents(self._search(self._vector(embedding), k, filter))
 
     def similarity_search_by_vector(
-        self, embedding: list[float], k: int = 4, filter: Any = None, **kwargs: Any
+        self, embedding: list[float], k: int = 4, filter: Filter = None, **kwargs: Any
     ) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
 
     def similarity_search_with_score(
-        self, query: str, k: int = 4, filter: Any = None, **kwargs: Any
+        self, query: str, k: int = 4, filter: Filter = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        return self._documents(self.index.search(self._query_vector(query), k, filter=filter))
+        return self._documents(self._search(self._vector(self._embedding.embed_query(query)), k, filter))
 
-    def similarity_search(self, query: str, k: int = 4, filter: Any = None, **kwargs: Any) -> list[Document]:
+    def similarity_search(self, query: str, k: int = 4, filter: Filter = None, **kwargs: Any) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, filter)]
 
     def max_marginal_relevance_search_by_vector(
@@ -161,21 +167,22 @@ class PyragVectorStore(VectorStore):
         k: int = 4,
         fetch_k: int = 20,
         lambda_mult: float = 0.5,
-        filter: Any = None,
+        filter: Filter = None,
         **kwargs: Any,
     ) -> list[Document]:
         """MMR over the fetch_k best hits, with their stored vectors (TextIndex.get_vectors)."""
-        v = torch.as_tensor(embedding, dtype=torch.float32)
-        v = _unit(v) if self._normalize else v
-        hits = self.index.search(v, fetch_k, filter=filter)
+        v = self._vector(embedding)
+        hits = self._search(v, fetch_k, filter)
         if not hits:
             return []
-        vectors = self.index.get_vectors([h.id for h in hits])
-        picked = maximal_marginal_relevance(v.numpy(), vectors.numpy(), lambda_mult=lambda_mult, k=k)
+        vectors = self.index.get_vectors([h.id for h in hits]).numpy()
+        # embedding_list is typed list[list[float]] but is only used as a 2-D array; passing
+        # the float32 array keeps MMR's cosines those of the stored vectors.
+        picked = maximal_marginal_relevance(v.numpy(), vectors, lambda_mult=lambda_mult, k=k)  # type: ignore[arg-type]
         return [d for d, _ in self._documents([hits[i] for i in picked])]
 
     def max_marginal_relevance_search(
-        self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, filter: Any = None, **kwargs: Any
+        self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, filter: Filter = None, **kwargs: Any
     ) -> list[Document]:
         return self.max_marginal_relevance_search_by_vector(
             self._embedding.embed_query(query), k, fetch_k, lambda_mult, filter
@@ -196,7 +203,7 @@ class PyragVectorStore(VectorStore):
         cls,
         texts: list[str],
         embedding: Embeddings,
-        metadatas: Optional[list[dict]] = None,
+        metadatas: Optional[list[dict[str, Any]]] = None,
         *,
         ids: Optional[list[str]] = None,
         **kwargs: Any,

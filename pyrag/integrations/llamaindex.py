@@ -43,6 +43,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("pyrag.integrations.llamaindex needs llama-index-core: pip install pyrag[llamaindex]") from e
 
 from pyrag.text import TextIndex
+from pyrag.text.store import Metadata
 
 __all__ = ["PyragVectorStore", "metadata_filter"]
 
@@ -86,14 +87,18 @@ def _compare(op: FilterOperator, have: Any, want: Any) -> bool:
     raise ValueError(f"unsupported filter operator {op!r}")
 
 
-def metadata_filter(filters: MetadataFilters) -> Callable[[dict], bool]:
+def _leaf(f: MetadataFilter) -> Callable[[Metadata], bool]:
+    return lambda meta: _compare(FilterOperator(f.operator), meta.get(f.key, _MISSING), f.value)
+
+
+def metadata_filter(filters: MetadataFilters) -> Callable[[Metadata], bool]:
     """A predicate metadata -> bool for LlamaIndex MetadataFilters."""
-    parts: list[Callable[[dict], bool]] = []
+    parts: list[Callable[[Metadata], bool]] = []
     for f in filters.filters:
         if isinstance(f, MetadataFilters):
             parts.append(metadata_filter(f))
         elif isinstance(f, MetadataFilter):
-            parts.append(lambda meta, f=f: _compare(FilterOperator(f.operator), meta.get(f.key, _MISSING), f.value))
+            parts.append(_leaf(f))
         else:
             raise TypeError(f"unsupported filter {f!r}")
     condition = filters.condition or FilterCondition.AND
@@ -122,13 +127,13 @@ class PyragVectorStore(BasePydanticVectorStore):
 
     def __init__(
         self,
-        path: Optional[str | os.PathLike] = None,
+        path: Optional[str | os.PathLike[str]] = None,
         *,
         dtype: str = "float32",
         keep_originals: bool = False,
         index: Optional[TextIndex] = None,
         **kwargs: Any,
-    ):
+    ) -> None:
         super().__init__(**kwargs)
         self._index = (
             index
@@ -137,7 +142,7 @@ class PyragVectorStore(BasePydanticVectorStore):
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = False) -> PyragVectorStore:
+    def load(cls, path: str | os.PathLike[str], *, mmap: bool = False) -> PyragVectorStore:
         """Reopens a store kept in a directory."""
         return cls(index=TextIndex.load(path, encoder=None, mmap=mmap, progress=False))
 
@@ -211,7 +216,7 @@ class PyragVectorStore(BasePydanticVectorStore):
             raise ValueError(f"PyragVectorStore answers dense queries (mode DEFAULT), not {query.mode.value!r}")
         if query.query_embedding is None:
             raise ValueError("query_embedding is required: this store ranks by vectors")
-        preds: list[Callable[[dict], bool]] = []
+        preds: list[Callable[[Metadata], bool]] = []
         if query.filters is not None:
             preds.append(metadata_filter(query.filters))
         # An empty list restricts nothing: VectorStoreIndex.as_retriever passes node_ids=[]

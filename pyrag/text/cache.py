@@ -45,7 +45,7 @@ class CachedEncoder:
         if not encoder.name:
             raise ValueError("only an encoder with a name (a spec such as 'minilm') can be cached")
         self.encoder = encoder
-        self.name = encoder.name
+        self.name: Optional[str] = encoder.name
         compute = str(getattr(encoder, "compute_dtype", "")).replace("torch.", "")
         self.fingerprint = f"{encoder.name}|{compute}|normalize={getattr(encoder, 'normalize', '')}"
         self.path = Path(cache_dir or default_cache_dir()) / _FILE

@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pyrag.text.chunking import DEFAULT_CHUNK_SIZE, chunk_text
 
@@ -40,7 +40,11 @@ class CorpusError(ValueError):
 class Document:
     id: str
     text: str
-    metadata: dict = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# A piece of page text and whether it lies inside <pre>, or None for a paragraph break.
+_Piece = Optional[tuple[str, bool]]
 
 
 # ---------------------------------------------------------------------- HTML
@@ -113,20 +117,19 @@ class _HTMLText(html.parser.HTMLParser):
         "track",
     }
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.title_parts: list[str] = []
-        # Pieces of text (str, inside <pre>) and paragraph breaks (None): of the whole
-        # body, and of the main content (<main>, role="main", <article>).
-        self.body: list = []
-        self.main: list = []
+        # The pieces of the whole body, and of the main content (<main>, role="main", <article>).
+        self.body: list[_Piece] = []
+        self.main: list[_Piece] = []
         self._stack: list[tuple[str, bool, bool]] = []  # (tag, skips, is main)
         self._skip = 0
         self._main = 0
         self._pre = 0
         self._in_title = False
 
-    def handle_starttag(self, tag, attrs):
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
         a = dict(attrs)
         if tag == "title":
             self._in_title = True
@@ -144,7 +147,7 @@ class _HTMLText(html.parser.HTMLParser):
         if tag in self._BLOCK:
             self._break()
 
-    def handle_endtag(self, tag):
+    def handle_endtag(self, tag: str) -> None:
         if tag == "title":
             self._in_title = False
         if all(t != tag for t, _, _ in self._stack):
@@ -160,7 +163,7 @@ class _HTMLText(html.parser.HTMLParser):
             if t == tag:
                 break
 
-    def handle_data(self, data):
+    def handle_data(self, data: str) -> None:
         if self._in_title:
             self.title_parts.append(data)
             return
@@ -171,19 +174,21 @@ class _HTMLText(html.parser.HTMLParser):
         if self._main:
             self.main.append(piece)
 
-    def _break(self):
+    def _break(self) -> None:
         if not self._skip:
             self.body.append(None)
             if self._main:
                 self.main.append(None)
 
 
-def _paragraphs(pieces: list) -> list[str]:
+def _paragraphs(pieces: list[_Piece]) -> list[str]:
     """Joins text pieces into paragraphs at the breaks (None): whitespace collapsed,
     except in paragraphs that hold <pre> text, which keep their lines."""
-    out, cur, pre = [], [], False
+    out: list[str] = []
+    cur: list[str] = []
+    pre = False
 
-    def flush():
+    def flush() -> None:
         text = "".join(cur)
         text = "\n".join(ln.rstrip() for ln in text.strip("\n").split("\n")) if pre else " ".join(text.split())
         if text.strip():
@@ -242,7 +247,7 @@ def _folder_documents(root: Path, exclude: Sequence[str], progress: Optional[boo
         files, desc="read", unit="file", disable=None if progress is None else not progress, dynamic_ncols=True
     ):
         raw = _read_file(root / rel)
-        meta: dict = {}
+        meta: dict[str, str] = {}
         if rel.suffix.lower() in (".html", ".htm"):
             title, raw = html_to_text(raw)
             if title:
@@ -250,7 +255,7 @@ def _folder_documents(root: Path, exclude: Sequence[str], progress: Optional[boo
         yield Document(rel.as_posix(), raw, {"source": rel.as_posix(), **meta})
 
 
-def _record_document(record: dict, text_field: str, id_field: Optional[str], where: str) -> Document:
+def _record_document(record: dict[str, Any], text_field: str, id_field: Optional[str], where: str) -> Document:
     if text_field not in record:
         raise CorpusError(f"{where}: no {text_field!r} field (fields: {', '.join(map(str, record))[:200]})")
     text = record[text_field]
@@ -298,7 +303,7 @@ def _csv_documents(path: Path, text_field: str, id_field: Optional[str]) -> Iter
 
 
 def read_documents(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     text_field: str = "text",
     id_field: Optional[str] = None,
@@ -332,11 +337,11 @@ def read_documents(
 
 def passages(
     documents: Iterable[Document], size: int = DEFAULT_CHUNK_SIZE, overlap: Optional[int] = None
-) -> tuple[list[str], list[dict], list[str]]:
+) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     """Chunks documents into passages: (texts, metadatas, ids). Raises CorpusError if
     there is no text at all, or if two documents share an id."""
     texts: list[str] = []
-    metadatas: list[dict] = []
+    metadatas: list[dict[str, Any]] = []
     ids: list[str] = []
     seen: set[str] = set()
     for doc in documents:

@@ -27,7 +27,7 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
 import torch
@@ -36,7 +36,9 @@ __all__ = [
     "CallableEncoder",
     "DEFAULT_ENCODER",
     "Encoder",
+    "EncoderLike",
     "HuggingFaceEncoder",
+    "ModelEncoder",
     "SentenceTransformerEncoder",
     "as_encoder",
     "cpu_has_native_bf16",
@@ -51,12 +53,24 @@ _MINILM_NAMES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm
 
 @runtime_checkable
 class Encoder(Protocol):
+    """What TextIndex encodes with: float32 [len(texts), dim] for documents and queries,
+    `dim` (None until known) and `name` (a spec `load_encoder` understands, or None)."""
+
     name: Optional[str]
     dim: Optional[int]
 
     def encode_documents(self, texts: list[str]) -> torch.Tensor: ...
 
     def encode_queries(self, texts: list[str]) -> torch.Tensor: ...
+
+
+# Float vectors [n, dim] as a tensor, a numpy array or nested lists: what an encoder
+# function may return (checked and converted by `encode`), and TextIndex's vectors=.
+Vectors = Union[torch.Tensor, np.ndarray, Sequence[Sequence[float]]]
+EncodeFn = Callable[[list[str]], Vectors]
+# What TextIndex (and as_encoder) accept as an encoder: a spec string, an Encoder, a
+# SentenceTransformer (a callable nn.Module), a function list[str] -> vectors, or None.
+EncoderLike = Union[str, Encoder, EncodeFn, None]
 
 
 # ---------------------------------------------------------------------- precision
@@ -71,7 +85,7 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _autocast_dtype(precision: str, device) -> Optional[torch.dtype]:
+def _autocast_dtype(precision: str, device: Union[str, torch.device]) -> Optional[torch.dtype]:
     """The autocast dtype for a forward pass, or None for plain float32.
 
     "auto" runs CPU models in bfloat16 autocast where the CPU has native bf16 matrix
@@ -100,13 +114,13 @@ class SentenceTransformerEncoder:
 
     def __init__(
         self,
-        model,
+        model: Any,  # a sentence_transformers.SentenceTransformer, or a path / hub name
         *,
         normalize: bool = True,
         device: Optional[str] = None,
         precision: str = "auto",
         name: Optional[str] = None,
-    ):
+    ) -> None:
         if isinstance(model, (str, os.PathLike)):
             name = name or f"st:{os.fspath(model)}"
             model = _sentence_transformer(os.fspath(model), device)
@@ -115,10 +129,10 @@ class SentenceTransformerEncoder:
         self.precision = precision
         self._autocast = _autocast_dtype(precision, model.device)
         self.compute_dtype = self._autocast or torch.float32  # what the forward pass runs in
-        self.name = name
+        self.name: Optional[str] = name
         # get_sentence_embedding_dimension: sentence-transformers < 5.2
         dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self.dim = dim_of()
+        self.dim: Optional[int] = dim_of()
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEncoder(name={self.name!r}, dim={self.dim})"
@@ -147,7 +161,7 @@ class SentenceTransformerEncoder:
         return self._encode(texts, "encode_query")
 
 
-def _sentence_transformer(path: str, device: Optional[str]):
+def _sentence_transformer(path: str, device: Optional[str]) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
@@ -175,14 +189,14 @@ class HuggingFaceEncoder:
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: Any,  # a transformers PreTrainedModel (transformers is untyped here)
+        tokenizer: Any,
         *,
         normalize: bool = True,
         max_length: Optional[int] = None,
         precision: str = "auto",
         name: Optional[str] = None,
-    ):
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.normalize = bool(normalize)
@@ -191,11 +205,11 @@ class HuggingFaceEncoder:
         self.compute_dtype = self._autocast or torch.float32
         limit = getattr(tokenizer, "model_max_length", None) or 512
         self.max_length = int(max_length or min(limit, 512))
-        self.name = name
-        self.dim = int(model.config.hidden_size)
+        self.name: Optional[str] = name
+        self.dim: Optional[int] = int(model.config.hidden_size)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> HuggingFaceEncoder:
+    def from_pretrained(cls, path: str | os.PathLike[str], **kwargs: Any) -> HuggingFaceEncoder:
         try:
             from transformers import AutoModel, AutoTokenizer
         except ImportError as e:
@@ -232,16 +246,18 @@ class CallableEncoder:
 
     def __init__(
         self,
-        fn: Callable,
+        fn: EncodeFn,
         *,
-        query_fn: Optional[Callable] = None,
+        query_fn: Optional[EncodeFn] = None,
         dim: Optional[int] = None,
         name: Optional[str] = None,
-    ):
+    ) -> None:
         if not callable(fn) or (query_fn is not None and not callable(query_fn)):
             raise TypeError("an encoder must be callable: list[str] -> [n, dim] vectors")
-        self.fn, self.query_fn = fn, query_fn or fn
-        self.dim, self.name = dim, name
+        self.fn: EncodeFn = fn
+        self.query_fn: EncodeFn = query_fn or fn
+        self.dim: Optional[int] = dim
+        self.name: Optional[str] = name
 
     def __repr__(self) -> str:
         return f"CallableEncoder({getattr(self.fn, '__name__', self.fn)!r}, dim={self.dim})"
@@ -253,7 +269,7 @@ class CallableEncoder:
         return _as_float_tensor(self.query_fn(list(texts)))
 
 
-def _as_float_tensor(x) -> torch.Tensor:
+def _as_float_tensor(x: object) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         t = x.detach().to("cpu")
     else:
@@ -282,8 +298,12 @@ def minilm_path() -> Path:
     return path
 
 
+# What a spec loads: a model run in `compute_dtype`, with `normalize` and `precision`.
+ModelEncoder = Union[SentenceTransformerEncoder, HuggingFaceEncoder]
+
+
 @functools.lru_cache(maxsize=8)
-def _load_cached(spec: str, precision: str) -> Encoder:
+def _load_cached(spec: str, precision: str) -> ModelEncoder:
     key = spec.lower()
     if key in _MINILM_NAMES:
         path = minilm_path()
@@ -311,7 +331,7 @@ def _load_cached(spec: str, precision: str) -> Encoder:
     )
 
 
-def load_encoder(spec: str, precision: str = "auto") -> Encoder:
+def load_encoder(spec: str, precision: str = "auto") -> ModelEncoder:
     """The encoder a spec names (see the module doc), loaded once per process, spec and
     precision ("auto", "float32" or "bfloat16": see SentenceTransformerEncoder)."""
     if not isinstance(spec, str) or not spec:
@@ -320,7 +340,7 @@ def load_encoder(spec: str, precision: str = "auto") -> Encoder:
     return _load_cached(spec, precision)
 
 
-def as_encoder(obj) -> Optional[Encoder]:
+def as_encoder(obj: EncoderLike) -> Optional[Encoder]:
     """An Encoder from what a user passes: None, an Encoder, a spec string, a
     SentenceTransformer, or a callable list[str] -> vectors."""
     if obj is None or isinstance(obj, Encoder):
@@ -344,13 +364,14 @@ def encode(
     *,
     queries: bool = False,
     batch_size: int = 64,
-    progress: bool = False,
+    progress: Optional[bool] = False,
     dim: Optional[int] = None,
 ) -> torch.Tensor:
     """Encodes texts in batches: float32 [len(texts), dim], row i for texts[i].
 
     Checks that every batch gives one finite vector per text, of the encoder's dimension
     and of `dim` if given (the index's). Sets encoder.dim when it was unknown.
+    progress: show a tqdm bar (None: only when stderr is a terminal).
     """
     from tqdm.auto import tqdm
 
@@ -367,7 +388,13 @@ def encode(
     if not texts:
         return torch.empty((0, want or 0), dtype=torch.float32)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with tqdm(total=len(texts), desc="encode", unit="text", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(texts),
+        desc="encode",
+        unit="text",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    ) as bar:
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
             emb = _as_float_tensor(fn([texts[i] for i in rows]))
@@ -389,6 +416,7 @@ def encode(
                 out = torch.empty((len(texts), want), dtype=torch.float32)
             out[torch.tensor(rows)] = emb
             bar.update(len(rows))
+    assert out is not None  # texts is not empty, so the first batch allocated it
     if encoder.dim is None:
         encoder.dim = want
     return out

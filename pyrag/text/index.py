@@ -19,29 +19,45 @@ reloads; a writer whose store was changed by another writer raises StaleIndexErr
 
 from __future__ import annotations
 
+import enum
 import os
 import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, TypedDict, TypeVar, Union, overload
 
 import numpy as np
 import torch
 
 from pyrag import DenseIndex, IndexFormatError
 from pyrag.text import store
-from pyrag.text.encoders import DEFAULT_ENCODER, Encoder, as_encoder, encode
+from pyrag.text.encoders import DEFAULT_ENCODER, Encoder, EncoderLike, Vectors, as_encoder, encode
+from pyrag.text.store import Metadata
 
-__all__ = ["Hit", "Passage", "StaleIndexError", "TextIndex"]
+__all__ = ["Filter", "Hit", "IndexInfo", "Metadata", "Passage", "StaleIndexError", "TextIndex", "VectorQuery"]
 
 _DTYPES = ("float32", "bfloat16", "int8")
-_STORED = object()  # TextIndex.load: the encoder recorded in the store
 
-Filter = Union[dict, Callable[[dict], bool], None]
+
+class _Stored(enum.Enum):
+    """TextIndex.load's default encoder: the one recorded in the store."""
+
+    ENCODER = enum.auto()
+
+
+_STORED = _Stored.ENCODER
+
+# search(filter=): metadata key: value pairs that must all be equal, or a predicate.
+Filter = Union[Metadata, Callable[[Metadata], bool], None]
+# A vector query whose shape only shows at run time: [dim] (one query) or [B, dim].
+VectorQuery = Union[torch.Tensor, np.ndarray]
+
+_T = TypeVar("_T")
+_Undo = Optional[Callable[[], object]]  # what a mutation's in-memory step returns: its undo
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class Passage:
 
     id: str
     text: str
-    metadata: dict = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,24 @@ class Hit(Passage):
 
 class StaleIndexError(RuntimeError):
     """Another process committed to this store since this TextIndex read it: reload it."""
+
+
+class _InfoBase(TypedDict):
+    passages: int
+    dim: Optional[int]
+    dtype: str
+    encoder: Optional[str]
+    generation: int
+    keep_originals: bool
+    path: Optional[str]
+
+
+class IndexInfo(_InfoBase, total=False):
+    """What TextIndex.info() returns; `files` (name -> bytes) and `bytes` (their sum)
+    only for an index kept in a directory."""
+
+    files: dict[str, int]
+    bytes: int
 
 
 class TextIndex:
@@ -84,17 +118,33 @@ class TextIndex:
         progress: show a tqdm bar while encoding (None: only on a terminal).
     """
 
+    # A spec string stays a string until the encoder is needed (loading takes seconds).
+    _encoder: Union[str, Encoder, None]
+    _recorded_encoder: str  # the spec in the store ("" for none)
+    _path: Optional[Path]  # None: in memory
+    _db: sqlite3.Connection
+    _dtype: str
+    _dim: Optional[int]  # None until the first vectors arrive
+    _keep_originals: bool
+    _index: Optional[DenseIndex]  # exactly the committed vectors; None while _dim is None
+    _generation: int
+    _data_version: Optional[int]  # SQLite's PRAGMA data_version when last read
+    _mmap: bool
+    _batch_size: int
+    _progress: Optional[bool]
+    _lock: threading.RLock
+
     def __init__(
         self,
-        encoder: Any = DEFAULT_ENCODER,
+        encoder: EncoderLike = DEFAULT_ENCODER,
         *,
         dtype: str = "float32",
         dim: Optional[int] = None,
-        path: Optional[str | os.PathLike] = None,
+        path: Optional[str | os.PathLike[str]] = None,
         keep_originals: bool = False,
         batch_size: int = 64,
         progress: Optional[bool] = None,
-    ):
+    ) -> None:
         if dtype not in _DTYPES:
             raise TypeError(f"unsupported dtype {dtype!r}; expected one of {', '.join(_DTYPES)}")
         if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
@@ -130,31 +180,43 @@ class TextIndex:
             store.init_schema(self._db, meta)
             _fsync_dir(self._path)
 
-    def _init_common(self, encoder, batch_size, progress) -> None:
+    def _init_common(self, encoder: EncoderLike, batch_size: int, progress: Optional[bool]) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        # A spec string stays a string until the encoder is needed (loading takes seconds).
         self._encoder = encoder if isinstance(encoder, str) else as_encoder(encoder)
         self._batch_size = batch_size
         self._progress = progress
         self._lock = threading.RLock()
         self._generation = 0
         self._mmap = False
-        self._data_version: Optional[int] = None
+        self._data_version = None
 
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_texts(
         cls,
         texts: Sequence[str],
-        encoder: Any = DEFAULT_ENCODER,
-        metadatas=None,
-        ids=None,
+        encoder: EncoderLike = DEFAULT_ENCODER,
+        metadatas: Optional[Sequence[Metadata]] = None,
+        ids: Optional[Sequence[str]] = None,
         dtype: str = "float32",
-        **kwargs,
+        *,
+        dim: Optional[int] = None,
+        path: Optional[str | os.PathLike[str]] = None,
+        keep_originals: bool = False,
+        batch_size: int = 64,
+        progress: Optional[bool] = None,
     ) -> TextIndex:
         """A new index holding `texts` (see __init__ for the other arguments)."""
-        index = cls(encoder, dtype=dtype, **kwargs)
+        index = cls(
+            encoder,
+            dtype=dtype,
+            dim=dim,
+            path=path,
+            keep_originals=keep_originals,
+            batch_size=batch_size,
+            progress=progress,
+        )
         try:
             index.add_texts(texts, metadatas, ids)
         except BaseException:
@@ -168,9 +230,9 @@ class TextIndex:
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
-        encoder: Any = _STORED,
+        encoder: Union[EncoderLike, _Stored] = _STORED,
         mmap: bool = False,
         batch_size: int = 64,
         progress: Optional[bool] = None,
@@ -195,7 +257,9 @@ class TextIndex:
             if dtype not in _DTYPES or (dim is not None and dim < 1):
                 raise IndexFormatError(f"{path}: text index metadata is corrupt (dtype={dtype!r}, dim={dim!r})")
             self = cls.__new__(cls)
-            self._init_common((meta["encoder"] or None) if encoder is _STORED else encoder, batch_size, progress)
+            self._init_common(
+                (meta["encoder"] or None) if isinstance(encoder, _Stored) else encoder, batch_size, progress
+            )
             self._path, self._db, self._dtype, self._dim = path, db, dtype, dim
             self._keep_originals = meta.get("keep_originals") == "1"
             self._recorded_encoder = meta["encoder"]
@@ -250,7 +314,7 @@ class TextIndex:
         with self._lock:  # the DenseIndex always holds exactly the committed passages
             return len(self._index) if self._index is not None else 0
 
-    def __contains__(self, id_) -> bool:
+    def __contains__(self, id_: object) -> bool:
         if not isinstance(id_, str):
             return False
         with self._lock:
@@ -266,10 +330,10 @@ class TextIndex:
         where = f", path={str(self._path)!r}" if self._path else ""
         return f"TextIndex(size={len(self)}, dim={self._dim}, dtype={self._dtype!r}{where})"
 
-    def info(self) -> dict:
+    def info(self) -> IndexInfo:
         """What the index holds, for people: sizes, dtype, encoder, files."""
         with self._lock:
-            out = {
+            out: IndexInfo = {
                 "passages": len(self),
                 "dim": self._dim,
                 "dtype": self._dtype,
@@ -291,10 +355,10 @@ class TextIndex:
     def add_texts(
         self,
         texts: Sequence[str],
-        metadatas: Optional[Sequence[dict]] = None,
+        metadatas: Optional[Sequence[Metadata]] = None,
         ids: Optional[Sequence[str]] = None,
         *,
-        vectors=None,
+        vectors: Optional[Vectors] = None,
     ) -> list[str]:
         """Adds passages and returns their ids (new uuid4 strings where ids is None).
         An id already in the index is an error (see upsert_texts to replace).
@@ -307,34 +371,39 @@ class TextIndex:
     def upsert_texts(
         self,
         texts: Sequence[str],
-        metadatas: Optional[Sequence[dict]] = None,
+        metadatas: Optional[Sequence[Metadata]] = None,
         ids: Optional[Sequence[str]] = None,
         *,
-        vectors=None,
+        vectors: Optional[Vectors] = None,
     ) -> list[str]:
         """Like add_texts, but a passage whose id is already in the index is replaced
         (text, metadata and vector), in the same commit as the additions."""
         return self._write(texts, metadatas, ids, vectors, replace=True)
 
-    def _write(self, texts, metadatas, ids, vectors, replace: bool) -> list[str]:
+    def _write(
+        self,
+        texts: Iterable[object],
+        metadatas: Optional[Iterable[object]],
+        ids: Optional[Iterable[object]],
+        vectors: object,
+        replace: bool,
+    ) -> list[str]:
         texts = _check_texts(texts)
         n = len(texts)
         meta_json = _check_metadatas(metadatas, n)
         ids = _check_new_ids(ids, n)
-        if vectors is None:
-            if n and self.encoder is None:
-                raise ValueError("this index has no encoder: pass vectors=, or give an encoder")
-            x = (
-                encode(self.encoder, texts, batch_size=self._batch_size, progress=self._progress, dim=self._dim)
-                if n
-                else None
-            )
-        else:
-            x = _check_vectors(vectors, n, self._dim)
+        given = _check_vectors(vectors, n, self._dim) if vectors is not None else None
         if n == 0:
             return []
+        if given is None:
+            encoder = self.encoder
+            if encoder is None:
+                raise ValueError("this index has no encoder: pass vectors=, or give an encoder")
+            x = encode(encoder, texts, batch_size=self._batch_size, progress=self._progress, dim=self._dim)
+        else:
+            x = given
 
-        def sql(conn):
+        def sql(conn: sqlite3.Connection) -> tuple[list[int], list[int]]:
             old = store.keys_of(conn, ids)
             if old and not replace:
                 raise ValueError(f"ids already in the index: {sorted(old)[:5]} (upsert_texts replaces them)")
@@ -345,19 +414,20 @@ class TextIndex:
             store.set_meta(conn, next_key=start + n, dim=x.shape[1])
             return keys, list(old.values())
 
-        def apply(change):
+        def apply(change: tuple[list[int], list[int]]) -> _Undo:
             keys, old = change
             if self._index is None:
                 self._dim = x.shape[1]
                 self._index = self._new_dense()
-            self._index.add(x, torch.tensor(keys, dtype=torch.int64))
+            index = self._index
+            index.add(x, torch.tensor(keys, dtype=torch.int64))
             if old:  # last: once it returns, nothing in memory can fail before COMMIT
                 try:
-                    self._index.remove(torch.tensor(old, dtype=torch.int64))
+                    index.remove(torch.tensor(old, dtype=torch.int64))
                 except BaseException:
-                    self._index.remove(torch.tensor(keys, dtype=torch.int64))
+                    index.remove(torch.tensor(keys, dtype=torch.int64))
                     raise
-            return lambda: self._index.remove(torch.tensor(keys, dtype=torch.int64))
+            return lambda: index.remove(torch.tensor(keys, dtype=torch.int64))
 
         self._commit(sql, apply)
         return ids
@@ -378,7 +448,7 @@ class TextIndex:
                     return 0  # nothing to do: no new generation
         deleted = 0
 
-        def sql(conn):
+        def sql(conn: sqlite3.Connection) -> list[int]:
             nonlocal deleted
             found = store.keys_of(conn, ids)
             unknown = [i for i in ids if i not in found]
@@ -389,15 +459,16 @@ class TextIndex:
             deleted = len(keys)
             return keys
 
-        def apply(keys):
+        def apply(keys: list[int]) -> _Undo:
             if keys:
+                assert self._index is not None  # passages exist, so their vectors do
                 self._index.remove(torch.tensor(keys, dtype=torch.int64))
             return None  # in memory, nothing can fail between this and COMMIT
 
         self._commit(sql, apply)
         return deleted
 
-    def _commit(self, sql: Callable, apply: Callable) -> None:
+    def _commit(self, sql: Callable[[sqlite3.Connection], _T], apply: Callable[[_T], _Undo]) -> None:
         """One mutation under the store's commit protocol (pyrag/text/store.py).
 
         In order: BEGIN IMMEDIATE (SQLite's write lock); check no other process
@@ -411,7 +482,7 @@ class TextIndex:
             conn.execute("BEGIN IMMEDIATE")
             old_gen, dim_before, index_before = self._generation, self._dim, self._index
             new_file: Optional[Path] = None
-            undo = None
+            undo: _Undo = None
             touched = committed = False
             try:
                 gen = int(store.read_meta(conn, self._where())["generation"])
@@ -426,6 +497,8 @@ class TextIndex:
                 touched = True
                 undo = apply(keys)
                 if self._path is not None:
+                    # Every commit (n >= 1 passages, or a delete of found ones) has vectors.
+                    assert self._index is not None
                     new_file = store.vectors_path(self._path, gen + 1)
                     self._index.save(new_file)
                 conn.execute("COMMIT")
@@ -455,11 +528,41 @@ class TextIndex:
                         store.vectors_path(self._path, old_gen).unlink()
                     except OSError:  # committed all the same; the next load removes it
                         pass
-                if self._mmap:  # map the new file rather than keep the rows in RAM
+                if self._mmap and new_file is not None:  # map the new file, not the rows in RAM
                     self._index = DenseIndex.load(new_file, mmap=True, verify=False)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries, k: int = 5, *, filter: Filter = None, exact: bool = False):
+    @overload
+    def search(self, queries: str, k: int = 5, *, filter: Filter = None, exact: bool = False) -> list[Hit]: ...
+
+    @overload
+    def search(
+        self, queries: list[str] | tuple[str, ...], k: int = 5, *, filter: Filter = None, exact: bool = False
+    ) -> list[list[Hit]]: ...
+
+    @overload
+    def search(
+        self, queries: Sequence[float], k: int = 5, *, filter: Filter = None, exact: bool = False
+    ) -> list[Hit]: ...
+
+    @overload
+    def search(
+        self, queries: Sequence[Sequence[float]], k: int = 5, *, filter: Filter = None, exact: bool = False
+    ) -> list[list[Hit]]: ...
+
+    @overload
+    def search(
+        self, queries: VectorQuery, k: int = 5, *, filter: Filter = None, exact: bool = False
+    ) -> list[Hit] | list[list[Hit]]: ...
+
+    def search(
+        self,
+        queries: str | Sequence[str] | Sequence[float] | Sequence[Sequence[float]] | VectorQuery,
+        k: int = 5,
+        *,
+        filter: Filter = None,
+        exact: bool = False,
+    ) -> list[Hit] | list[list[Hit]]:
         """The k best passages for each query.
 
         queries: one text, a list of texts, one vector [dim] or vectors [B, dim]. One
@@ -474,10 +577,11 @@ class TextIndex:
         match = _matcher(filter)
         single, texts, q = _parse_queries(queries)
         if texts is not None:
-            if self.encoder is None:
+            encoder = self.encoder
+            if encoder is None:
                 raise ValueError("this index has no encoder: search by vector, or give an encoder")
             q = (
-                encode(self.encoder, texts, queries=True, batch_size=self._batch_size, progress=False, dim=self._dim)
+                encode(encoder, texts, queries=True, batch_size=self._batch_size, progress=False, dim=self._dim)
                 if texts
                 else None
             )
@@ -490,16 +594,18 @@ class TextIndex:
             elif self._index is None or len(self._index) == 0:
                 results = [[] for _ in range(q.shape[0])]
             else:
-                results = self._search(q, k, match, exact)
+                results = self._search(self._index, q, k, match, exact)
         return results[0] if single else results
 
-    def _search(self, q: torch.Tensor, k: int, match: Optional[Callable[[dict], bool]], exact: bool) -> list[list[Hit]]:
-        n = len(self._index)
+    def _search(
+        self, index: DenseIndex, q: torch.Tensor, k: int, match: Optional[Callable[[Metadata], bool]], exact: bool
+    ) -> list[list[Hit]]:
+        n = len(index)
         fetch = min(n, k if match is None else max(4 * k, 32))
-        results: list[Optional[list[Hit]]] = [None] * q.shape[0]
+        results: dict[int, list[Hit]] = {}  # query row -> its hits, once complete
         todo = list(range(q.shape[0]))
         while todo:
-            scores, keys = self._index.search(q[todo], fetch, exact=exact)
+            scores, keys = index.search(q[todo], fetch, exact=exact)
             rows = store.rows_of(self._db, {int(x) for x in keys.reshape(-1).tolist() if x >= 0})
             still = []
             for b, srow, krow in zip(todo, scores.tolist(), keys.tolist()):
@@ -507,8 +613,8 @@ class TextIndex:
                 for s, key in zip(srow, krow):
                     if key < 0:
                         break
-                    id_, text, meta = rows[key]
-                    meta = store.loads_metadata(meta)
+                    id_, text, meta_json = rows[key]
+                    meta = store.loads_metadata(meta_json)
                     if match is None or match(meta):
                         hits.append(Hit(id_, text, meta, float(s)))
                         if len(hits) == k:
@@ -518,7 +624,7 @@ class TextIndex:
                 else:
                     results[b] = hits
             todo, fetch = still, min(n, fetch * 4)
-        return results
+        return [results[b] for b in range(q.shape[0])]
 
     def _refresh_if_changed(self) -> None:
         """Reloads if another process committed to the store since we last looked."""
@@ -560,6 +666,7 @@ class TextIndex:
                 raise KeyError(f"ids not in the index: {unknown[:5]}")
             if not ids:
                 return torch.empty((0, self._dim or 0), dtype=torch.float32)
+            assert self._index is not None  # the passages exist, so their vectors do
             return self._index.get(torch.tensor([keys[i] for i in ids], dtype=torch.int64))
 
     def find(self, filter: Filter) -> list[str]:
@@ -574,7 +681,7 @@ class TextIndex:
         return [id_ for id_, meta in rows if match(store.loads_metadata(meta))]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Writes a copy of this index to a new directory (which must not exist or be
         empty), atomically: built beside it under a temporary name, then renamed."""
         path = Path(path)
@@ -608,7 +715,7 @@ class TextIndex:
     def __enter__(self) -> TextIndex:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ internals
@@ -621,19 +728,26 @@ class TextIndex:
         return (self._encoder.name or "") if self._encoder is not None else ""
 
     def _new_dense(self) -> DenseIndex:
+        assert self._dim is not None  # called once vectors (and so the dimension) are known
         return DenseIndex(self._dim, self._dtype, keep_originals=self._keep_originals)
+
+    def _directory(self) -> Path:
+        """The store's directory, for what only an on-disk index does."""
+        assert self._path is not None  # load() and the commit protocol run on a directory
+        return self._path
 
     def _open_dense(self, generation: int) -> Optional[DenseIndex]:
         """The committed vectors of a generation (an empty index for generation 0)."""
         if generation == 0:
             return self._new_dense() if self._dim is not None else None
-        return DenseIndex.load(store.vectors_path(self._path, generation), mmap=self._mmap)
+        return DenseIndex.load(store.vectors_path(self._directory(), generation), mmap=self._mmap)
 
     def _recover(self) -> None:
         """Removes what a writer that died left under vectors/, if no writer is active
         now (else leaves it: that writer may still commit it)."""
-        if not (self._path / store.VECTORS_DIR).is_dir():
-            raise IndexFormatError(f"{self._path}: text index has no {store.VECTORS_DIR}/ folder")
+        path = self._directory()
+        if not (path / store.VECTORS_DIR).is_dir():
+            raise IndexFormatError(f"{path}: text index has no {store.VECTORS_DIR}/ folder")
         self._db.execute("PRAGMA busy_timeout = 0")
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -642,8 +756,8 @@ class TextIndex:
         finally:
             self._db.execute("PRAGMA busy_timeout = 30000")
         try:
-            gen = int(store.read_meta(self._db, str(self._path))["generation"])
-            store.clean_vectors_dir(self._path, gen)
+            gen = int(store.read_meta(self._db, str(path))["generation"])
+            store.clean_vectors_dir(path, gen)
         finally:
             self._db.execute("ROLLBACK")
 
@@ -683,35 +797,39 @@ class TextIndex:
 
 
 # ---------------------------------------------------------------------- input checks
-def _check_texts(texts) -> list[str]:
+# The checks take what a caller may really pass (anything iterable), not what the
+# signatures promise: they are where a wrong type becomes a clear error.
+def _check_texts(texts: Iterable[object]) -> list[str]:
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of strings, not one string")
-    texts = list(texts)
-    for i, t in enumerate(texts):
+    out: list[str] = []
+    for i, t in enumerate(list(texts)):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is a {type(t).__name__}, not a str")
-    return texts
+        out.append(t)
+    return out
 
 
-def _check_metadatas(metadatas, n: int) -> list[str]:
+def _check_metadatas(metadatas: Optional[Iterable[object]], n: int) -> list[str]:
     if metadatas is None:
         return ["{}"] * n
     if isinstance(metadatas, dict):
         raise TypeError("metadatas must be a sequence of dicts, one per text")
-    metadatas = list(metadatas)
-    if len(metadatas) != n:
-        raise ValueError(f"got {len(metadatas)} metadatas for {n} texts")
-    return [store.dumps_metadata(m if m is not None else {}, i) for i, m in enumerate(metadatas)]
+    items = list(metadatas)
+    if len(items) != n:
+        raise ValueError(f"got {len(items)} metadatas for {n} texts")
+    return [store.dumps_metadata(m if m is not None else {}, i) for i, m in enumerate(items)]
 
 
-def _check_ids(ids, what: str) -> list[str]:
+def _check_ids(ids: Iterable[object], what: str) -> list[str]:
     if isinstance(ids, str):
         raise TypeError(f"{what} must be a sequence of strings, not one string")
-    ids = list(ids)
-    for i, x in enumerate(ids):
+    out: list[str] = []
+    for i, x in enumerate(list(ids)):
         if not isinstance(x, str) or not x:
             raise TypeError(f"{what}[{i}] is {x!r}; ids are non-empty strings")
-    return ids
+        out.append(x)
+    return out
 
 
 def _check_missing(missing: str) -> None:
@@ -719,14 +837,15 @@ def _check_missing(missing: str) -> None:
         raise ValueError(f"missing must be 'raise' or 'ignore', got {missing!r}")
 
 
-def _check_new_ids(ids, n: int) -> list[str]:
+def _check_new_ids(ids: Optional[Iterable[object]], n: int) -> list[str]:
     if ids is None:
         return [str(uuid.uuid4()) for _ in range(n)]
     ids = _check_ids(ids, "ids")
     if len(ids) != n:
         raise ValueError(f"got {len(ids)} ids for {n} texts")
     if len(set(ids)) != n:
-        seen, dup = set(), []
+        seen: set[str] = set()
+        dup: list[str] = []
         for i in ids:
             if i in seen:
                 dup.append(i)
@@ -735,7 +854,7 @@ def _check_new_ids(ids, n: int) -> list[str]:
     return ids
 
 
-def _as_float32(x, what: str) -> torch.Tensor:
+def _as_float32(x: object, what: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         t = x.detach().to("cpu")
     else:
@@ -748,7 +867,7 @@ def _as_float32(x, what: str) -> torch.Tensor:
     return t.to(torch.float32)
 
 
-def _check_vectors(vectors, n: int, dim: Optional[int]) -> torch.Tensor:
+def _check_vectors(vectors: object, n: int, dim: Optional[int]) -> torch.Tensor:
     x = _as_float32(vectors, "vectors")
     if x.dim() != 2 or x.shape[0] != n:
         raise ValueError(f"vectors have shape {tuple(x.shape)}; expected [{n}, dim] for {n} texts")
@@ -762,7 +881,7 @@ def _check_vectors(vectors, n: int, dim: Optional[int]) -> torch.Tensor:
     return x.contiguous()
 
 
-def _parse_queries(queries):
+def _parse_queries(queries: object) -> tuple[bool, Optional[list[str]], Optional[torch.Tensor]]:
     """(single, texts or None, vectors or None)."""
     if isinstance(queries, str):
         return True, [queries], None
@@ -780,7 +899,7 @@ def _parse_queries(queries):
     return single, None, q.contiguous()
 
 
-def _matcher(filter: Filter) -> Optional[Callable[[dict], bool]]:
+def _matcher(filter: Filter) -> Optional[Callable[[Metadata], bool]]:
     if filter is None:
         return None
     if isinstance(filter, dict):

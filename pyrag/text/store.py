@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, TypeVar
 
 from pyrag import IndexFormatError
 
@@ -37,6 +37,9 @@ VECTORS_DIR = "vectors"
 # Every meta key a store holds, each a string (read_meta checks them once, for every reader).
 _META_KEYS = ("dim", "dtype", "keep_originals", "encoder", "generation", "next_key")
 _DTYPES = ("float32", "bfloat16", "int8")
+_T = TypeVar("_T")
+# A passage's metadata: a JSON object.
+Metadata = dict[str, Any]
 # SQLite's default limit on bound parameters is 32766 since 3.32; stay far below it.
 _PARAMS = 900
 
@@ -51,7 +54,7 @@ CREATE TABLE passages (
 """
 
 
-def connect(target: str | os.PathLike, *, create: bool = False) -> sqlite3.Connection:
+def connect(target: str | os.PathLike[str], *, create: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), shareable across
     threads (TextIndex serialises access), WAL journal, fsync at every commit."""
     target = os.fspath(target)
@@ -126,15 +129,15 @@ def check_rows(conn: sqlite3.Connection, where: str) -> None:
         raise IndexFormatError(f"{where}: {bad} passage rows are corrupt (a key, id, text or metadata of a wrong type)")
 
 
-def set_meta(conn: sqlite3.Connection, **values) -> None:
+def set_meta(conn: sqlite3.Connection, **values: object) -> None:
     conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [(str(v), k) for k, v in values.items()])
 
 
-def vectors_path(directory: str | os.PathLike, generation: int) -> Path:
+def vectors_path(directory: str | os.PathLike[str], generation: int) -> Path:
     return Path(directory) / VECTORS_DIR / f"{generation:012d}.pyrag"
 
 
-def clean_vectors_dir(directory: str | os.PathLike, generation: int) -> list[str]:
+def clean_vectors_dir(directory: str | os.PathLike[str], generation: int) -> list[str]:
     """Removes every entry of vectors/ but the file of `generation`; returns their names.
     Call only while holding SQLite's write lock (BEGIN IMMEDIATE)."""
     keep = vectors_path(directory, generation).name if generation else None
@@ -150,7 +153,7 @@ def clean_vectors_dir(directory: str | os.PathLike, generation: int) -> list[str
 
 
 # ---------------------------------------------------------------------- rows
-def _chunks(seq: list, n: int = _PARAMS):
+def _chunks(seq: list[_T], n: int = _PARAMS) -> Iterator[list[_T]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
 
@@ -198,7 +201,7 @@ def count(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM passages").fetchone()[0]
 
 
-def dumps_metadata(metadata, i: int) -> str:
+def dumps_metadata(metadata: object, i: int) -> str:
     if not isinstance(metadata, dict):
         raise TypeError(f"metadatas[{i}] is a {type(metadata).__name__}, not a dict")
     bad = [k for k in metadata if not isinstance(k, str)]
@@ -210,7 +213,7 @@ def dumps_metadata(metadata, i: int) -> str:
         raise TypeError(f"metadatas[{i}] cannot be stored as JSON: {e}") from None
 
 
-def loads_metadata(text: str) -> dict:
+def loads_metadata(text: str) -> Metadata:
     """A passage's metadata; IndexFormatError if the stored value is not a JSON object."""
     try:
         value = json.loads(text)
