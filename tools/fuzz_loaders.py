@@ -403,6 +403,7 @@ def _text_base() -> str:
         from pyrag.text import TextIndex
 
         directory = tempfile.mkdtemp(prefix="pyrag-fuzz-text-")
+        _CLOSE.append(lambda: shutil.rmtree(directory, ignore_errors=True))
         path = os.path.join(directory, "store")
         texts = [f"passage {i}" for i in range(7)]
         index = TextIndex.from_texts(texts, text_encoder, [{"i": i} for i in range(7)], path=path)
@@ -519,7 +520,7 @@ MANIFEST_VALUES: list[Any] = [
 ]  # fmt: skip
 SHARD_FIELDS = ["file", "rows", "bytes", "checksum"]
 _SHARDED: dict[str, str] = {}
-_CLOSE: list[Callable[[], None]] = []  # what close() undoes: the process group made here
+_CLOSE: list[Callable[[], None]] = []  # what close() undoes: the process group and base files made here
 
 
 def _sharded_bases() -> list[str]:
@@ -533,6 +534,7 @@ def _sharded_bases() -> list[str]:
 
         _CLOSE.append(group_of_one())
         root = tempfile.mkdtemp(prefix="pyrag-fuzz-sharded-")
+        _CLOSE.append(lambda: shutil.rmtree(root, ignore_errors=True))
         index = ShardedIndex(8, "int8")
         index.add(torch.randn(30, 8, generator=torch.Generator().manual_seed(0)))
         index.save(os.path.join(root, "one"), metadata={"note": "x"})
@@ -646,13 +648,15 @@ def load_sharded(path: str, mmap: bool) -> str:
 
 
 def close() -> None:
-    """Stops the cached trainer's reindexer, and tears down the process group made here."""
+    """Stops the cached trainer's reindexer, tears down the process group made here and
+    removes the base files."""
     trainer = _TRAINER.pop("t", None)
     if trainer is not None:
         trainer.reindexer.close()
     while _CLOSE:
         _CLOSE.pop()()
     _SHARDED.clear()
+    _TEXT.clear()
 
 
 # ----------------------------------------------------------------------------- the loaders

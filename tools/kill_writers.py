@@ -241,8 +241,8 @@ def group_of_one() -> Callable[[], None]:
     if dist.is_initialized():
         return lambda: None
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    init = tempfile.mkdtemp(prefix="pyrag-group-")
-    dist.init_process_group("gloo", init_method=f"file://{init}/init", rank=0, world_size=1)
+    # An in-memory store: no rendezvous file for a killed trial to leave behind.
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     return dist.destroy_process_group
 
 
