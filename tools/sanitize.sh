@@ -53,24 +53,13 @@ asan=$("$compiler" -print-file-name=libasan.so)
 # link libstdc++, so without it the first C++ exception (torch's, pybind11's) aborts.
 export LD_PRELOAD
 LD_PRELOAD="$asan $("$compiler" -print-file-name=libstdc++.so)"
-# Reports go to files (one per process, named by pid) as well as failing the process:
-# a report in a child process whose exit status nobody checks still fails the job.
-logs="$build/reports"
-rm -rf "$logs" && mkdir -p "$logs"
-export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=1:log_path=$PWD/$logs/asan"
-export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$PWD/$logs/ubsan"
-
-reports() {
-  # Prints every report file; true if there was one.
-  local found=1
-  for f in "$logs"/*; do
-    [ -e "$f" ] || continue
-    found=0
-    echo "---- $f"
-    cat "$f"
-  done
-  return $found
-}
+export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# Every report goes to stderr, which is kept in $out and searched: a report in a child
+# process whose exit status nobody checks still fails the job. (UBSan ignores log_path
+# when it shares the process with ASan, so report files would miss its reports.)
+out="$(cd "$build" && pwd)/sanitize.out"
+REPORT='ERROR: AddressSanitizer|runtime error:|SUMMARY: [A-Za-z]*Sanitizer'
 
 # The canary: a planted heap overflow and a planted signed overflow, built and run as
 # the tests will run. If either goes unreported, this job could not fail: stop here.
@@ -81,27 +70,35 @@ cat >"$canary/canary.cpp" <<'EOF'
 extern "C" int heap_overflow(int i) { int* p = static_cast<int*>(std::malloc(4 * sizeof(int))); int v = p[i]; std::free(p); return v; }
 extern "C" int signed_overflow(int a) { return a + 1; }
 EOF
-"$compiler" -shared -fPIC -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all "$canary/canary.cpp" -o "$canary/canary.so"
-for bug in "heap_overflow(4):heap-buffer-overflow" "signed_overflow(2**31 - 1):signed integer overflow"; do
-  call=${bug%%:*}
-  if python -c "import ctypes; ctypes.CDLL('$canary/canary.so').$call" 2>/dev/null; then
+# One library per sanitizer, so that each planted bug meets the one it is planted for
+# (UBSan's object-size check would otherwise report the heap overflow first).
+for check in "address;heap_overflow(4);AddressSanitizer: heap-buffer-overflow" \
+  "undefined;signed_overflow(2**31 - 1);runtime error: signed integer overflow"; do
+  IFS=";" read -r kind call report <<<"$check"
+  "$compiler" -shared -fPIC -O1 -g1 "-fsanitize=$kind" -fno-sanitize-recover=all "$canary/canary.cpp" -o "$canary/$kind.so"
+  if (python -c "import ctypes; ctypes.CDLL('$canary/$kind.so').$call" 2>"$out") 2>/dev/null; then
     echo "the planted bug $call ran to the end: sanitizer reports would not fail this job" >&2
     exit 1
   fi
-  grep -qs "${bug#*:}" "$logs"/* || { echo "the planted bug $call left no '${bug#*:}' report in $logs" >&2; exit 1; }
-  rm -f "$logs"/*
+  grep -q "$report" "$out" || { echo "the planted bug $call gave no '$report' report:" >&2; cat "$out" >&2; exit 1; }
 done
 echo "== canary: planted heap and signed overflows reported and fatal"
 
 export PYRAG_SANITIZED_C="$so"
 # tools/sanitized_extension.py puts that build in place of pyrag._C and checks it is the one loaded.
-status=0
+# --capture=sys: pytest captures Python's sys.stdout / sys.stderr only, so a report the C++
+# code writes to fd 2 reaches $out even when it aborts the process in the middle of a test.
+set +o pipefail
 PYTHONPATH="tools${PYTHONPATH:+:$PYTHONPATH}" python -m pytest -p sanitized_extension -q -p no:cacheprovider \
+  --capture=sys \
   tests/test_topk_scores.py tests/test_topk_scores_isa.py tests/test_dense_index.py tests/test_quantized_index.py \
-  tests/test_index_contract.py tests/test_lsr.py tests/test_marginal_nll.py tests/test_reliability_errors.py "$@" ||
-  status=$?
-if reports; then
-  echo "== sanitizers: REPORTS above (pytest exit $status)" >&2
+  tests/test_index_contract.py tests/test_lsr.py tests/test_marginal_nll.py tests/test_reliability_errors.py "$@" \
+  2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -o pipefail
+if grep -Eq "$REPORT" "$out"; then
+  echo "== sanitizers: REPORTS (pytest exit $status):" >&2
+  grep -En -A3 "$REPORT" "$out" | head -100 >&2
   exit 1
 fi
 if [ "$status" -ne 0 ]; then
