@@ -2,7 +2,7 @@
 (and then work: search, get, a training step's state) or raise pyrag's format error
 (pyrag.FormatError, a ValueError); any other exception, a crash or a hang is a failure.
 
-    python tools/fuzz_loaders.py --cases 12000     # the measured run (cases over all loaders)
+    python tools/fuzz_loaders.py --cases 14000     # the measured run (cases over all loaders)
     python tools/fuzz_loaders.py --cases 300       # quick
 
 The cases are headers and metadata written by hand (odd JSON, odd types, odd sizes),
@@ -750,7 +750,7 @@ def fuzz(loader: Loader, cases: int, seed: int = 0, messages: collections.Counte
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=int, default=12000, help="cases in all, shared among the loaders")
+    parser.add_argument("--cases", type=int, default=14000, help="cases in all, shared among the loaders")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--messages", type=int, default=0, help="show the N commonest error messages per loader")
     args = parser.parse_args()
