@@ -90,7 +90,7 @@ class Step:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     def search(self) -> None:
         self.index.search(self.embeddings, K)
