@@ -23,6 +23,7 @@ def results():
     """The session's measurements; the floor rates are taken at its start and end."""
     set_threads(CFG.threads)
     res = Results(CFG)
+    res.record_machine()
     res.record_load()
     res.measure_rates()
     SESSION_RESULTS.append(res)  # for the terminal summary (conftest.py)

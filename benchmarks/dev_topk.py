@@ -3,6 +3,10 @@ benchmarks/bench_topk_scores.py. Interleaves the cases so load from other proces
 them alike; prints best-of-reps times and ratios to the measured bandwidth floor.
 
     python benchmarks/dev_topk.py [--n 1000000] [--d 384] [--b 1,16,256] [--cases f32,f32p,bf16,int8]
+                                  [--isa avx2] [--threads 1]
+
+Names the CPU and the ISA path that ran; "cpu" is the process CPU time (what the cores
+spent, steadier than wall time on a shared machine).
 """
 import argparse
 import time
@@ -13,6 +17,14 @@ import pyrag
 import importlib
 
 T = importlib.import_module("pyrag.ops.topk_scores")
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
 
 
 def packed(dtype, x):
@@ -40,7 +52,11 @@ def main():
     ap.add_argument("--cases", default="f32,f32p,bf16,int8")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--isa", default="", help="CPU path to force (default: the best one)")
     a = ap.parse_args()
+    from pyrag import _C
+    _C.set_cpu_isa(a.isa)
+    print(f"{cpu_name()}, CPU path {_C.cpu_isa()}, {a.threads} threads, N={a.n:,} d={a.d} k={a.k}")
     torch.set_num_threads(a.threads)
     pyrag.set_num_threads(a.threads)
     torch.manual_seed(0)

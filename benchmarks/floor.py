@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from read_probe import read_probe
+
+
 def _best_time(fn, repeats: int) -> float:
     fn()  # warm-up: first touch, thread pool start
     best = float("inf")
@@ -46,16 +49,14 @@ def measure_read_bandwidth(threads: int = 2, nbytes: int = 1 << 30, repeats: int
 
     The probes read each byte once with almost no arithmetic, on a 1 GiB buffer (32x
     this machine's 32 MiB L3), so they run at the memory's read speed: pyrag's
-    read_probe (one contiguous slice per thread, XOR of 64-bit words) and torch's sum
+    read probe (read_probe.c: one contiguous slice per thread, XOR of 64-bit words) and torch's sum
     and max. torch's reductions alone under-read this machine: in one run they
     measured 23 GB/s while a B=1 DenseIndex search streamed its 1.5 GB at 42 GB/s,
     and a floor that a kernel can beat is no floor.
     """
-    from pyrag import _C
-
     x = torch.ones(nbytes // 4, dtype=torch.float32)
     with _threads(threads):
-        best = min(_best_time(lambda: _C.read_probe(x.data_ptr(), x.numel() * 4, threads), repeats),
+        best = min(_best_time(lambda: read_probe(x.data_ptr(), x.numel() * 4, threads), repeats),
                    _best_time(lambda: x.sum(), repeats), _best_time(lambda: x.amax(), repeats))
     return x.numel() * 4 / best
 
@@ -63,11 +64,9 @@ def measure_read_bandwidth(threads: int = 2, nbytes: int = 1 << 30, repeats: int
 def read_searches(x: torch.Tensor, threads: int) -> dict:
     """Search-shaped callables (queries and k ignored) that each stream x's bytes once:
     pyrag's read probe and torch's sum, to time beside the searches over the same x."""
-    from pyrag import _C
-
     x = x.contiguous()
     nbytes = x.numel() * x.element_size()
-    return {"read probe": lambda queries, k: _C.read_probe(x.data_ptr(), nbytes, threads),
+    return {"read probe": lambda queries, k: read_probe(x.data_ptr(), nbytes, threads),
             "torch sum": lambda queries, k: x.sum()}
 
 

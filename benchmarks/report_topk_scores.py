@@ -4,6 +4,10 @@ process, with the machine's floor measured in the same run.
     python benchmarks/report_topk_scores.py                 # N=1M d=384 k=10 B=1,16,256, 2 threads
     python benchmarks/report_topk_scores.py --scaling       # time vs N (100k..2M) and vs B (1..1024)
     python benchmarks/report_topk_scores.py --n 20000 --batch 1,8 --rounds 2   # a quick look
+    python benchmarks/report_topk_scores.py --isa avx2      # force a lower CPU path
+
+The report names the CPU and pyrag's CPU path (and which level's kernel each corpus
+dtype runs).
 
 Prints time per search for each provider (best of --rounds; pyrag's searches take
 turns within each round), pyrag's time as a multiple
@@ -58,7 +62,9 @@ def run_cases(cfg: Config, names) -> Results:
     """
     set_threads(cfg.threads)
     res = Results(cfg)
+    res.record_machine()
     res.record_load()
+    _log(res.machine)
     _log(f"measuring the floor rates ({cfg.threads} threads)")
     res.measure_rates()
     _log(f"building the corpus {cfg.describe()}")
@@ -126,6 +132,7 @@ def format_report(res: Results) -> str:
     lines = [f"top-k search, {cfg.describe()}, best of {cfg.rounds} rounds (fewer, at least 2, "
              f"where a round takes over {30 / cfg.rounds:.0f} s)"
              + (f" (1-min load average {load})" if load else ""),
+             *([res.machine] if res.machine else []),
              f"floor rates: {rates.describe()}"]
     if len(res.rates) > 1:
         reads = ", ".join(f"{r.read_bytes_per_s / 1e9:.1f}" for r in res.rates)
@@ -205,6 +212,7 @@ def run_scaling(cfg: Config, names, ns, bs, fixed_b: int) -> str:
     """Tables of time vs N (at B=fixed_b) and vs B (at N=cfg.n), to show linear growth."""
     set_threads(cfg.threads)
     res = Results(cfg)
+    res.record_machine()
     res.measure_rates()
     corpus = make_corpus(max(ns + (cfg.n,)), cfg.d)
     queries = make_queries(max(bs + (fixed_b,)), cfg.d)
@@ -244,7 +252,7 @@ def run_scaling(cfg: Config, names, ns, bs, fixed_b: int) -> str:
         return out
 
     lines = [f"scaling, d={cfg.d} k={cfg.k} threads={cfg.threads}, best of {cfg.rounds} rounds",
-             f"floor rates: {r.describe()}",
+             res.machine, f"floor rates: {r.describe()}",
              "x floor: each time against the float32 floor of its case", ""]
     lines += table(f"time vs N (B={fixed_b})", ns, "N", lambda n: (n, fixed_b))
     lines += [""] + table(f"time vs B (N={cfg.n:,})", bs, "B", lambda b: (cfg.n, b))
@@ -270,6 +278,8 @@ def main(argv=None) -> None:
                    help="B of the peak-memory search (0 to skip it)")
     p.add_argument("--floor-bytes", type=int, default=env.floor_bytes)
     p.add_argument("--gemm-size", type=int, default=env.gemm_size)
+    p.add_argument("--isa", default="", help="pyrag CPU path to force, e.g. avx2 (default: the best "
+                   "this CPU has; PYRAG_CPU_ISA does the same)")
     p.add_argument("--scaling", action="store_true", help="print time vs N and vs B instead")
     p.add_argument("--scaling-n", type=parse_ints, default=parse_ints("100k,200k,500k,1M,2M"))
     p.add_argument("--scaling-b", type=parse_ints,
@@ -281,6 +291,12 @@ def main(argv=None) -> None:
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         p.error(f"unknown providers {unknown}; choose from {', '.join(BY_NAME)}")
+    if args.isa:
+        from pyrag import _C
+        try:
+            _C.set_cpu_isa(args.isa)
+        except ValueError as e:
+            p.error(str(e))
     cfg = Config(n=args.n, d=args.d, k=args.k, batches=args.batch, threads=args.threads,
                  rounds=args.rounds, memory_batch=args.memory_batch,
                  floor_bytes=args.floor_bytes, gemm_size=args.gemm_size)

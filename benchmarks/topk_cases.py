@@ -57,6 +57,31 @@ class Config:
         return f"N={self.n:,} d={self.d} k={self.k} threads={self.threads}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name, family and model (from /proc/cpuinfo where there is one)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    import platform
+    name = fields.get("model name") or fields.get("CPU part") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
+def cpu_path() -> str:
+    """The CPU path pyrag runs and, per corpus dtype, the level whose kernel runs (a level
+    without its own kernel for a dtype runs the next lower one's)."""
+    from pyrag import _C
+    kernels = ", ".join(f"{d} {_C.cpu_kernel_isa(d)}" for d in ("float32", "bfloat16", "int8"))
+    return f"CPU path {_C.cpu_isa()} (kernels: {kernels})"
+
+
 def parse_ints(text: str) -> tuple[int, ...]:
     """"1,16,256" or "100k,1M" -> (1, 16, 256) / (100000, 1000000)."""
     out = []
@@ -280,6 +305,11 @@ class Results:
     skipped: dict = field(default_factory=dict)     # provider -> reason
     load: list = field(default_factory=list)        # 1-minute load average, start and end
     round_reads: dict = field(default_factory=dict) # B -> read bytes/s of the probes in pyrag's rounds
+    machine: str = ""                               # the CPU and pyrag's CPU path during the run
+
+    def record_machine(self) -> None:
+        self.machine = (f"{cpu_model()}, {cpu_path()}; torch's CPU capability "
+                        f"{torch.backends.cpu.get_cpu_capability()}")
 
     def measure_rates(self) -> None:
         self.rates.append(floor.measure(self.cfg.threads, self.cfg.floor_bytes, self.cfg.gemm_size))

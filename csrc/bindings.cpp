@@ -11,7 +11,6 @@
 #include "cpu/marginal_nll.h"
 #include "cpu/encode.h"
 #include "cpu/packed_layout.h"
-#include "cpu/read_probe.h"
 #include "cpu/topk_scores.h"
 
 namespace py = pybind11;
@@ -171,6 +170,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa", [] { return std::string(pyrag::isa_name(pyrag::active_isa())); },
         "The CPU instruction set the kernels use.");
   m.def("supported_cpu_isas", &supported_isas, "Every CPU path this machine can run.");
+  m.def("cpu_kernel_isa", [](const std::string& dtype) {
+    return std::string(pyrag::isa_name(pyrag::kernel_level(pyrag::active_isa(), pyrag::parse_dtype(dtype))));
+  }, py::arg("dtype"),
+        "The level whose scan kernel runs for a corpus dtype on the active path (a level "
+        "without one falls back to the next lower, e.g. int8 on avx512bf16 runs avx512vnni).");
   m.def("set_cpu_isa", &pyrag::set_active_isa, py::arg("name"),
         "Force a CPU path (tests and benchmarks); raises ValueError if unsupported.");
 
@@ -197,12 +201,6 @@ PYBIND11_MODULE(_C, m) {
     pyrag::release_file_pages(ptr<const void>(begin), nbytes);
   }, py::arg("begin"), py::arg("nbytes"),
         "madvise(DONTNEED) the whole pages of a read-only FILE mapping (never anonymous memory).");
-
-  m.def("read_probe", [](std::uintptr_t data, int64_t nbytes, int num_threads) {
-    py::gil_scoped_release release;
-    return pyrag::read_probe(ptr<const void>(data), nbytes, num_threads);
-  }, py::arg("data"), py::arg("nbytes"), py::arg("num_threads"),
-        "Streams the bytes once on num_threads threads (the benchmarks' read-bandwidth probe).");
 
   def_loss_kernels<float>(m, "f32");
   def_loss_kernels<double>(m, "f64");

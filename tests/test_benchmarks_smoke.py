@@ -23,6 +23,7 @@ import floor  # noqa: E402
 import report_topk_scores  # noqa: E402
 import topk_cases  # noqa: E402
 from peak_memory import peak_rss_growth  # noqa: E402
+from read_probe import read_probe  # noqa: E402
 
 import pyrag  # noqa: E402
 from pyrag import _C  # noqa: E402
@@ -64,10 +65,16 @@ def test_read_probe_reads_every_byte(nbytes, threads):
     expected = int(np.bitwise_xor.reduce(words)) if words.size else 0
     for b in data[nbytes // 8 * 8:]:
         expected ^= int(b)
-    assert _C.read_probe(data.ctypes.data, nbytes, threads) == expected
+    assert read_probe(data.ctypes.data, nbytes, threads) == expected
     if nbytes:
         data[nbytes // 2] ^= 0x5A
-        assert _C.read_probe(data.ctypes.data, nbytes, threads) != expected
+        assert read_probe(data.ctypes.data, nbytes, threads) != expected
+
+
+def test_read_probe_is_not_in_the_extension():
+    """The probe is a benchmark tool, compiled from benchmarks/read_probe.c, not part of
+    pyrag's wheel."""
+    assert not hasattr(_C, "read_probe")
 
 
 def test_floor_rates_are_measured():
@@ -147,7 +154,8 @@ def test_report_prints_times_ratios_recall_and_memory():
     text = report_topk_scores.format_report(res)
     for expected in ("floor (fp32)", "pyrag DenseIndex float32 / floor", "speedup vs torch",
                      "speedup vs best of torch and faiss", "recall@10 against torch",
-                     "peak RSS growth during one search at B=16"):
+                     "peak RSS growth during one search at B=16",
+                     f"CPU path {_C.cpu_isa()} (kernels: float32 {_C.cpu_kernel_isa('float32')}"):
         assert expected in text
     assert "exact provider disagrees" not in text
     assert "anonymous" in text
@@ -161,7 +169,23 @@ def test_scaling_tables(capsys):
                              "--floor-bytes", str(1 << 22), "--gemm-size", "128"])
     out = capsys.readouterr().out
     assert "time vs N (B=16)" in out and "time vs B (N=1,500)" in out
+    assert "CPU path" in out
     assert "pyrag-float32 ms" in out
+
+
+def test_report_runs_on_a_forced_cpu_path(capsys):
+    try:
+        report_topk_scores.main(["--isa", "scalar", "--n", "600", "--d", "16", "--batch", "1,3", "--rounds", "1",
+                                 "--providers", "pyrag-float32,pyrag-int8", "--memory-batch", "0",
+                                 "--floor-bytes", str(1 << 20), "--gemm-size", "64"])
+    finally:
+        _C.set_cpu_isa("")
+    out = capsys.readouterr().out
+    assert "CPU path scalar (kernels: float32 scalar, bfloat16 scalar, int8 scalar)" in out
+    assert "int8 / float32" in out
+    with pytest.raises(SystemExit):
+        report_topk_scores.main(["--isa", "sse9"])
+    assert "unknown CPU path 'sse9'" in capsys.readouterr().err
 
 
 def test_pytest_benchmark_suite_runs_with_benchmark_only():

@@ -1,10 +1,15 @@
 """The CPU kernels on every instruction-set path this machine supports, for every corpus
 dtype, against pyrag.reference: run-time ISA choice, bit-exact scores where the math is
-exact, the packed layout, quantisation, and agreement between paths and layouts."""
+exact, int8 values that would saturate a vpmaddubsw kernel, the packed layout,
+quantisation, and agreement between paths and layouts. The kernels' C++ tests
+(csrc/tests) run here too, natively; tools/test_cpu_kernels.sh also runs them for AArch64
+under qemu."""
 import importlib
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +22,9 @@ from pyrag import _C, reference
 T = importlib.import_module("pyrag.ops.topk_scores")
 
 ISAS = _C.supported_cpu_isas()
+ALL_PATHS = ["scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16",
+             "neon", "neon_dotprod", "neon_bf16"]
+ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ["float32", "bfloat16", "int8"]
 SHAPES = [  # (B, N, d, k): partial tiles and blocks, d not a multiple of any SIMD width
     (1, 1, 1, 1), (1, 17, 3, 5), (3, 100, 16, 7), (5, 257, 37, 10), (16, 1000, 384, 10),
@@ -43,8 +51,12 @@ def corpus_of(dtype, x):
 
 def packed_of(dtype, x):
     """x as a PackedCorpus, the way DenseIndex stores it."""
-    corpus, scales = corpus_of(dtype, x)
-    n, d = x.shape
+    return packed_corpus(dtype, *corpus_of(dtype, x))
+
+
+def packed_corpus(dtype, corpus, scales):
+    """A corpus tensor in its storage dtype (with int8 scales) as a PackedCorpus."""
+    n, d = corpus.shape
     blocks = -(-n // 16)
     data = torch.zeros((blocks, T.packed_block_bytes(dtype, d)), dtype=torch.uint8)
     T.pack_rows(dtype, corpus, data, 0)
@@ -55,9 +67,8 @@ def packed_of(dtype, x):
 
 # ------------------------------------------------------------------ ISA choice
 def test_paths_are_listed_lowest_first():
-    order = ["scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16"]
     assert ISAS[0] == "scalar"
-    assert ISAS == sorted(ISAS, key=order.index)
+    assert ISAS == sorted(ISAS, key=ALL_PATHS.index)
     assert _C.cpu_isa() == ISAS[-1]
 
 
@@ -73,11 +84,39 @@ def test_set_cpu_isa_rejects_unknown_names(name, match):
 
 
 def test_set_cpu_isa_rejects_paths_this_cpu_lacks():
-    missing = [n for n in ["avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16"] if n not in ISAS]
-    if not missing:
-        pytest.skip("this CPU supports every path")
-    with pytest.raises(ValueError, match="not supported by this CPU"):
-        _C.set_cpu_isa(missing[0])
+    missing = [n for n in ALL_PATHS if n not in ISAS]
+    assert missing  # no CPU has both the x86 and the ARM paths
+    for name in missing:
+        with pytest.raises(ValueError, match=f"CPU path '{name}' is not supported by this CPU"):
+            _C.set_cpu_isa(name)
+        assert _C.cpu_isa() == ISAS[-1]
+
+
+# A level without its own kernel for a dtype runs the next lower level's.
+FALLBACKS = {
+    "scalar": ("scalar", "scalar", "scalar"),
+    "avx2": ("avx2", "avx2", "avx2"),
+    "avx2vnni": ("avx2", "avx2", "avx2vnni"),
+    "avx512": ("avx512", "avx512", "avx512"),
+    "avx512vnni": ("avx512", "avx512", "avx512vnni"),
+    "avx512bf16": ("avx512", "avx512bf16", "avx512vnni"),
+    "neon": ("neon", "neon", "neon"),
+    "neon_dotprod": ("neon", "neon", "neon_dotprod"),
+    "neon_bf16": ("neon", "neon_bf16", "neon_dotprod"),
+}
+
+
+def test_each_dtype_runs_the_kernel_of_the_best_level_that_has_one(isa):
+    want = FALLBACKS[isa]
+    got = tuple(_C.cpu_kernel_isa(dtype) for dtype in DTYPES)
+    # Where a level in between is missing (Zen 4: avx512bf16 without avx2vnni is fine,
+    # an int8 level skipped), the kernel comes from the best supported level below.
+    for dtype, level, expected in zip(DTYPES, got, want):
+        assert level in ISAS and ALL_PATHS.index(level) <= ALL_PATHS.index(isa)
+        if expected in ISAS:
+            assert level == expected, (dtype, level, expected)
+    with pytest.raises(ValueError, match="unsupported corpus dtype"):
+        _C.cpu_kernel_isa("float16")
 
 
 def _in_subprocess(env_value, code):
@@ -185,10 +224,37 @@ def test_results_do_not_depend_on_the_thread_count(dtype, threads):
         pyrag.set_num_threads(None)
 
 
-@settings(max_examples=40, deadline=None)
+def _saturating_int8(n, d, seed):
+    """Rows of +-127 and -128 and queries that quantise to +-127 everywhere: pairs of
+    products up to 2 * 255 * 127 in the biased form, past vpmaddubsw's int16 range."""
+    g = torch.Generator().manual_seed(seed)
+    choice = torch.randint(0, 6, (n, d), generator=g)
+    corpus = torch.where(choice == 0, -128, torch.where(choice % 2 == 1, 127, -127)).to(torch.int8)
+    corpus[: n // 4] = 127  # whole rows at the maximum: every biased byte is 255
+    corpus[n // 4: n // 2] = -128
+    q = torch.where(torch.randint(0, 4, (3, d), generator=g) == 0, -1.0, 1.0)
+    q[0] = 1.0
+    return q, corpus
+
+
+@pytest.mark.parametrize("n, d", [(40, 4), (100, 37), (300, 384), (17, 1000)])
+def test_int8_dot_is_exact_where_int16_pair_sums_would_saturate(isa, n, d):
+    q, corpus = _saturating_int8(n, d, n + d)
+    scales = torch.linspace(0.5, 2.0, n)
+    expected = reference.topk_scores(q, corpus, 12, scales=scales, quantized_queries=True)
+    assert_same(pyrag.topk_scores(q, corpus, 12, scales=scales, backend="cpu"), expected)
+    # Query 0 quantises to 127 everywhere and rows 0 .. n/4 - 1 are all 127 (ties to row
+    # 0): its best score is 127 * 127 * d times the query scale 1/127.
+    scores, ids = pyrag.topk_scores(q[:1], corpus, 1, scales=torch.ones(n), backend="cpu")
+    assert int(ids[0, 0]) == 0 and float(scores[0, 0]) == pytest.approx(127 * d, rel=1e-6)
+    assert_same(T.topk_packed(q, packed_corpus("int8", corpus, scales), 12), expected)
+
+
+@settings(max_examples=60, deadline=None)
 @given(b=st.integers(1, 9), n=st.integers(1, 200), d=st.integers(1, 70), k=st.integers(1, 220),
-       dtype=st.sampled_from(DTYPES), isa_name=st.sampled_from(ISAS), seed=st.integers(0, 2 ** 16))
-def test_property_matches_the_reference(b, n, d, k, dtype, isa_name, seed):
+       dtype=st.sampled_from(DTYPES), isa_name=st.sampled_from(ISAS), seed=st.integers(0, 2 ** 16),
+       extreme=st.booleans())
+def test_property_matches_the_reference(b, n, d, k, dtype, isa_name, seed, extreme):
     g = torch.Generator().manual_seed(seed)
     if dtype == "float32":  # integer data: every path is exact
         q = torch.randint(-3, 4, (b, d), generator=g).float()
@@ -196,10 +262,13 @@ def test_property_matches_the_reference(b, n, d, k, dtype, isa_name, seed):
     else:
         q, x = torch.randn(b, d, generator=g), torch.randn(n, d, generator=g)
     corpus, scales = corpus_of(dtype, x)
+    if dtype == "int8" and extreme:  # values at the ends of the range
+        q, corpus = _saturating_int8(n, d, seed)
+        q = q.repeat(-(-b // 3), 1)[:b]
     try:
         _C.set_cpu_isa(isa_name)
         got = pyrag.topk_scores(q, corpus, k, scales=scales, backend="cpu")
-        packed = T.topk_packed(q, packed_of(dtype, x), k)
+        packed = T.topk_packed(q, packed_corpus(dtype, corpus, scales), k)
     finally:
         _C.set_cpu_isa("")
     expected = reference.topk_scores(q, corpus, k, scales=scales, quantized_queries=True)
@@ -325,6 +394,20 @@ def assert_same(got, expected):
     ref_scores, ref_ids = expected
     assert torch.equal(ids, ref_ids), (ids, ref_ids)
     assert torch.equal(scores, ref_scores), (scores - ref_scores).abs().max()
+
+
+def test_cpp_kernel_tests_pass_on_every_native_path():
+    """csrc/tests/test_cpu_kernels.cpp, built by tools/test_cpu_kernels.sh (CMake, the
+    system compiler; incremental after the first build): every path against the score
+    definitions and the scalar path, bit for bit, including shapes and data this file
+    does not reach (3 threads on 40,000 rows, int8 -128)."""
+    if shutil.which("cmake") is None or shutil.which("ninja") is None:
+        pytest.fail("the C++ kernel tests need cmake and ninja (pip install cmake ninja)")
+    r = subprocess.run(["bash", str(ROOT / "tools" / "test_cpu_kernels.sh"), "--native-only"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "0 failures" in r.stdout
+    assert f"supported CPU paths: {','.join(ISAS)}" in r.stdout
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

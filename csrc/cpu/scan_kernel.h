@@ -25,8 +25,12 @@
 //   Acc, X, Q, F                accumulator, loaded corpus vector, broadcast query,
 //                               float score vector
 //   zero(), load(p), bcast(p), madd(acc, x, q)
+//                               bcast reads the query's words of one group: one from
+//                               ScanTile::qwords, or two from ScanTile::qsplit when the
+//                               Op sets kSplitQuery (it then never splits them itself)
 //   finish(acc, qscale, qbias, row_scales) -> F   (row_scales: kLanes rows, int8 only)
 //   ge_mask(F, thr), nonfinite_mask(F) -> lane bitmask, store(float*, F)
+// and may provide kAccRegs (registers per accumulator, default 1) and kSplitQuery.
 #pragma once
 #include <algorithm>
 #include <array>
@@ -45,6 +49,25 @@ constexpr int vectors_per_block() {
   return static_cast<int>(kBlockRows) / Op::kLanes;
 }
 
+template <class Op>
+constexpr int acc_regs() {
+  if constexpr (requires { Op::kAccRegs; }) {
+    return Op::kAccRegs;
+  } else {
+    return 1;
+  }
+}
+
+// Query words per group the Op's bcast reads: 2 from ScanTile::qsplit, else 1 from qwords.
+template <class Op>
+constexpr int query_words() {
+  if constexpr (requires { Op::kSplitQuery; }) {
+    return Op::kSplitQuery ? 2 : 1;
+  } else {
+    return 1;
+  }
+}
+
 // Blocks per register tile for a query block of mq queries: the most (up to 8) whose
 // accumulators, loaded corpus vectors and one broadcast query fit the register file
 // with one register to spare; 0 if not even one block fits.
@@ -53,7 +76,7 @@ constexpr int blocks_for(int mq) {
   constexpr int vpb = vectors_per_block<Op>();
   int best = 0;
   for (int mb = 1; mb <= 8; ++mb) {
-    if (mq * mb * vpb + mb * vpb * Op::kXRegs + Op::kQRegs <= Op::kRegs - 1) best = mb;
+    if (mq * mb * vpb * acc_regs<Op>() + mb * vpb * Op::kXRegs + Op::kQRegs <= Op::kRegs - 1) best = mb;
   }
   return best;
 }
@@ -114,9 +137,11 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
   constexpr int64_t kVecBytes = kGroupStride / kVpb;
   const int64_t block_stride = t.groups * kGroupStride;
   const uint8_t* base = t.blocks + b0 * block_stride;
+  constexpr int kQw = query_words<Op>();
+  const uint32_t* qbase = kQw == 2 ? t.qsplit : t.qwords;
   const uint32_t* qw[MQ];
 #pragma GCC unroll 16
-  for (int i = 0; i < MQ; ++i) qw[i] = t.qwords + (q0 + i) * t.groups;
+  for (int i = 0; i < MQ; ++i) qw[i] = qbase + (q0 + i) * t.groups * kQw;
 
   typename Op::Acc acc[MQ][kNv];
 #pragma GCC unroll 16
@@ -124,11 +149,8 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
 #pragma GCC unroll 64
     for (int n = 0; n < kNv; ++n) acc[i][n] = Op::zero();
   }
-  for (int64_t j = 0; j < t.groups; ++j) {
-    if (prefetch.next < prefetch.end) {
-      for (int p = 0; p < prefetch.lines; ++p) __builtin_prefetch(prefetch.next + 64 * p, 0, 2);
-      prefetch.next += 64 * prefetch.lines;
-    }
+  const int64_t groups = t.groups;
+  auto step = [&](int64_t j) __attribute__((always_inline)) {
     typename Op::X x[kNv];
     const uint8_t* g = base + j * kGroupStride;
 #pragma GCC unroll 16
@@ -138,11 +160,26 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MQ; ++i) {
-      const typename Op::Q q = Op::bcast(qw[i] + j);
+      const typename Op::Q q = Op::bcast(qw[i] + j * kQw);
 #pragma GCC unroll 64
       for (int n = 0; n < kNv; ++n) acc[i][n] = Op::madd(acc[i][n], x[n], q);
     }
+  };
+  // Steps that also prefetch, then (usually most of them) steps that only compute, so
+  // that the hot loop carries no prefetch bookkeeping.
+  int64_t j = 0;
+  if (prefetch.next < prefetch.end) {
+    const uint8_t* next = prefetch.next;
+    const int64_t step_bytes = 64 * prefetch.lines;
+    const int64_t prefetching = std::min(groups, (prefetch.end - next + step_bytes - 1) / step_bytes);
+    for (; j < prefetching; ++j) {
+      for (int p = 0; p < prefetch.lines; ++p) __builtin_prefetch(next + 64 * p, 0, 2);
+      next += step_bytes;
+      step(j);
+    }
+    prefetch.next = next;
   }
+  for (; j < groups; ++j) step(j);
 
 #pragma GCC unroll 16
   for (int i = 0; i < MQ; ++i) {

@@ -35,32 +35,39 @@ const Kernels& kernels_at(Isa isa) {
     case Isa::avx512vnni: return kernels_avx512vnni();
     case Isa::avx512bf16: return kernels_avx512bf16();
 #endif
+#if defined(PYRAG_ARM)
+    case Isa::neon: return kernels_neon();
+    case Isa::neon_dotprod: return kernels_neon_dotprod();
+    case Isa::neon_bf16: return kernels_neon_bf16();
+#endif
     default: return kernels_scalar();
   }
 }
 
-// The entry of the highest supported level <= isa that has one.
+// The highest supported level <= isa whose entry is set.
 template <class Get>
-auto resolve(Isa isa, Get get) {
+Isa resolve(Isa isa, Get get) {
   const auto levels = supported_isas();
   for (auto it = levels.rbegin(); it != levels.rend(); ++it) {
-    if (*it <= isa) {
-      if (auto fn = get(kernels_at(*it))) return fn;
-    }
+    if (*it <= isa && get(kernels_at(*it)) != nullptr) return *it;
   }
-  return get(kernels_scalar());
+  return Isa::scalar;
+}
+
+ScanFn scan_of(const Kernels& k, Dtype dtype) {
+  return dtype == Dtype::f32 ? k.scan_f32 : dtype == Dtype::bf16 ? k.scan_bf16 : k.scan_i8;
 }
 
 }  // namespace
 
-ScanFn scan_for(Isa isa, Dtype dtype) {
-  return resolve(isa, [dtype](const Kernels& k) {
-    return dtype == Dtype::f32 ? k.scan_f32 : dtype == Dtype::bf16 ? k.scan_bf16 : k.scan_i8;
-  });
+Isa kernel_level(Isa isa, Dtype dtype) {
+  return resolve(isa, [dtype](const Kernels& k) { return scan_of(k, dtype); });
 }
 
+ScanFn scan_for(Isa isa, Dtype dtype) { return scan_of(kernels_at(kernel_level(isa, dtype)), dtype); }
+
 PackFn pack_for(Isa isa) {
-  return resolve(isa, [](const Kernels& k) { return k.pack; });
+  return kernels_at(resolve(isa, [](const Kernels& k) { return k.pack; })).pack;
 }
 
 namespace {
@@ -91,12 +98,33 @@ int threads_for(int64_t rows, int64_t work, int requested) {
 // error bound of exact search needs.
 struct PreparedQueries {
   std::vector<uint32_t> words;   // [B][groups]
+  std::vector<uint32_t> split;   // bf16, int8: [B][groups][2] (ScanTile::qsplit)
   std::vector<float> scales;     // int8
   std::vector<int32_t> bias;     // int8: 128 * sum of the quantised query
   std::vector<double> norm;      // ||q||
   std::vector<double> qnorm;     // ||q^||, the query as the kernel sees it
   std::vector<double> qerror;    // ||q - q^||
 };
+
+// Each query word split in two (see ScanTile::qsplit), so that kernels without a
+// bf16 or int8 dot instruction broadcast ready operands instead of splitting a word on
+// every broadcast.
+void split_query_words(Dtype dtype, const std::vector<uint32_t>& words, std::vector<uint32_t>& out) {
+  out.resize(2 * words.size());
+  for (size_t i = 0; i < words.size(); ++i) {
+    const uint32_t w = words[i];
+    if (dtype == Dtype::bf16) {
+      out[2 * i] = w & 0xFFFF0000u;  // odd dimension, as float32 bits
+      out[2 * i + 1] = w << 16;      // even dimension
+    } else {  // int8: bytes 0, 2 and 1, 3 sign-extended to int16 pairs
+      auto ext = [w](int byte) {
+        return static_cast<uint32_t>(static_cast<uint16_t>(static_cast<int16_t>(static_cast<int8_t>(w >> (8 * byte)))));
+      };
+      out[2 * i] = ext(0) | ext(2) << 16;
+      out[2 * i + 1] = ext(1) | ext(3) << 16;
+    }
+  }
+}
 
 PreparedQueries prepare_queries(const float* q, int64_t B, int64_t d, Dtype dtype) {
   const int64_t groups = num_groups(dtype, d);
@@ -148,6 +176,7 @@ PreparedQueries prepare_queries(const float* q, int64_t B, int64_t d, Dtype dtyp
     p.qnorm[b] = std::sqrt(qn2) * (1 + 1e-9);
     p.qerror[b] = std::sqrt(e2) * (1 + 1e-9);
   }
+  if (dtype != Dtype::f32) split_query_words(dtype, p.words, p.split);
   return p;
 }
 
@@ -238,6 +267,7 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
     ScanTile tile{p.words.data(), c.dtype == Dtype::i8 ? p.scales.data() : nullptr,
                   c.dtype == Dtype::i8 ? p.bias.data() : nullptr, 0, B, nullptr, nullptr, groups,
                   0, 0, 0, heaps[t].thresholds(), nullptr, nullptr};
+    tile.qsplit = p.split.empty() ? nullptr : p.split.data();
     for (;;) {
       const int64_t item = next.fetch_add(1);
       if (item >= num_items) break;
