@@ -400,7 +400,7 @@ def test_cpp_kernel_tests_pass_on_every_native_path():
     """csrc/tests/test_cpu_kernels.cpp, built by tools/test_cpu_kernels.sh (CMake, the
     system compiler; incremental after the first build): every path against the score
     definitions and the scalar path, bit for bit, including shapes and data this file
-    does not reach (3 threads on 40,000 rows, int8 -128)."""
+    does not reach (3 threads on 12,000 and 40,000 rows, int8 -128)."""
     if shutil.which("cmake") is None or shutil.which("ninja") is None:
         pytest.fail("the C++ kernel tests need cmake and ninja (pip install cmake ninja)")
     r = subprocess.run(["bash", str(ROOT / "tools" / "test_cpu_kernels.sh"), "--native-only"],

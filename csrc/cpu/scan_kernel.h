@@ -24,13 +24,18 @@
 //   kMaxMQ                      largest query block to consider
 //   Acc, X, Q, F                accumulator, loaded corpus vector, broadcast query,
 //                               float score vector
-//   zero(), load(p), bcast(p), madd(acc, x, q)
-//                               bcast reads the query's words of one group: one from
-//                               ScanTile::qwords, or two from ScanTile::qsplit when the
-//                               Op sets kSplitQuery (it then never splits them itself)
+//   zero(), load(p), bcast(w), madd(acc, x, q)
+//                               bcast reads the query's word of one group (qwords)
 //   finish(acc, qscale, qbias, row_scales) -> F   (row_scales: kLanes rows, int8 only)
 //   ge_mask(F, thr), nonfinite_mask(F) -> lane bitmask, store(float*, F)
-// and may provide kAccRegs (registers per accumulator, default 1) and kSplitQuery.
+// and may provide
+//   kAccRegs                    registers per accumulator (default 1)
+//   kPhases = 2                 each group in two phases (bf16: odd, then even dimension;
+//                               int8 by vpmaddwd: even, then odd bytes): phase p loads
+//                               the corpus operand with load(p, phase) and broadcasts the
+//                               query's p-th split word (ScanTile::qsplit) with
+//                               bcast(w, phase). Only one phase's operands are live at a
+//                               time, which leaves registers for more accumulators.
 #pragma once
 #include <algorithm>
 #include <array>
@@ -58,14 +63,25 @@ constexpr int acc_regs() {
   }
 }
 
-// Query words per group the Op's bcast reads: 2 from ScanTile::qsplit, else 1 from qwords.
+// Phases per group (see kPhases above); with 2 the query words come from ScanTile::qsplit.
 template <class Op>
-constexpr int query_words() {
-  if constexpr (requires { Op::kSplitQuery; }) {
-    return Op::kSplitQuery ? 2 : 1;
+constexpr int phases() {
+  if constexpr (requires { Op::kPhases; }) {
+    static_assert(Op::kPhases == 1 || Op::kPhases == 2);
+    return Op::kPhases;
   } else {
     return 1;
   }
+}
+
+// Query words per group: 2 (ScanTile::qsplit) with two phases or when the Op sets
+// kSplitQuery (its one-phase bcast then reads both), else 1 (qwords).
+template <class Op>
+constexpr int query_words() {
+  if constexpr (requires { Op::kSplitQuery; }) {
+    if (Op::kSplitQuery) return 2;
+  }
+  return phases<Op>();
 }
 
 // Blocks per register tile for a query block of mq queries: the most (up to 8) whose
@@ -138,6 +154,7 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
   const int64_t block_stride = t.groups * kGroupStride;
   const uint8_t* base = t.blocks + b0 * block_stride;
   constexpr int kQw = query_words<Op>();
+  constexpr int kPh = phases<Op>();
   const uint32_t* qbase = kQw == 2 ? t.qsplit : t.qwords;
   const uint32_t* qw[MQ];
 #pragma GCC unroll 16
@@ -151,18 +168,33 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
   }
   const int64_t groups = t.groups;
   auto step = [&](int64_t j) __attribute__((always_inline)) {
-    typename Op::X x[kNv];
     const uint8_t* g = base + j * kGroupStride;
+#pragma GCC unroll 2
+    for (int ph = 0; ph < kPh; ++ph) {
+      typename Op::X x[kNv];
 #pragma GCC unroll 16
-    for (int b = 0; b < MB; ++b) {
+      for (int b = 0; b < MB; ++b) {
 #pragma GCC unroll 16
-      for (int v = 0; v < kVpb; ++v) x[b * kVpb + v] = Op::load(g + b * block_stride + v * kVecBytes);
-    }
+        for (int v = 0; v < kVpb; ++v) {
+          const uint8_t* p = g + b * block_stride + v * kVecBytes;
+          if constexpr (kPh == 1) {
+            x[b * kVpb + v] = Op::load(p);
+          } else {
+            x[b * kVpb + v] = Op::load(p, ph);
+          }
+        }
+      }
 #pragma GCC unroll 16
-    for (int i = 0; i < MQ; ++i) {
-      const typename Op::Q q = Op::bcast(qw[i] + j * kQw);
+      for (int i = 0; i < MQ; ++i) {
+        typename Op::Q q;
+        if constexpr (kPh == 1) {
+          q = Op::bcast(qw[i] + j * kQw);
+        } else {
+          q = Op::bcast(qw[i] + j * kQw, ph);
+        }
 #pragma GCC unroll 64
-      for (int n = 0; n < kNv; ++n) acc[i][n] = Op::madd(acc[i][n], x[n], q);
+        for (int n = 0; n < kNv; ++n) acc[i][n] = Op::madd(acc[i][n], x[n], q);
+      }
     }
   };
   // Steps that also prefetch, then (usually most of them) steps that only compute, so

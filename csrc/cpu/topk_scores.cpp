@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -74,13 +76,54 @@ namespace {
 
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr int64_t kMinWorkPerThread = 1 << 20;
-// Packed bytes per tile: a tile stays in L2 (1-2 MiB per core on current x86) while
-// every query block reads it, next to at most kQueryChunkBytes of queries and the next
-// tile being prefetched. Small query batches on row-major input pack small tiles
-// instead, scanned while still in L1/L2. 192 KiB against 384: B=1 over a 1M x 384
-// index 9% faster (30.5 against 33.8 ms), B=256 and int8 unchanged (interleaved A/B).
-constexpr int64_t kTileBytes = 192 << 10;
-constexpr int64_t kQueryChunkBytes = 384 << 10;
+// Packed bytes per tile, from the size of a core's L2: a tile stays in L2 while every
+// query block reads it, next to the next tile being prefetched and a chunk of queries,
+// so tile, next tile and queries together take 3/4 of it: 192 KiB tiles and 384 KiB of
+// queries on a 1 MiB L2 (Zen 4, where these were measured: 192 KiB against 384 made
+// B=1 over a 1M x 384 index 9% faster, B=256 and int8 unchanged), half that on the
+// 512 KiB of Zen 2/3, a quarter on 256 KiB client cores; never more than on Zen 4 (the
+// largest L2 measured). Small query batches on row-major input pack small tiles
+// instead, scanned while still in L1/L2.
+struct TileSizes {
+  int64_t tile_bytes;
+  int64_t query_chunk_bytes;
+};
+
+// Bytes of L2 per core (sysfs, then sysconf), or 1 MiB if neither says.
+int64_t l2_cache_bytes() {
+  for (int i = 0; i < 8; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    FILE* f = std::fopen((dir + "level").c_str(), "r");
+    if (f == nullptr) break;
+    int level = 0;
+    const bool ok = std::fscanf(f, "%d", &level) == 1;
+    std::fclose(f);
+    if (!ok || level != 2) continue;
+    f = std::fopen((dir + "size").c_str(), "r");
+    if (f == nullptr) break;
+    long long size = 0;
+    char unit = 0;
+    const int got = std::fscanf(f, "%lld%c", &size, &unit);
+    std::fclose(f);
+    if (got >= 1 && size > 0) return size << (unit == 'K' ? 10 : unit == 'M' ? 20 : 0);
+  }
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+  if (const long s = sysconf(_SC_LEVEL2_CACHE_SIZE); s > 0) return s;
+#endif
+  return 1 << 20;
+}
+
+const TileSizes& tile_sizes() {
+  static const TileSizes sizes = [] {
+    const int64_t l2 = l2_cache_bytes();
+    TileSizes t{std::clamp<int64_t>(l2 * 3 / 16, 32 << 10, 192 << 10),
+                std::clamp<int64_t>(l2 * 3 / 8, 64 << 10, 384 << 10)};
+    if (const char* e = std::getenv("PYRAG_DEV_TILE_KIB")) t.tile_bytes = std::atoll(e) << 10;
+    if (const char* e = std::getenv("PYRAG_DEV_QCHUNK_KIB")) t.query_chunk_bytes = std::atoll(e) << 10;
+    return t;
+  }();
+  return sizes;
+}
 constexpr int64_t kSmallTileBytes = 48 << 10;
 constexpr int64_t kSmallBatch = 4;
 // Threads take chunks of tiles from a shared counter, so a core that another process
@@ -243,7 +286,7 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
   const int64_t bbytes = groups * kGroupStride;
   const int64_t row_bytes = c.dim * elem_bytes(c.dtype);
   const bool small_row_major = !c.packed && B <= kSmallBatch;
-  const int64_t tile_target = small_row_major ? kSmallTileBytes : kTileBytes;
+  const int64_t tile_target = small_row_major ? kSmallTileBytes : tile_sizes().tile_bytes;
   const int64_t tile_rows =
       std::clamp<int64_t>(tile_target / (bbytes / kBlockRows) / kBlockRows, 1, 256) * kBlockRows;
   const int64_t num_tiles = (c.num_rows + tile_rows - 1) / tile_rows;
@@ -252,7 +295,7 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
   // Work items: (query chunk, chunk of tiles). Queries go in chunks that fit L2 beside a
   // tile; with more, the queries streaming through L2 would evict the tile they are
   // meant to reuse (B=512 at d=384 ran 40% slower per query than B=256 before this).
-  const int64_t query_chunk = std::max<int64_t>(1, kQueryChunkBytes / (groups * kGroupBytes));
+  const int64_t query_chunk = std::max<int64_t>(1, tile_sizes().query_chunk_bytes / (groups * kGroupBytes));
   const int64_t tile_chunks = (num_tiles + chunk_tiles - 1) / chunk_tiles;
   const int64_t num_items = (B + query_chunk - 1) / query_chunk * tile_chunks;
   std::atomic<int64_t> next{0};
@@ -443,7 +486,7 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
   const ScanFn scan_f32 = scan_for(isa, Dtype::f32);
   const PackFn pack = pack_for(isa);
   const int64_t bbytes = block_bytes(Dtype::f32, d);
-  const int64_t panel_rows = std::clamp<int64_t>(kTileBytes / (d * 4) / kBlockRows, 1, 64) * kBlockRows;
+  const int64_t panel_rows = std::clamp<int64_t>(tile_sizes().tile_bytes / (d * 4) / kBlockRows, 1, 64) * kBlockRows;
   for (int64_t b0 = 0; b0 < B;) {
     // A stretch of queries with about kRowsPerStretch candidate rows in all.
     int64_t b1 = b0, stretch_rows = 0;

@@ -22,29 +22,24 @@ struct F32 : Base {
   static float32x4_t finish(float32x4_t acc, float, int32_t, const float*) { return acc; }
 };
 
-// Each 32-bit lane holds (even, odd) bf16 of one row; masking and shifting them into the
-// high half gives exact fp32 values (the queries come widened from the driver). Odd
-// dimension first, then even, each by fmla: the bf16 score definition.
+// Each 32-bit lane holds (even, odd) bf16 of one row; masking or shifting one of them
+// into the high half gives an exact fp32 value. In two phases per group (scan_kernel.h):
+// the odd dimension, then the even one, each by fmla: the bf16 score definition. The
+// queries come widened from the driver.
 struct Bf16Widen : Base {
-  static constexpr int kXRegs = 2, kQRegs = 2;
-  static constexpr bool kSplitQuery = true;
+  static constexpr int kXRegs = 1, kQRegs = 1, kPhases = 2;
   using Acc = float32x4_t;
-  struct X { float32x4_t odd, even; };
-  using Q = X;
+  using X = float32x4_t;
+  using Q = float32x4_t;
   static float32x4_t zero() { return vdupq_n_f32(0.0f); }
-  static X load(const uint8_t* p) {
+  static float32x4_t load(const uint8_t* p, int phase) {
     const uint32x4_t w = vld1q_u32(reinterpret_cast<const uint32_t*>(p));
-    return {vreinterpretq_f32_u32(vandq_u32(w, vdupq_n_u32(0xFFFF0000u))),
-            vreinterpretq_f32_u32(vshlq_n_u32(w, 16))};
+    return vreinterpretq_f32_u32(phase == 0 ? vandq_u32(w, vdupq_n_u32(0xFFFF0000u)) : vshlq_n_u32(w, 16));
   }
-  static X bcast(const uint32_t* w) {
-    const float* f = reinterpret_cast<const float*>(w);
-    return {vld1q_dup_f32(f), vld1q_dup_f32(f + 1)};
+  static float32x4_t bcast(const uint32_t* w, int phase) {
+    return vld1q_dup_f32(reinterpret_cast<const float*>(w + phase));
   }
-  static float32x4_t madd(float32x4_t acc, const X& x, const X& q) {
-    acc = vfmaq_f32(acc, x.odd, q.odd);
-    return vfmaq_f32(acc, x.even, q.even);
-  }
+  static float32x4_t madd(float32x4_t acc, float32x4_t x, float32x4_t q) { return vfmaq_f32(acc, x, q); }
   static float32x4_t finish(float32x4_t acc, float, int32_t, const float*) { return acc; }
 };
 

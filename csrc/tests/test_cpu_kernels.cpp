@@ -276,7 +276,7 @@ int main(int argc, char** argv) {
       {6, 64, 2, 64},   {11, 129, 33, 129}, {2, 600, 130, 3},  {4, 1500, 64, 10}, {9, 333, 7, 400},
       {16, 700, 384, 10}, {17, 77, 100, 20}, {1, 3001, 384, 10},
   };
-  const std::vector<Shape> threaded = {{8, 20000, 64, 10}, {2, 40000, 40, 5}};
+  const std::vector<Shape> threaded = {{8, 12000, 48, 10}, {3, 40000, 32, 5}};  // 3 threads each
   const Dtype dtypes[] = {Dtype::f32, Dtype::bf16, Dtype::i8};
   const Data kinds[] = {Data::small_ints, Data::random, Data::ties, Data::extreme};
 
@@ -291,7 +291,7 @@ int main(int argc, char** argv) {
         if (quick && sh.B * sh.N * sh.d > 2'000'000) continue;
         const Problem p = make_problem(dtype, sh.B, sh.N, sh.d, sh.k, kind, seed++);
         const TopK want = reference_topk(p);
-        const int threads = sh.N >= 20000 ? 3 : 1;
+        const int threads = sh.N >= 12000 ? 3 : 1;
         TopK scalar;
         for (const auto& isa : isas) {
           pyrag::set_active_isa(isa);
