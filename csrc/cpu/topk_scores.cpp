@@ -15,7 +15,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -79,11 +78,12 @@ constexpr int64_t kMinWorkPerThread = 1 << 20;
 // Packed bytes per tile, from the size of a core's L2: a tile stays in L2 while every
 // query block reads it, next to the next tile being prefetched and a chunk of queries,
 // so tile, next tile and queries together take 3/4 of it: 192 KiB tiles and 384 KiB of
-// queries on a 1 MiB L2 (Zen 4, where these were measured: 192 KiB against 384 made
-// B=1 over a 1M x 384 index 9% faster, B=256 and int8 unchanged), half that on the
-// 512 KiB of Zen 2/3, a quarter on 256 KiB client cores; never more than on Zen 4 (the
-// largest L2 measured). Small query batches on row-major input pack small tiles
-// instead, scanned while still in L1/L2.
+// queries on the 1 MiB L2 of Zen 4, where they were measured (192 KiB against 384 made
+// B=1 over a 1M x 384 index 9% faster, B=256 and int8 unchanged; 48 and 96 KiB were no
+// different on its AVX2 path), half that on the 512 KiB of Zen 2/3, where a 192 KiB
+// tile and its prefetched successor alone would fill 3/4 of L2, a quarter on 256 KiB
+// cores; never more than on Zen 4. Small query batches on row-major input pack small
+// tiles instead, scanned while still in L1/L2.
 struct TileSizes {
   int64_t tile_bytes;
   int64_t query_chunk_bytes;
@@ -116,14 +116,12 @@ int64_t l2_cache_bytes() {
 const TileSizes& tile_sizes() {
   static const TileSizes sizes = [] {
     const int64_t l2 = l2_cache_bytes();
-    TileSizes t{std::clamp<int64_t>(l2 * 3 / 16, 32 << 10, 192 << 10),
-                std::clamp<int64_t>(l2 * 3 / 8, 64 << 10, 384 << 10)};
-    if (const char* e = std::getenv("PYRAG_DEV_TILE_KIB")) t.tile_bytes = std::atoll(e) << 10;
-    if (const char* e = std::getenv("PYRAG_DEV_QCHUNK_KIB")) t.query_chunk_bytes = std::atoll(e) << 10;
-    return t;
+    return TileSizes{std::clamp<int64_t>(l2 * 3 / 16, 32 << 10, 192 << 10),
+                     std::clamp<int64_t>(l2 * 3 / 8, 64 << 10, 384 << 10)};
   }();
   return sizes;
 }
+
 constexpr int64_t kSmallTileBytes = 48 << 10;
 constexpr int64_t kSmallBatch = 4;
 // Threads take chunks of tiles from a shared counter, so a core that another process
