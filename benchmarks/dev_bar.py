@@ -48,8 +48,13 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--isa", default="", help="CPU path to force, e.g. avx2 (default: the best one)")
     ap.add_argument("--memory", action="store_true")
     a = ap.parse_args()
+    from pyrag import _C
+    from topk_cases import cpu_model, cpu_path
+    _C.set_cpu_isa(a.isa)
+    print(f"{cpu_model()}, {cpu_path()}, {a.threads} threads", flush=True)
     torch.set_num_threads(a.threads)
     pyrag.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)

@@ -42,11 +42,16 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--isa", default="", help="CPU path to force, e.g. avx2 (default: the best one)")
     ap.add_argument("--dtypes", default="float32,int8")
     ap.add_argument("--ns", default="100000,250000,500000,1000000,2000000")
     ap.add_argument("--bs", default="1,2,4,8,16,32,64,128,256,512,1024")
     ap.add_argument("--cpu-time", action="store_true")
     a = ap.parse_args()
+    from pyrag import _C
+    from topk_cases import cpu_model, cpu_path
+    _C.set_cpu_isa(a.isa)
+    print(f"{cpu_model()}, {cpu_path()}, {a.threads} threads", flush=True)
     if a.cpu_time:
         global CLOCK
         CLOCK = time.process_time

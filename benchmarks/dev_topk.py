@@ -19,14 +19,6 @@ import importlib
 T = importlib.import_module("pyrag.ops.topk_scores")
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
-
 def packed(dtype, x):
     n, d = x.shape
     blocks = (n + 15) // 16
@@ -55,8 +47,9 @@ def main():
     ap.add_argument("--isa", default="", help="CPU path to force (default: the best one)")
     a = ap.parse_args()
     from pyrag import _C
+    from topk_cases import cpu_model, cpu_path
     _C.set_cpu_isa(a.isa)
-    print(f"{cpu_name()}, CPU path {_C.cpu_isa()}, {a.threads} threads, N={a.n:,} d={a.d} k={a.k}")
+    print(f"{cpu_model()}, {cpu_path()}, {a.threads} threads, N={a.n:,} d={a.d} k={a.k}")
     torch.set_num_threads(a.threads)
     pyrag.set_num_threads(a.threads)
     torch.manual_seed(0)

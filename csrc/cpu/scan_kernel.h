@@ -74,16 +74,6 @@ constexpr int phases() {
   }
 }
 
-// Query words per group: 2 (ScanTile::qsplit) with two phases or when the Op sets
-// kSplitQuery (its one-phase bcast then reads both), else 1 (qwords).
-template <class Op>
-constexpr int query_words() {
-  if constexpr (requires { Op::kSplitQuery; }) {
-    if (Op::kSplitQuery) return 2;
-  }
-  return phases<Op>();
-}
-
 // Blocks per register tile for a query block of mq queries: the most (up to 8) whose
 // accumulators, loaded corpus vectors and one broadcast query fit the register file
 // with one register to spare; 0 if not even one block fits.
@@ -92,13 +82,15 @@ constexpr int blocks_for(int mq) {
   constexpr int vpb = vectors_per_block<Op>();
   int best = 0;
   for (int mb = 1; mb <= 8; ++mb) {
-    if (mq * mb * vpb * acc_regs<Op>() + mb * vpb * Op::kXRegs + Op::kQRegs <= Op::kRegs - 1) best = mb;
+    const int regs = mq * mb * vpb * acc_regs<Op>() + mb * vpb * Op::kXRegs + Op::kQRegs;
+    if (regs <= Op::kRegs - 1) best = mb;
   }
   return best;
 }
 
 // The query block size that keeps the most accumulators busy (AVX-512 fp32: 5 x 5;
-// with two registers per loaded vector, as bf16-by-conversion: 7 x 3; AVX2 fp32: 6 x 1).
+// with two registers per loaded vector, as AVX-512 int8 by vpmaddwd: 7 x 3; AVX2, every
+// dtype: 6 x 1).
 template <class Op>
 constexpr int main_mq() {
   static_assert(blocks_for<Op>(1) >= 1, "one query x one block must fit the registers");
@@ -153,12 +145,11 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
   constexpr int64_t kVecBytes = kGroupStride / kVpb;
   const int64_t block_stride = t.groups * kGroupStride;
   const uint8_t* base = t.blocks + b0 * block_stride;
-  constexpr int kQw = query_words<Op>();
-  constexpr int kPh = phases<Op>();
-  const uint32_t* qbase = kQw == 2 ? t.qsplit : t.qwords;
+  constexpr int kPh = phases<Op>();  // also the query words per group
+  const uint32_t* qbase = kPh == 2 ? t.qsplit : t.qwords;
   const uint32_t* qw[MQ];
 #pragma GCC unroll 16
-  for (int i = 0; i < MQ; ++i) qw[i] = qbase + (q0 + i) * t.groups * kQw;
+  for (int i = 0; i < MQ; ++i) qw[i] = qbase + (q0 + i) * t.groups * kPh;
 
   typename Op::Acc acc[MQ][kNv];
 #pragma GCC unroll 16
@@ -188,9 +179,9 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
       for (int i = 0; i < MQ; ++i) {
         typename Op::Q q;
         if constexpr (kPh == 1) {
-          q = Op::bcast(qw[i] + j * kQw);
+          q = Op::bcast(qw[i] + j);
         } else {
-          q = Op::bcast(qw[i] + j * kQw, ph);
+          q = Op::bcast(qw[i] + 2 * j, ph);
         }
 #pragma GCC unroll 64
         for (int n = 0; n < kNv; ++n) acc[i][n] = Op::madd(acc[i][n], x[n], q);

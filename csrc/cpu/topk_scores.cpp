@@ -79,8 +79,8 @@ constexpr int64_t kMinWorkPerThread = 1 << 20;
 // query block reads it, next to the next tile being prefetched and a chunk of queries,
 // so tile, next tile and queries together take 3/4 of it: 192 KiB tiles and 384 KiB of
 // queries on the 1 MiB L2 of Zen 4, where they were measured (192 KiB against 384 made
-// B=1 over a 1M x 384 index 9% faster, B=256 and int8 unchanged; 48 and 96 KiB were no
-// different on its AVX2 path), half that on the 512 KiB of Zen 2/3, where a 192 KiB
+// B=1 over a 1M x 384 index 9% faster, B=256 and int8 unchanged; 48 and 96 KiB were the
+// same within +-10% on its AVX2 path), half that on the 512 KiB of Zen 2/3, where a 192 KiB
 // tile and its prefetched successor alone would fill 3/4 of L2, a quarter on 256 KiB
 // cores; never more than on Zen 4. Small query batches on row-major input pack small
 // tiles instead, scanned while still in L1/L2.
