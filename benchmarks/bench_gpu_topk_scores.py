@@ -14,9 +14,11 @@ over torch (target: >= 2x at N = 10M, B = 256, k = 100).
     pytest benchmarks/bench_gpu_topk_scores.py --benchmark-enable   # needs CUDA; else skips
     python benchmarks/bench_gpu_topk_scores.py                      # the ratio table only
 """
+
 from __future__ import annotations
 
 import functools
+import importlib
 
 import pytest
 import torch
@@ -48,14 +50,13 @@ def cuda_time(fn, reps: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hbm_bandwidth() -> float:
     """Bytes per second of a 4 GiB device-to-device copy (counting read + write)."""
     src = torch.empty(2**31, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     seconds = cuda_time(lambda: dst.copy_(src))
-    del src, dst
-    return 2 * 2**31 / seconds
+    return 2 * 2**31 / seconds  # src and dst are freed on return
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,7 +66,7 @@ def corpus(n: int) -> torch.Tensor:
     g = torch.Generator(device="cuda").manual_seed(0)
     for i in range(0, n, 1 << 20):
         chunk = torch.randn((min(1 << 20, n - i), D), generator=g, device="cuda")
-        x[i:i + chunk.shape[0]] = torch.nn.functional.normalize(chunk, dim=1).half()
+        x[i : i + chunk.shape[0]] = torch.nn.functional.normalize(chunk, dim=1).half()
     return x
 
 
@@ -86,14 +87,14 @@ def faiss_gpu():
 @functools.lru_cache(maxsize=1)
 def faiss_index(n: int):
     faiss = faiss_gpu()
-    import faiss.contrib.torch_utils  # noqa: F401  (lets faiss take torch CUDA tensors)
+    importlib.import_module("faiss.contrib.torch_utils")  # lets FAISS take torch tensors
     res = faiss.StandardGpuResources()
     cfg = faiss.GpuIndexFlatConfig()
     cfg.useFloat16 = True  # fp16 storage, like the other two
     index = faiss.GpuIndexFlatIP(res, D, cfg)
     x = corpus(n)
     for i in range(0, n, 1 << 20):
-        index.add(x[i:i + (1 << 20)].float())
+        index.add(x[i : i + (1 << 20)].float())
     return res, index
 
 
@@ -147,15 +148,22 @@ def main():
     providers = [p for p in PROVIDERS if p != "faiss" or faiss_gpu() is not None]
     print(f"{torch.cuda.get_device_name()}: HBM copy bandwidth {hbm_bandwidth() / 1e9:.0f} GB/s; d = {D}, fp16")
     print("times in ms; roofline = (corpus bytes / bandwidth) / pyrag time; speed-ups = baseline / pyrag")
-    print(f"{'N':>10} {'B':>4} {'k':>4} " + " ".join(f"{p:>8}" for p in providers)
-          + f" {'roofline':>9} " + " ".join(f"{p + '/pyrag':>12}" for p in providers[1:]))
+    print(
+        f"{'N':>10} {'B':>4} {'k':>4} "
+        + " ".join(f"{p:>8}" for p in providers)
+        + f" {'roofline':>9} "
+        + " ".join(f"{p + '/pyrag':>12}" for p in providers[1:])
+    )
     for n in NS:
         for b in BS:
             for k in KS:
                 t = {p: cuda_time(searcher(p, n, b, k)) for p in providers}
-                print(f"{n:>10} {b:>4} {k:>4} " + " ".join(f"{t[p] * 1e3:8.2f}" for p in providers)
-                      + f" {roofline_seconds(n) / t['pyrag']:9.2f} "
-                      + " ".join(f"{t[p] / t['pyrag']:12.2f}" for p in providers[1:]))
+                print(
+                    f"{n:>10} {b:>4} {k:>4} "
+                    + " ".join(f"{t[p] * 1e3:8.2f}" for p in providers)
+                    + f" {roofline_seconds(n) / t['pyrag']:9.2f} "
+                    + " ".join(f"{t[p] / t['pyrag']:12.2f}" for p in providers[1:])
+                )
 
 
 if __name__ == "__main__":

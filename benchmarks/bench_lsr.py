@@ -7,6 +7,7 @@ fused C++ kernel (backend="cpu"), whose backward recomputes the softmaxes from i
     pytest benchmarks/bench_lsr.py --benchmark-enable     # pytest-benchmark table
     python benchmarks/bench_lsr.py                        # ratios side by side
 """
+
 import pytest
 import torch
 import torch.utils.benchmark as tb
@@ -45,10 +46,17 @@ def main():
     print(f"lsr_kl forward+backward, {torch.get_num_threads()} threads: time (us) and torch / pyrag")
     for b, k in SHAPES:
         s, lm, mask = setup_lsr(b, k)
-        times = {p: tb.Timer("step(p, s, lm, mask)", globals=dict(step=step, p=p, s=s, lm=lm, mask=mask))
-                 .blocked_autorange(min_run_time=1.0).median * 1e6 for p in ("torch", "pyrag")}
-        print(f"  B={b:5d} K={k:5d}  torch {times['torch']:9.1f}  pyrag {times['pyrag']:9.1f}  "
-              f"ratio {times['torch'] / times['pyrag']:5.2f}x")
+        times = {
+            p: tb.Timer("step(p, s, lm, mask)", globals=dict(step=step, p=p, s=s, lm=lm, mask=mask))
+            .blocked_autorange(min_run_time=1.0)
+            .median
+            * 1e6
+            for p in ("torch", "pyrag")
+        }
+        print(
+            f"  B={b:5d} K={k:5d}  torch {times['torch']:9.1f}  pyrag {times['pyrag']:9.1f}  "
+            f"ratio {times['torch'] / times['pyrag']:5.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Contender: the fused C++ kernel (backend="cpu").
     pytest benchmarks/bench_marginal_nll.py --benchmark-enable
     python benchmarks/bench_marginal_nll.py
 """
+
 import pytest
 import torch
 import torch.utils.benchmark as tb
@@ -45,10 +46,17 @@ def main():
     print(f"marginal_nll forward+backward, {torch.get_num_threads()} threads: time (us) and torch / pyrag")
     for b, k, t in SHAPES:
         s, lm, mask = setup_marginal(b, k, t)
-        times = {p: tb.Timer("step(p, s, lm, mask)", globals=dict(step=step, p=p, s=s, lm=lm, mask=mask))
-                 .blocked_autorange(min_run_time=1.0).median * 1e6 for p in ("torch", "pyrag")}
-        print(f"  B={b:5d} K={k:5d} T={t!s:>4}  torch {times['torch']:9.1f}  pyrag {times['pyrag']:9.1f}  "
-              f"ratio {times['torch'] / times['pyrag']:5.2f}x")
+        times = {
+            p: tb.Timer("step(p, s, lm, mask)", globals=dict(step=step, p=p, s=s, lm=lm, mask=mask))
+            .blocked_autorange(min_run_time=1.0)
+            .median
+            * 1e6
+            for p in ("torch", "pyrag")
+        }
+        print(
+            f"  B={b:5d} K={k:5d} T={t!s:>4}  torch {times['torch']:9.1f}  pyrag {times['pyrag']:9.1f}  "
+            f"ratio {times['torch'] / times['pyrag']:5.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ runs each benchmark once as a quick functional check. pytest-benchmark refuses
 --benchmark-only together with --benchmark-disable; asking for --benchmark-only
 means "time them", so it re-enables timing here (as --benchmark-enable would).
 """
+
 import sys
 from pathlib import Path
 
@@ -26,8 +27,7 @@ def pytest_collect_file(file_path, parent):
 
     A file named on the command line is collected by pytest itself already.
     """
-    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
-            and not parent.session.isinitpath(file_path)):
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 

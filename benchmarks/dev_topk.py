@@ -14,15 +14,14 @@ import time
 import torch
 
 import pyrag
-import importlib
 
-T = importlib.import_module("pyrag.ops.topk_scores")
+from pyrag.index import packed as T  # noqa: E402
 
 
 def packed(dtype, x):
     n, d = x.shape
     blocks = (n + 15) // 16
-    data = torch.empty((blocks, T.packed_block_bytes(dtype, d)), dtype=torch.uint8)
+    data = torch.empty((blocks, T.block_bytes(dtype, d)), dtype=torch.uint8)
     scales = None
     if dtype == "float32":
         rows = x
@@ -65,7 +64,7 @@ def main():
             if c == "f32":
                 fns[c] = lambda: pyrag.topk_scores(q, x, a.k, backend="cpu")
             else:
-                fns[c] = (lambda cc: lambda: T.topk_packed(q, cc, a.k))(corp[c])
+                fns[c] = (lambda cc: lambda: T.search(q, cc, a.k))(corp[c])
         best = {name: float("inf") for name in fns}
         cpu = {name: float("inf") for name in fns}
         for _ in range(a.reps):

@@ -12,6 +12,7 @@ Two figures, because a memory-mapped file counts in RSS too:
   an allocation is seen unless it lives for less than about a millisecond.
 Linux only.
 """
+
 from __future__ import annotations
 
 import gc
@@ -39,8 +40,8 @@ print(max(peak, rss_anon()), flush=True)
 
 @dataclass(frozen=True)
 class MemoryGrowth:
-    peak_bytes: int | None   # all resident pages, from VmHWM (None where it cannot be reset)
-    anon_bytes: int          # anonymous pages, sampled
+    peak_bytes: int | None  # all resident pages, from VmHWM (None where it cannot be reset)
+    anon_bytes: int  # anonymous pages, sampled
 
     def describe(self) -> str:
         total = "n/a" if self.peak_bytes is None else f"{self.peak_bytes / 2**20:.1f} MiB"
@@ -67,8 +68,9 @@ def _reset_high_water_mark() -> bool:
 def peak_rss_growth(fn, *args):
     """(MemoryGrowth, fn's result) for one call fn(*args)."""
     gc.collect()
-    with subprocess.Popen([sys.executable, "-c", _WATCHER, str(os.getpid())],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as watcher:
+    with subprocess.Popen(
+        [sys.executable, "-c", _WATCHER, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as watcher:
         try:
             if watcher.stdout.readline().strip() != "ready":
                 raise OSError("the memory watcher could not read /proc")
@@ -81,6 +83,7 @@ def peak_rss_growth(fn, *args):
             anon_peak = int(watcher.stdout.readline())
         finally:
             watcher.kill()  # no-op once it has exited; stops it if fn raised
-    growth = MemoryGrowth(None if total_peak is None else max(0, total_peak - rss_before) * 1024,
-                          max(0, anon_peak - anon_before) * 1024)
+    growth = MemoryGrowth(
+        None if total_peak is None else max(0, total_peak - rss_before) * 1024, max(0, anon_peak - anon_before) * 1024
+    )
     return growth, out

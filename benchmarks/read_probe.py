@@ -9,6 +9,7 @@ during the call, so the probe's threads run free).
     from read_probe import read_probe
     read_probe(address, nbytes, threads)   # XOR of the 64-bit words read
 """
+
 from __future__ import annotations
 
 import ctypes

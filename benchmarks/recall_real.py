@@ -1,7 +1,7 @@
 """Recall of quantised search on real embeddings (issue 3's quality bar).
 
 Encodes >= 50,000 real passages (Python documentation and Linux man pages, via
-pyrag.data) with all-MiniLM-L6-v2, and queries with held-out real text: the first
+benchmarks/corpora.py) with all-MiniLM-L6-v2, and queries with held-out real text: the first
 sentence of passages that are not in the corpus. Prints, against fp32 exact search:
   - recall@10 of DenseIndex(dtype="bfloat16") and ("int8") with exact=False (bar >= 0.99);
   - recall@10 with exact=True (must be 1.0), and the share of queries whose ids and
@@ -18,6 +18,7 @@ Run:
 Encoding takes about 15 minutes on 2 cores (about 60 passages/s); the embeddings are
 cached under $PYRAG_CACHE_DIR (default ~/.cache/pyrag), so reruns take seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyrag  # noqa: E402
-from pyrag.reference import topk_scores as reference_topk  # noqa: E402
-from topk_cases import index_dtype_unsupported, recall_at_k  # noqa: E402
+from topk_cases import index_dtype_unsupported, recall_at_k
+
+import pyrag
+from pyrag.reference import topk_scores as reference_topk
 
 QUANTISED = ("bfloat16", "int8")
 
@@ -97,9 +99,11 @@ def emulated_topk(queries: torch.Tensor, corpus: torch.Tensor, k: int, dtype: st
     if dtype == "bfloat16":
         scores = queries.bfloat16().double() @ corpus.bfloat16().double().T
     else:
+
         def quantise(x):
             scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / 127
             return (x / scale).round().clamp(-127, 127).double(), scale.double()
+
         xq, xs = quantise(corpus)
         qq, qs = quantise(queries)
         scores = (qq @ xq.T) * qs * xs.T
@@ -110,8 +114,10 @@ def emulated_topk(queries: torch.Tensor, corpus: torch.Tensor, k: int, dtype: st
 def recall_table(corpus: torch.Tensor, queries: torch.Tensor, k: int = 10) -> list[str]:
     """Recall of each dtype against fp32 exact search, as printable lines."""
     truth = reference_topk(queries, corpus, k)[1]
-    lines = [f"recall@{k} against fp32 exact search: {corpus.shape[0]:,} passages, "
-             f"{queries.shape[0]:,} queries, d={corpus.shape[1]}"]
+    lines = [
+        f"recall@{k} against fp32 exact search: {corpus.shape[0]:,} passages, "
+        f"{queries.shape[0]:,} queries, d={corpus.shape[1]}"
+    ]
     fp32 = pyrag.DenseIndex(corpus.shape[1])
     fp32.add(corpus)
     lines.append(f"  {'float32 DenseIndex':<34} {recall_at_k(fp32.search(queries, k)[1], truth):.4f}")
@@ -119,8 +125,7 @@ def recall_table(corpus: torch.Tensor, queries: torch.Tensor, k: int = 10) -> li
         reason = index_dtype_unsupported(dtype, exact=False)
         if reason:
             rec = recall_at_k(emulated_topk(queries, corpus, k, dtype), truth)
-            lines.append(f"  {dtype + ' exact=False':<34} {rec:.4f}  (plain-torch emulation; "
-                         f"pyrag: {reason})")
+            lines.append(f"  {dtype + ' exact=False':<34} {rec:.4f}  (plain-torch emulation; pyrag: {reason})")
             continue
         index = pyrag.DenseIndex(corpus.shape[1], dtype=dtype)
         index.add(corpus)
@@ -132,8 +137,10 @@ def recall_table(corpus: torch.Tensor, queries: torch.Tensor, k: int = 10) -> li
             continue
         ids = index.search(queries, k, exact=True)[1]
         same = float((ids == truth).all(dim=1).float().mean())
-        lines.append(f"  {dtype + ' exact=True':<34} {recall_at_k(ids, truth):.4f}  "
-                     f"(must be 1.0; identical ids and order for {same:.2%} of queries)")
+        lines.append(
+            f"  {dtype + ' exact=True':<34} {recall_at_k(ids, truth):.4f}  "
+            f"(must be 1.0; identical ids and order for {same:.2%} of queries)"
+        )
     return lines
 
 
@@ -147,10 +154,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pyrag.set_num_threads(args.threads)
-    from pyrag import data  # only the encoding needs it (and the [real] extra)
+    import corpora as data  # only the encoding needs it (and the [real] extra)
 
-    passages, queries = split_corpus_and_queries(
-        data.real_corpus(args.passages + args.queries), args.queries)
+    passages, queries = split_corpus_and_queries(data.real_corpus(args.passages + args.queries), args.queries)
     model = None
 
     def encoder(texts):

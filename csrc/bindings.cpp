@@ -1,5 +1,5 @@
 // pybind11 module pyrag._C. It takes raw addresses and sizes (Python checks dtypes,
-// devices and contiguity in pyrag/ops.py) so that it never links libtorch and one build
+// devices and contiguity in pyrag/backends/cpu.py and pyrag/index/packed.py) so that it never links libtorch and one build
 // serves every torch version. Kernels run with the GIL released.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -23,16 +23,18 @@ T* ptr(std::uintptr_t address) {
 }
 
 pyrag::Corpus corpus_of(const std::string& dtype, std::uintptr_t data, bool packed, int64_t num_rows,
-                        int64_t dim, std::uintptr_t scales) {
-  return pyrag::Corpus{pyrag::parse_dtype(dtype), packed, ptr<const void>(data), num_rows, dim,
-                       ptr<const float>(scales)};
+                        int64_t dim, std::uintptr_t scales, std::uintptr_t tie_keys) {
+  pyrag::Corpus c{pyrag::parse_dtype(dtype), packed, ptr<const void>(data), num_rows, dim,
+                  ptr<const float>(scales)};
+  c.tie_keys = ptr<const int64_t>(tie_keys);
+  return c;
 }
 
 void topk_scores(const std::string& dtype, std::uintptr_t queries, int64_t num_queries,
                  std::uintptr_t corpus, bool packed, int64_t num_rows, int64_t dim,
                  std::uintptr_t scales, int64_t k, int num_threads, std::uintptr_t out_scores,
-                 std::uintptr_t out_ids) {
-  const auto c = corpus_of(dtype, corpus, packed, num_rows, dim, scales);
+                 std::uintptr_t out_ids, std::uintptr_t tie_keys) {
+  const auto c = corpus_of(dtype, corpus, packed, num_rows, dim, scales, tie_keys);
   py::gil_scoped_release release;
   pyrag::topk_scores(ptr<const float>(queries), num_queries, c, k, num_threads,
                      ptr<float>(out_scores), ptr<int64_t>(out_ids));
@@ -42,8 +44,8 @@ py::dict topk_scores_exact(const std::string& dtype, std::uintptr_t queries, int
                            std::uintptr_t corpus, int64_t num_rows, int64_t dim, std::uintptr_t scales,
                            int originals_fd, int64_t originals_offset, double max_norm,
                            double max_error, int64_t k, int num_threads, std::uintptr_t out_scores,
-                           std::uintptr_t out_ids) {
-  const auto c = corpus_of(dtype, corpus, true, num_rows, dim, scales);
+                           std::uintptr_t out_ids, std::uintptr_t tie_keys) {
+  const auto c = corpus_of(dtype, corpus, true, num_rows, dim, scales, tie_keys);
   const pyrag::Originals o{originals_fd, originals_offset, max_norm, max_error};
   pyrag::ExactStats st;
   {
@@ -77,6 +79,14 @@ void unpack_rows(const std::string& dtype, std::uintptr_t packed, int64_t row_be
   const auto t = pyrag::parse_dtype(dtype);
   py::gil_scoped_release release;
   pyrag::unpack_rows(t, ptr<const void>(packed), row_begin, n, dim, ptr<void>(dst));
+}
+
+void gather_rows_f32(const std::string& dtype, std::uintptr_t packed, std::uintptr_t rows, int64_t n,
+                     int64_t dim, std::uintptr_t scales, std::uintptr_t dst) {
+  const auto t = pyrag::parse_dtype(dtype);
+  py::gil_scoped_release release;
+  pyrag::gather_rows_f32(t, ptr<const void>(packed), ptr<const int64_t>(rows), n, dim, ptr<const float>(scales),
+                         ptr<float>(dst));
 }
 
 std::vector<std::string> supported_isas() {
@@ -178,21 +188,26 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", &pyrag::set_active_isa, py::arg("name"),
         "Force a CPU path (tests and benchmarks); raises ValueError if unsupported.");
 
-  // Fused top-k (csrc/cpu/topk_scores.h); the Python side is pyrag/ops/topk_scores.py.
+  // Fused top-k (csrc/cpu/topk_scores.h); the Python side is pyrag/backends/cpu.py. tie_keys:
+  // 0, or the address of [num_rows] int64 keys that break ties (smaller first).
   m.def("topk_scores", &topk_scores, py::arg("dtype"), py::arg("queries"), py::arg("num_queries"),
         py::arg("corpus"), py::arg("packed"), py::arg("num_rows"), py::arg("dim"), py::arg("scales"),
-        py::arg("k"), py::arg("num_threads"), py::arg("out_scores"), py::arg("out_ids"));
+        py::arg("k"), py::arg("num_threads"), py::arg("out_scores"), py::arg("out_ids"),
+        py::arg("tie_keys") = 0);
   m.def("topk_scores_exact", &topk_scores_exact, py::arg("dtype"), py::arg("queries"),
         py::arg("num_queries"), py::arg("corpus"), py::arg("num_rows"), py::arg("dim"),
         py::arg("scales"), py::arg("originals_fd"), py::arg("originals_offset"), py::arg("max_norm"),
         py::arg("max_error"), py::arg("k"), py::arg("num_threads"), py::arg("out_scores"),
-        py::arg("out_ids"));
+        py::arg("out_ids"), py::arg("tie_keys") = 0);
   m.def("encode_rows", &encode_rows, py::arg("dtype"), py::arg("src"), py::arg("n"), py::arg("dim"),
         py::arg("dst"), py::arg("scales"), py::arg("norms"), py::arg("errors"), py::arg("num_threads"));
   m.def("pack_rows", &pack_rows, py::arg("dtype"), py::arg("src"), py::arg("n"), py::arg("dim"),
         py::arg("packed"), py::arg("row_offset"));
   m.def("unpack_rows", &unpack_rows, py::arg("dtype"), py::arg("packed"), py::arg("row_begin"),
         py::arg("n"), py::arg("dim"), py::arg("dst"));
+  m.def("gather_rows_f32", &gather_rows_f32, py::arg("dtype"), py::arg("packed"), py::arg("rows"), py::arg("n"),
+        py::arg("dim"), py::arg("scales"), py::arg("dst"),
+        "Rows of a packed buffer as float32, dequantised as the index scores them.");
   m.def("packed_block_bytes", [](const std::string& dtype, int64_t dim) {
     return pyrag::block_bytes(pyrag::parse_dtype(dtype), dim);
   }, py::arg("dtype"), py::arg("dim"), "Bytes of one packed block of 16 rows.");

@@ -1,6 +1,7 @@
 """Helpers shared by the Triton kernel files: launch helpers (power-of-two sizes, the
 number of SMs, whether the kernels run under the Triton interpreter) and the device
 functions of the row-wise loss kernels (lsr.py, marginal_nll.py)."""
+
 from __future__ import annotations
 
 import functools
@@ -22,11 +23,11 @@ def is_interpreted(kernel) -> bool:
     """True when `kernel` was decorated with TRITON_INTERPRET=1 (it then runs on CPU
     tensors through numpy); the decision is taken once, when its module is imported."""
     from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(kernel, InterpretedFunction) or isinstance(getattr(kernel, "fn", None),
-                                                                 InterpretedFunction)
+
+    return isinstance(kernel, InterpretedFunction) or isinstance(getattr(kernel, "fn", None), InterpretedFunction)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -41,9 +42,12 @@ def check_device(*tensors: torch.Tensor, interpreted: bool) -> None:
     devices = {t.device.type for t in tensors if t is not None}
     want = "cpu" if interpreted else "cuda"
     if devices != {want}:
-        how = ("the kernels were imported with TRITON_INTERPRET=1 and run on CPU tensors"
-               if interpreted else "the kernels run on CUDA tensors (for CPU tensors, set TRITON_INTERPRET=1 "
-               "before triton is first imported)")
+        how = (
+            "the kernels were imported with TRITON_INTERPRET=1 and run on CPU tensors"
+            if interpreted
+            else "the kernels run on CUDA tensors (for CPU tensors, set TRITON_INTERPRET=1 "
+            "before triton is first imported)"
+        )
         raise ValueError(f"backend='triton': {how}, got tensors on {sorted(devices)}")
 
 
@@ -59,6 +63,7 @@ def compute_dtype(*dtypes: torch.dtype):
 # of the raw scores, then divide by tau, so that s = 1e4 with tau = 1e-3 keeps exact
 # differences where s / tau = 1e7 would have an ulp of 1.0.
 # ---------------------------------------------------------------------------------
+
 
 @triton.jit
 def load_row_chunk(ROW, MASK_ROW, offs, K, HAS_MASK: tl.constexpr, ACC: tl.constexpr):

@@ -6,21 +6,30 @@ the exponentials, and the last pass writes. Arithmetic in float32 (float64 when 
 is float64), with the reference's order of operations: (s - max) / tau, then the log of
 the sum. Semantics: pyrag.reference.lsr_weights / lsr_kl / lsr_kl_backward.
 """
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from pyrag.kernels._utils import (check_device, compute_dtype, is_interpreted, launch_options, load_row_chunk,
-                                  log_softmax_stats, next_pow2)
+from pyrag.kernels._utils import (
+    check_device,
+    compute_dtype,
+    is_interpreted,
+    launch_options,
+    load_row_chunk,
+    log_softmax_stats,
+    next_pow2,
+)
 
 MAX_BLOCK_K = 4096
 
 
 @triton.jit
-def _lsr_weights_kernel(L, MASK, OUT, K, stride_l, stride_m, stride_o, tau,
-                        HAS_MASK: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+def _lsr_weights_kernel(
+    L, MASK, OUT, K, stride_l, stride_m, stride_o, tau, HAS_MASK: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     l_row = L + row * stride_l
     m_row = MASK + row * stride_m
@@ -33,10 +42,26 @@ def _lsr_weights_kernel(L, MASK, OUT, K, stride_l, stride_m, stride_o, tau,
 
 
 @triton.jit
-def _lsr_kl_kernel(S, L, MASK, GRAD, KL, GRAD_S, K,
-                   stride_s, stride_l, stride_m, stride_gs, tau_r, tau_l,
-                   HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr,
-                   BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+def _lsr_kl_kernel(
+    S,
+    L,
+    MASK,
+    GRAD,
+    KL,
+    GRAD_S,
+    K,
+    stride_s,
+    stride_l,
+    stride_m,
+    stride_gs,
+    tau_r,
+    tau_l,
+    HAS_MASK: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Forward: KL[row]. Backward: GRAD_S[row, :] = d(GRAD[row] * KL[row]) / d S[row, :],
     i.e. grad/tau_r * r * (log r - log l - KL) (forward KL) or grad/tau_r * (r - l)."""
     row = tl.program_id(0).to(tl.int64)
@@ -72,8 +97,11 @@ def _lsr_kl_kernel(S, L, MASK, GRAD, KL, GRAD_S, K,
                 d = g * (tl.exp(log_r) - tl.exp(log_l))
             else:
                 d = g * tl.exp(log_r) * (log_r - log_l - kl_sum)
-            tl.store(GRAD_S + row * stride_gs + k0 + offs, tl.where(valid, d, 0.0).to(GRAD_S.dtype.element_ty),
-                     mask=k0 + offs < K)
+            tl.store(
+                GRAD_S + row * stride_gs + k0 + offs,
+                tl.where(valid, d, 0.0).to(GRAD_S.dtype.element_ty),
+                mask=k0 + offs < K,
+            )
     else:
         tl.store(KL + row, kl_sum.to(KL.dtype.element_ty))
 
@@ -104,9 +132,21 @@ def lsr_weights(lm_scores: torch.Tensor, tau: float, mask: torch.Tensor | None) 
         return out.zero_()
     m, stride_m = _mask_arg(mask, x)
     block, warps = _block_k(k)
-    _lsr_weights_kernel[(b,)](x, m, out, k, x.stride(0), stride_m, out.stride(0), float(tau),
-                              HAS_MASK=mask is not None, BLOCK_K=block, ACC=compute_dtype(x.dtype),
-                              num_warps=warps, **launch_options())
+    _lsr_weights_kernel[(b,)](
+        x,
+        m,
+        out,
+        k,
+        x.stride(0),
+        stride_m,
+        out.stride(0),
+        float(tau),
+        HAS_MASK=mask is not None,
+        BLOCK_K=block,
+        ACC=compute_dtype(x.dtype),
+        num_warps=warps,
+        **launch_options(),
+    )
     return out
 
 
@@ -124,10 +164,28 @@ def _lsr_kl_launch(grad, retriever_scores, lm_scores, tau_retriever, tau_lm, mas
     m, stride_m = _mask_arg(mask, s)
     g = grad.contiguous() if backward else kl
     block, warps = _block_k(k)
-    _lsr_kl_kernel[(b,)](s, l, m, g, kl, grad_s, k, s.stride(0), l.stride(0), stride_m, grad_s.stride(0),
-                         float(tau_retriever), float(tau_lm), HAS_MASK=mask is not None,
-                         REVERSE=direction == "reverse", BACKWARD=backward, BLOCK_K=block,
-                         ACC=compute_dtype(s.dtype, l.dtype), num_warps=warps, **launch_options())
+    _lsr_kl_kernel[(b,)](
+        s,
+        l,
+        m,
+        g,
+        kl,
+        grad_s,
+        k,
+        s.stride(0),
+        l.stride(0),
+        stride_m,
+        grad_s.stride(0),
+        float(tau_retriever),
+        float(tau_lm),
+        HAS_MASK=mask is not None,
+        REVERSE=direction == "reverse",
+        BACKWARD=backward,
+        BLOCK_K=block,
+        ACC=compute_dtype(s.dtype, l.dtype),
+        num_warps=warps,
+        **launch_options(),
+    )
     return grad_s if backward else kl
 
 
@@ -136,7 +194,8 @@ def lsr_kl(retriever_scores, lm_scores, tau_retriever: float, tau_lm: float, mas
     return _lsr_kl_launch(None, retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction, False)
 
 
-def lsr_kl_backward(grad, retriever_scores, lm_scores, tau_retriever: float, tau_lm: float, mask,
-                    direction: str) -> torch.Tensor:
+def lsr_kl_backward(
+    grad, retriever_scores, lm_scores, tau_retriever: float, tau_lm: float, mask, direction: str
+) -> torch.Tensor:
     """d(sum_b grad[b] * KL[b]) / d retriever_scores [B, K], in retriever_scores' dtype."""
     return _lsr_kl_launch(grad, retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction, True)

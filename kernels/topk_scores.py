@@ -33,6 +33,7 @@ multiplied by the row's scale. Under the Triton interpreter, bf16 dot operands a
 upcast to fp32 because the interpreter stores bf16 as raw uint16 and its dot would
 multiply the bit patterns (the GPU path keeps bf16 tensor cores; see DOT_DTYPE).
 """
+
 from __future__ import annotations
 
 import torch
@@ -109,9 +110,26 @@ def _local_threshold(BEST, slot, ok, k, KP: tl.constexpr):
 
 
 @triton.jit
-def _append_candidates(TILE, BEST, BUF, CNT, THR, row0, split, n_splits, B, k, start, hi,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
-                       KP: tl.constexpr, CAP: tl.constexpr, CHUNK_M: tl.constexpr):
+def _append_candidates(
+    TILE,
+    BEST,
+    BUF,
+    CNT,
+    THR,
+    row0,
+    split,
+    n_splits,
+    B,
+    k,
+    start,
+    hi,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    TILE_W: tl.constexpr,
+    KP: tl.constexpr,
+    CAP: tl.constexpr,
+    CHUNK_M: tl.constexpr,
+):
     """Append the scores of the tile in TILE that pass the thresholds to their rows'
     candidate buffers, as keys. Returns the fullest buffer's count.
 
@@ -140,8 +158,21 @@ def _append_candidates(TILE, BEST, BUF, CNT, THR, row0, split, n_splits, B, k, s
 
 
 @triton.jit
-def _flush(BEST, BUF, CNT, THR, row0, split, n_splits, B, k,
-           BLOCK_M: tl.constexpr, KP: tl.constexpr, CAP: tl.constexpr, FLUSH_M: tl.constexpr):
+def _flush(
+    BEST,
+    BUF,
+    CNT,
+    THR,
+    row0,
+    split,
+    n_splits,
+    B,
+    k,
+    BLOCK_M: tl.constexpr,
+    KP: tl.constexpr,
+    CAP: tl.constexpr,
+    FLUSH_M: tl.constexpr,
+):
     """Merge each row's candidate buffer into its sorted top-KP, empty the buffer, and
     return the new local thresholds [BLOCK_M], after publishing them to THR (atomic max:
     any program's k-th best is a lower bound of the final k-th best).
@@ -170,14 +201,32 @@ def _flush(BEST, BUF, CNT, THR, row0, split, n_splits, B, k,
 
 @triton.jit
 def _topk_scan_kernel(
-    Q, X, SCALES, BEST, BUF, CNT, TILE, THR,
-    B, N, d, k,
-    stride_qb, stride_xn,
+    Q,
+    X,
+    SCALES,
+    BEST,
+    BUF,
+    CNT,
+    TILE,
+    THR,
+    B,
+    N,
+    d,
+    k,
+    stride_qb,
+    stride_xn,
     B_BUCKET,  # only an autotuning key: B rounded up to a power of two
-    HAS_SCALES: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    KP: tl.constexpr, CAP: tl.constexpr, TILE_W: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    APPEND_ELEMENTS: tl.constexpr = APPEND_ELEMENTS, FLUSH_ELEMENTS: tl.constexpr = FLUSH_ELEMENTS,
+    HAS_SCALES: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    KP: tl.constexpr,
+    CAP: tl.constexpr,
+    TILE_W: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    APPEND_ELEMENTS: tl.constexpr = APPEND_ELEMENTS,
+    FLUSH_ELEMENTS: tl.constexpr = FLUSH_ELEMENTS,
 ):
     # Scratch, indexed by slot = query row * n_splits + split: BEST [slot, KP] the
     # sorted top-KP keys, BUF [slot, CAP] unsorted candidate keys, CNT [slot] how many,
@@ -201,10 +250,12 @@ def _topk_scan_kernel(
         init_rows = row0 + r + tl.arange(0, FLUSH_M)
         init_slot = (init_rows.to(tl.int64) * n_splits + split)[:, None]
         init_ok = (init_rows < B)[:, None]
-        tl.store(BEST + init_slot * KP + tl.arange(0, KP)[None, :], tl.full([FLUSH_M, KP], KEY_MIN, tl.int64),
-                 mask=init_ok)
-        tl.store(BUF + init_slot * CAP + tl.arange(0, CAP)[None, :], tl.full([FLUSH_M, CAP], KEY_MIN, tl.int64),
-                 mask=init_ok)
+        tl.store(
+            BEST + init_slot * KP + tl.arange(0, KP)[None, :], tl.full([FLUSH_M, KP], KEY_MIN, tl.int64), mask=init_ok
+        )
+        tl.store(
+            BUF + init_slot * CAP + tl.arange(0, CAP)[None, :], tl.full([FLUSH_M, CAP], KEY_MIN, tl.int64), mask=init_ok
+        )
     tl.store(CNT + slot, tl.zeros([BLOCK_M], tl.int32), mask=row_ok)
 
     threshold = tl.full([BLOCK_M], float("-inf"), tl.float32)  # this program's k-th best
@@ -241,8 +292,26 @@ def _topk_scan_kernel(
         passed = _passes(acc, threshold, shared) & row_ok[:, None] & col_ok[None, :]
         if tl.max(tl.max(passed.to(tl.int32), axis=1), axis=0) > 0:
             tl.store(TILE + slot[:, None] * TILE_W + tl.arange(0, BLOCK_N)[None, :], acc, mask=row_ok[:, None])
-            fill = _append_candidates(TILE, BEST, BUF, CNT, THR, row0, split, n_splits, B, k, start, hi,
-                                      BLOCK_M, BLOCK_N, TILE_W, KP, CAP, CHUNK_M)
+            fill = _append_candidates(
+                TILE,
+                BEST,
+                BUF,
+                CNT,
+                THR,
+                row0,
+                split,
+                n_splits,
+                B,
+                k,
+                start,
+                hi,
+                BLOCK_M,
+                BLOCK_N,
+                TILE_W,
+                KP,
+                CAP,
+                CHUNK_M,
+            )
 
 
 @triton.jit
@@ -272,8 +341,10 @@ MAX_REGISTERS = 255
 
 
 def _configs(shapes) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": kk}, num_warps=w, num_stages=s,
-                          maxnreg=MAX_REGISTERS) for m, n, kk, w, s in shapes]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": kk}, num_warps=w, num_stages=s, maxnreg=MAX_REGISTERS)
+        for m, n, kk, w, s in shapes
+    ]
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), all spill-free on sm_80 and sm_90
@@ -281,20 +352,24 @@ def _configs(shapes) -> list[triton.Config]:
 # is tl.dot's minimum and the memory-bound choice for a handful of queries; 64 and 128
 # rows reuse each corpus tile across more queries (BLOCK_M flop per corpus byte at fp16).
 # 16 warps capped registers at 128 and spilled; BM=128 x BN=64 at 8 warps hit 255.
-CONFIGS = _configs([
-    (16, 128, 64, 4, 4),
-    (16, 64, 128, 4, 4),
-    (32, 128, 64, 8, 4),
-    (64, 64, 64, 8, 3),
-    (64, 128, 64, 8, 3),
-    (128, 32, 64, 8, 3),
-])
+CONFIGS = _configs(
+    [
+        (16, 128, 64, 4, 4),
+        (16, 64, 128, 4, 4),
+        (32, 128, 64, 8, 4),
+        (64, 64, 64, 8, 3),
+        (64, 128, 64, 8, 3),
+        (128, 32, 64, 8, 3),
+    ]
+)
 # fp32 without TF32 runs on the CUDA cores, whose dot took 255 registers at every tile
 # size tried (16..64 x 32..64 x 16..32); only this one is spill-free on both archs. fp32
 # corpora are the slow path: use fp16/bf16/int8 for speed.
-FP32_CONFIGS = _configs([
-    (16, 64, 16, 4, 3),
-])
+FP32_CONFIGS = _configs(
+    [
+        (16, 64, 16, 4, 3),
+    ]
+)
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -305,7 +380,9 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 _topk_scan_autotuned = triton.autotune(
-    CONFIGS + FP32_CONFIGS, key=["B_BUCKET", "d", "KP"], prune_configs_by={"early_config_prune": _prune_configs},
+    CONFIGS + FP32_CONFIGS,
+    key=["B_BUCKET", "d", "KP"],
+    prune_configs_by={"early_config_prune": _prune_configs},
     restore_value=["THR"],  # benchmark runs must not see thresholds raised by earlier ones
 )(_topk_scan_kernel)
 
@@ -328,9 +405,15 @@ def _splits(b: int, n: int, block_m: int, target: int) -> int:
     return max(1, min(triton.cdiv(target, triton.cdiv(b, block_m)), triton.cdiv(n, MIN_ROWS_PER_SPLIT)))
 
 
-def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: torch.Tensor | None = None,
-                *, config: triton.Config | None = None, num_splits: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_scores(
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    k: int,
+    scales: torch.Tensor | None = None,
+    *,
+    config: triton.Config | None = None,
+    num_splits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [B, k] float32, ids [B, k] int64), the reference's semantics.
 
     config: run this configuration instead of autotuning (the interpreter always runs
@@ -369,10 +452,24 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: tor
     thr = torch.full((b,), float("-inf"), dtype=torch.float32, device=q.device)
 
     # The threshold is the min(k, KP)-th best: when k > KP the corpus has <= KP rows.
-    args = (q, x, scales if scales is not None else q, best, buf, cnt, tile, thr, b, n, d, min(k, kp),
-            q.stride(0), x.stride(0), min(next_pow2(b), 256))
-    meta = dict(HAS_SCALES=scales is not None, DOT_DTYPE=dtype, DOT_PRECISION=precision, KP=kp, CAP=cap,
-                TILE_W=tile_w)
+    args = (
+        q,
+        x,
+        scales if scales is not None else q,
+        best,
+        buf,
+        cnt,
+        tile,
+        thr,
+        b,
+        n,
+        d,
+        min(k, kp),
+        q.stride(0),
+        x.stride(0),
+        min(next_pow2(b), 256),
+    )
+    meta = dict(HAS_SCALES=scales is not None, DOT_DTYPE=dtype, DOT_PRECISION=precision, KP=kp, CAP=cap, TILE_W=tile_w)
     grid = lambda m: (triton.cdiv(b, m["BLOCK_M"]), splits_of[m["BLOCK_M"]])  # noqa: E731
     if config is not None:
         _topk_scan_kernel[grid(config.kwargs)](*args, **meta, **config.all_kwargs(), **launch_options())
@@ -381,9 +478,20 @@ def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: tor
         config = _topk_scan_autotuned.best_config
 
     n_keys = splits_of[config.kwargs["BLOCK_M"]] * kp  # the slots the scan used: a prefix
-    _topk_merge_kernel[(b,)](best, thr, scores, ids, n_keys, k, KP=kp, CHUNK=min(max(kp, 1024), next_pow2(n_keys)),
-                             num_warps=4, maxnreg=MAX_REGISTERS, **launch_options())
-    if not bool(torch.isfinite(scores[:, :min(k, n)]).all()):
+    _topk_merge_kernel[(b,)](
+        best,
+        thr,
+        scores,
+        ids,
+        n_keys,
+        k,
+        KP=kp,
+        CHUNK=min(max(kp, 1024), next_pow2(n_keys)),
+        num_warps=4,
+        maxnreg=MAX_REGISTERS,
+        **launch_options(),
+    )
+    if not bool(torch.isfinite(scores[:, : min(k, n)]).all()):
         raise ValueError("topk_scores: a score is NaN or Inf")
     return scores, ids
 

@@ -10,11 +10,13 @@ tokenizer it is given.
     lm_scores = lm.score(queries, hits.passages, answers)          # [B, K]
     loss = pyrag.lsr_loss(hits.scores, lm_scores.detach(), mask=hits.mask)
 """
+
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -28,10 +30,11 @@ _NO_LIMIT = 1_000_000
 class Source:
     """One context given to generate(): its position in the list, its text, its
     retriever weight (None if none was given), and how much of it the prompt kept."""
+
     position: int
     text: str
     weight: Optional[float]
-    included: bool   # at least part of it is in the prompt
+    included: bool  # at least part of it is in the prompt
     truncated: bool  # it was cut (or dropped) to fit max_length
 
 
@@ -45,6 +48,7 @@ class GenerationResult:
 @dataclass
 class _Encoded:
     """One (query, context, target) triple as token ids."""
+
     prompt: list[int]  # causal: special prefix + prompt; seq2seq: the encoder input
     target: list[int]
 
@@ -66,8 +70,16 @@ class GeneratorAdapter:
         score_eos: also score the end-of-sequence token after each target.
     """
 
-    def __init__(self, model, tokenizer=None, *, template: str = DEFAULT_TEMPLATE,
-                 max_length: Optional[int] = None, batch_size: Optional[int] = None, score_eos: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        template: str = DEFAULT_TEMPLATE,
+        max_length: Optional[int] = None,
+        batch_size: Optional[int] = None,
+        score_eos: bool = False,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
@@ -81,8 +93,10 @@ class GeneratorAdapter:
             self.max_length = max_length
             return
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
-            raise TypeError(f"model must be a transformers model or a callable (queries, contexts, targets) "
-                            f"-> [B, K]; got {type(model).__name__}")
+            raise TypeError(
+                f"model must be a transformers model or a callable (queries, contexts, targets) "
+                f"-> [B, K]; got {type(model).__name__}"
+            )
         if tokenizer is None:
             raise ValueError("a transformers model needs its tokenizer")
         self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
@@ -97,14 +111,22 @@ class GeneratorAdapter:
         kind = "black-box" if self.black_box else ("seq2seq" if self.is_seq2seq else "causal")
         return f"GeneratorAdapter({kind}, max_length={self.max_length}, template={self.template!r})"
 
-    def __call__(self, queries, contexts, targets) -> torch.Tensor:
+    def __call__(
+        self, queries: Sequence[str], contexts: Sequence[Sequence[Optional[str]]], targets: Sequence[str]
+    ) -> torch.Tensor:
         """log p_LM(y | c∘x) [B, K]: the black-box signature, so that an adapter and a
         plain callable are interchangeable."""
         return self.score(queries, contexts, targets)
 
     # ------------------------------------------------------------------ scoring
-    def score(self, queries: Sequence[str], contexts: Sequence[Sequence[Optional[str]]],
-              targets: Sequence[str], *, reduction: str = "sum") -> torch.Tensor:
+    def score(
+        self,
+        queries: Sequence[str],
+        contexts: Sequence[Sequence[Optional[str]]],
+        targets: Sequence[str],
+        *,
+        reduction: str = "sum",
+    ) -> torch.Tensor:
         """log p_LM(y_i | c_ij ∘ x_i) for B queries with K contexts each.
 
         contexts[i] lists query i's contexts; rows may be ragged and hold None (padding,
@@ -124,15 +146,21 @@ class GeneratorAdapter:
         k = max((len(row) for row in contexts), default=0)
         target_ids = [self._target_ids(t) for t in targets]
         t_max = max((len(t) for t in target_ids), default=0)
-        jobs = [(i, j, self._encode(queries[i], ctx, target_ids[i]))
-                for i, row in enumerate(contexts) for j, ctx in enumerate(row) if ctx is not None]
+        jobs = [
+            (i, j, self._encode(queries[i], ctx, target_ids[i]))
+            for i, row in enumerate(contexts)
+            for j, ctx in enumerate(row)
+            if ctx is not None
+        ]
         param = next(self.model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         token_logprobs = torch.zeros((b, k, t_max), device=device)
         if jobs and t_max:
             step = self.batch_size or len(jobs)
-            pieces = [self._token_logprobs([e for _, _, e in jobs[s:s + step]], t_max, device)
-                      for s in range(0, len(jobs), step)]
+            pieces = [
+                self._token_logprobs([e for _, _, e in jobs[s : s + step]], t_max, device)
+                for s in range(0, len(jobs), step)
+            ]
             rows = torch.tensor([i for i, _, _ in jobs], device=device)
             cols = torch.tensor([j for _, j, _ in jobs], device=device)
             token_logprobs = token_logprobs.index_put((rows, cols), torch.cat(pieces))
@@ -144,10 +172,18 @@ class GeneratorAdapter:
             total = total / lengths.clamp(min=1).unsqueeze(1)
         return total
 
-    def _score_black_box(self, queries, contexts, targets, reduction) -> torch.Tensor:
+    def _score_black_box(
+        self,
+        queries: list[str],
+        contexts: list[list[Optional[str]]],
+        targets: list[str],
+        reduction: str,
+    ) -> torch.Tensor:
         if reduction != "sum":
-            raise ValueError(f"a black-box LM gives sequence log-likelihoods only; reduction={reduction!r} "
-                             f"needs a transformers model")
+            raise ValueError(
+                f"a black-box LM gives sequence log-likelihoods only; reduction={reduction!r} "
+                f"needs a transformers model"
+            )
         out = self.model(queries, contexts, targets)
         out = torch.as_tensor(out)
         k = max((len(row) for row in contexts), default=0)
@@ -161,7 +197,7 @@ class GeneratorAdapter:
             ids.append(self.tokenizer.eos_token_id)
         return ids
 
-    def _token_logprobs(self, batch: list[_Encoded], t_max: int, device) -> torch.Tensor:
+    def _token_logprobs(self, batch: list[_Encoded], t_max: int, device: torch.device) -> torch.Tensor:
         """[n, t_max] log p(target_t | prompt, target_<t) for one padded batch; 0 past the
         end of each target."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -172,8 +208,9 @@ class GeneratorAdapter:
             if start is None:
                 raise ValueError("the seq2seq model's config has no decoder_start_token_id")
             dec_in, dec_mask = _pad([[start] + e.target[:-1] for e in batch], pad, device, width=t_max)
-            logits = self.model(input_ids=enc_ids, attention_mask=enc_mask, decoder_input_ids=dec_in,
-                                decoder_attention_mask=dec_mask).logits  # [n, t_max, V]
+            logits = self.model(
+                input_ids=enc_ids, attention_mask=enc_mask, decoder_input_ids=dec_in, decoder_attention_mask=dec_mask
+            ).logits  # [n, t_max, V]
         else:
             # Right padding keeps every sequence's positions at 0, 1, 2, ...
             ids, mask = _pad([e.prompt + e.target for e in batch], pad, device)
@@ -194,8 +231,10 @@ class GeneratorAdapter:
         budget = None if self.max_length is None else self.max_length - len(self._prefix) - len(target_ids)
         prompt, _ = self._fit_prompt(query, context, budget)
         if not self._prefix and not prompt:
-            raise ValueError("the prompt is empty and the tokenizer adds no BOS token: a causal LM "
-                             "cannot score the first target token")
+            raise ValueError(
+                "the prompt is empty and the tokenizer adds no BOS token: a causal LM "
+                "cannot score the first target token"
+            )
         return _Encoded(self._prefix + prompt, target_ids)
 
     def _fit_prompt(self, query: str, context: str, budget: Optional[int]) -> tuple[list[int], str]:
@@ -209,13 +248,15 @@ class GeneratorAdapter:
             if budget is None or len(ids) <= budget:
                 return ids, context
             if not context:
-                raise ValueError(f"the prompt without any context takes {len(ids)} tokens, more than the "
-                                 f"{budget} that max_length={self.max_length} leaves; the query and target are "
-                                 f"never truncated")
+                raise ValueError(
+                    f"the prompt without any context takes {len(ids)} tokens, more than the "
+                    f"{budget} that max_length={self.max_length} leaves; the query and target are "
+                    f"never truncated"
+                )
             # Cut the context at the first of its tokens that must go, then re-tokenize.
             starts = [st - c_start for st, en in enc["offset_mapping"] if c_start <= st < en <= c_end]
             keep = len(starts) - (len(ids) - budget)
-            shorter = context[:starts[keep]].rstrip() if keep > 0 else ""
+            shorter = context[: starts[keep]].rstrip() if keep > 0 else ""
             # Tokens that merge across the context's edges can leave it as long as it was.
             context = shorter if len(shorter) < len(context) else context[:-1]
 
@@ -234,8 +275,15 @@ class GeneratorAdapter:
         return "".join(out), span
 
     # ------------------------------------------------------------------ generation
-    def generate(self, query: str, contexts: Sequence[str], *, weights=None, separator: str = "\n\n",
-                 **generate_kwargs) -> GenerationResult:
+    def generate(
+        self,
+        query: str,
+        contexts: Sequence[str],
+        *,
+        weights: Optional[Sequence[float]] = None,
+        separator: str = "\n\n",
+        **generate_kwargs: Any,
+    ) -> GenerationResult:
         """Generates an answer to `query` from its contexts (joined in the given order
         with `separator`) with model.generate(**generate_kwargs), and returns the text
         with its sources: each context, its retriever weight, and whether it made it
@@ -271,11 +319,12 @@ class GeneratorAdapter:
         input_ids = torch.tensor([ids], device=device)
         kwargs = dict(generate_kwargs)
         if kwargs.get("pad_token_id") is None:
-            kwargs["pad_token_id"] = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                                      else self.tokenizer.eos_token_id)
+            kwargs["pad_token_id"] = (
+                self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            )
         with torch.no_grad():
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        new_tokens = out[0] if self.is_seq2seq else out[0, len(ids):]
+        new_tokens = out[0] if self.is_seq2seq else out[0, len(ids) :]
         text = self.tokenizer.decode(new_tokens.tolist(), skip_special_tokens=True)
         return GenerationResult(text=text, sources=sources, prompt=self._render(query, kept)[0])
 
@@ -303,48 +352,54 @@ def _parse_template(template: str) -> list[tuple[str, str]]:
     return parts
 
 
-def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after a text (e.g. Llama's BOS,
     T5's EOS), found by tokenizing one probe with and without them."""
     probe = "a"
     plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
     full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
     for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
-            return full[:start], full[start + len(plain):]
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
     return [], []
 
 
-def _default_max_length(model, tokenizer) -> Optional[int]:
-    limits = [getattr(model.config, name, None) for name in ("n_positions", "max_position_embeddings")]
-    limits.append(getattr(tokenizer, "model_max_length", None))
-    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < _NO_LIMIT]
+def _default_max_length(model: Any, tokenizer: Any) -> Optional[int]:
+    candidates = [getattr(model.config, name, None) for name in ("n_positions", "max_position_embeddings")]
+    candidates.append(getattr(tokenizer, "model_max_length", None))
+    limits = [int(x) for x in candidates if isinstance(x, int) and 0 < x < _NO_LIMIT]
     return min(limits) if limits else None
 
 
-def _pad(seqs: list[list[int]], pad: int, device, width: Optional[int] = None):
+def _pad(
+    seqs: list[list[int]], pad: int, device: torch.device, width: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded [n, width] ids and their bool mask."""
     width = max((len(s) for s in seqs), default=0) if width is None else width
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = True
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = True
     return ids.to(device), mask.to(device)
 
 
-def _check_batch(queries, contexts, targets):
+def _check_batch(
+    queries: Sequence[str], contexts: Sequence[Sequence[Optional[str]]], targets: Sequence[str]
+) -> tuple[list[str], list[list[Optional[str]]], list[str]]:
     if isinstance(queries, str) or isinstance(targets, str):
         raise TypeError("queries and targets are lists of str (one per query); wrap a single one in a list")
-    queries, targets = list(queries), list(targets)
-    contexts = [list(row) if not isinstance(row, str) else None for row in contexts]
-    if any(row is None for row in contexts):
+    query_list, target_list = list(queries), list(targets)
+    if any(isinstance(row, str) for row in contexts):
         raise TypeError("contexts must be one list of str per query")
-    if not (len(queries) == len(contexts) == len(targets)):
-        raise ValueError(f"got {len(queries)} queries, {len(contexts)} context lists and {len(targets)} targets")
-    for what, items in (("queries", queries), ("targets", targets)):
+    context_rows = [list(row) for row in contexts]
+    if not (len(query_list) == len(context_rows) == len(target_list)):
+        raise ValueError(
+            f"got {len(query_list)} queries, {len(context_rows)} context lists and {len(target_list)} targets"
+        )
+    for what, items in (("queries", query_list), ("targets", target_list)):
         if not all(isinstance(s, str) for s in items):
             raise TypeError(f"{what} must be str")
-    if not all(c is None or isinstance(c, str) for row in contexts for c in row):
+    if not all(c is None or isinstance(c, str) for row in context_rows for c in row):
         raise TypeError("contexts must be str (or None for padding)")
-    return queries, contexts, targets
+    return query_list, context_rows, target_list

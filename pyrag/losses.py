@@ -7,20 +7,21 @@ All of them compute in float32 (float64 for float64 inputs), take `mask` [B, K] 
 a search with k > N), count a row with no valid context as 0, and are stable for
 scores of +-1e4 and temperatures down to 1e-3.
 """
+
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-from pyrag.ops import lsr as _lsr_ops  # noqa: F401  (registers torch.ops.pyrag.lsr_*)
-from pyrag.ops import marginal_nll as _marginal_ops  # noqa: F401  (registers torch.ops.pyrag.marginal_nll*)
-from pyrag.ops._loss_args import check_direction, check_tau
+from pyrag import ops  # noqa: F401  (defines torch.ops.pyrag.lsr_* and marginal_nll*)
+from pyrag.ops._checks import check_tau
+from pyrag.reference import compute_dtype
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _check_reduction(reduction) -> None:
+def _check_reduction(reduction: object) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
@@ -33,17 +34,26 @@ def _reduce(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_row.mean()
 
 
-def lsr_weights(lm_scores: torch.Tensor, tau: float = 1.0, mask: Optional[torch.Tensor] = None, *,
-                backend: str = "auto") -> torch.Tensor:
+def lsr_weights(
+    lm_scores: torch.Tensor, tau: float = 1.0, mask: Optional[torch.Tensor] = None, *, backend: str = "auto"
+) -> torch.Tensor:
     """p_LSR(c|x, y) [B, K]: softmax over the valid contexts of lm_scores / tau, 0 where
     masked. lm_scores are typically log p_LM(y | c∘x) from GeneratorAdapter.score."""
     check_tau(tau, "tau")  # before the op: its float argument would turn True into 1.0
     return torch.ops.pyrag.lsr_weights(lm_scores, tau, mask, backend)
 
 
-def lsr_loss(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, *, tau_retriever: float = 1.0,
-             tau_lm: float = 1.0, mask: Optional[torch.Tensor] = None, direction: str = "forward",
-             reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+def lsr_loss(
+    retriever_scores: torch.Tensor,
+    lm_scores: torch.Tensor,
+    *,
+    tau_retriever: float = 1.0,
+    tau_lm: float = 1.0,
+    mask: Optional[torch.Tensor] = None,
+    direction: str = "forward",
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
     """LM-supervised retrieval loss (REPLUG LSR, Atlas): the KL divergence between
     p_R = softmax(retriever_scores / tau_retriever) and p_LSR = softmax(lm_scores / tau_lm).
 
@@ -52,7 +62,6 @@ def lsr_loss(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, *, tau_ret
     reduction: "mean" over the B rows (rows with no valid context count as 0), "sum",
     or "none" for [B]. The gradient reaches retriever_scores only; lm_scores is a target.
     """
-    check_direction(direction)
     _check_reduction(reduction)
     check_tau(tau_retriever, "tau_retriever")
     check_tau(tau_lm, "tau_lm")
@@ -60,9 +69,16 @@ def lsr_loss(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, *, tau_ret
     return _reduce(kl, reduction)
 
 
-def marginal_nll(retriever_scores: torch.Tensor, lm_logprobs: torch.Tensor, *, tau_retriever: float = 1.0,
-                 mask: Optional[torch.Tensor] = None, token_mask: Optional[torch.Tensor] = None,
-                 reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+def marginal_nll(
+    retriever_scores: torch.Tensor,
+    lm_logprobs: torch.Tensor,
+    *,
+    tau_retriever: float = 1.0,
+    mask: Optional[torch.Tensor] = None,
+    token_mask: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
     """Negative log marginal likelihood of the target over the retrieved contexts (RAG).
 
     lm_logprobs [B, K] (log p_LM(y | c∘x)): -log sum_c p_R(c|x) p_LM(y | c∘x), RAG-sequence.
@@ -78,9 +94,15 @@ def marginal_nll(retriever_scores: torch.Tensor, lm_logprobs: torch.Tensor, *, t
     return _reduce(nll, reduction)
 
 
-def contrastive_loss(q: torch.Tensor, d: torch.Tensor, *, tau: float = 1.0,
-                     negatives: Optional[torch.Tensor] = None, distributed: Optional[bool] = None,
-                     group=None) -> torch.Tensor:
+def contrastive_loss(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    negatives: Optional[torch.Tensor] = None,
+    distributed: Optional[bool] = None,
+    group: Any = None,
+) -> torch.Tensor:
     """In-batch-negative InfoNCE as in DPR, averaged over the queries.
 
     q [B, dim] and d [B, dim]: d[i] is q[i]'s positive and every other row of d a negative;
@@ -93,15 +115,20 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, *, tau: float = 1.0,
     check_tau(tau, "tau")
     for t, name in ((q, "q"), (d, "d")):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 2:
-            raise ValueError(f"{name} must be a 2-D floating tensor [B, dim], got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            raise ValueError(
+                f"{name} must be a 2-D floating tensor [B, dim], got "
+                f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+            )
     if q.shape != d.shape:
-        raise ValueError(f"q has shape {tuple(q.shape)} but d has shape {tuple(d.shape)}; row i of d is "
-                         f"the positive of query i")
+        raise ValueError(
+            f"q has shape {tuple(q.shape)} but d has shape {tuple(d.shape)}; row i of d is the positive of query i"
+        )
     if negatives is not None:
         if not isinstance(negatives, torch.Tensor) or negatives.dim() != 2 or negatives.shape[1] != q.shape[1]:
-            raise ValueError(f"negatives must be [M, {q.shape[1]}], got "
-                             f"{tuple(negatives.shape) if isinstance(negatives, torch.Tensor) else negatives!r}")
+            raise ValueError(
+                f"negatives must be [M, {q.shape[1]}], got "
+                f"{tuple(negatives.shape) if isinstance(negatives, torch.Tensor) else negatives!r}"
+            )
     else:
         negatives = d.new_empty((0, d.shape[1]))
     if distributed is None:
@@ -109,7 +136,7 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, *, tau: float = 1.0,
     offset = 0
     if distributed:
         (d, negatives), offset = _gather_candidates((d, negatives), group)
-    ct = torch.float64 if torch.float64 in (q.dtype, d.dtype, negatives.dtype) else torch.float32
+    ct = compute_dtype(q.dtype, d.dtype, negatives.dtype)
     docs = torch.cat([d.to(ct), negatives.to(ct)])
     logits = q.to(ct) @ docs.T / tau
     labels = torch.arange(offset, offset + q.shape[0], device=q.device)
@@ -118,7 +145,7 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, *, tau: float = 1.0,
     return torch.nn.functional.cross_entropy(logits, labels).to(q.dtype)
 
 
-def _gather_candidates(tensors, group):
+def _gather_candidates(tensors: tuple[torch.Tensor, ...], group: Any) -> tuple[list[torch.Tensor], int]:
     """all_gather each [n_r, dim] tensor over the ranks (n_r may differ), concatenated
     in rank order, with this rank's rows replaced by the local tensor so that they keep
     their gradient. Returns (gathered tensors, this rank's row offset in the first)."""
@@ -138,7 +165,7 @@ def _gather_candidates(tensors, group):
             out.append(t)
             continue
         padded = t.detach().new_zeros((widest, t.shape[1]))
-        padded[:t.shape[0]] = t.detach()
+        padded[: t.shape[0]] = t.detach()
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded, group=group)
         pieces = [p[:n] for p, n in zip(parts, counts, strict=True)]

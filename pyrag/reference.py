@@ -4,6 +4,7 @@ This file is the executable specification: every backend (CPU, Triton, CUDA, the
 host emulation) is tested against it, and backend="reference" runs it as the slow
 fallback. Clarity wins over speed here.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -11,6 +12,14 @@ from typing import Optional
 import torch
 
 NEG_INF = float("-inf")
+# The two KL directions of LSR: "forward" KL(p_R || p_LSR), "reverse" KL(p_LSR || p_R).
+DIRECTIONS = ("forward", "reverse")
+
+
+def check_direction(direction: object) -> None:
+    """A ValueError unless `direction` is one of DIRECTIONS (the one check every layer uses)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +50,7 @@ def _scores_bf16(queries: torch.Tensor, corpus: torch.Tensor) -> torch.Tensor:
     for p in range(0, d, 2):
         for j in (p + 1, p):
             if j < d:
-                s = s + q[:, j:j + 1] * x[:, j].unsqueeze(0)
+                s = s + q[:, j : j + 1] * x[:, j].unsqueeze(0)
             else:  # odd d: the padding dimension adds +0 (turns a -0 sum into +0)
                 s = s + 0.0
     return s
@@ -56,8 +65,13 @@ def _scores_int8(queries: torch.Tensor, corpus: torch.Tensor, scales: torch.Tens
     return dot.float() * (qs.unsqueeze(1) * scales.float().unsqueeze(0))
 
 
-def inner_products(queries: torch.Tensor, corpus: torch.Tensor, scales: Optional[torch.Tensor] = None,
-                   *, quantized_queries: bool = False) -> torch.Tensor:
+def inner_products(
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    scales: Optional[torch.Tensor] = None,
+    *,
+    quantized_queries: bool = False,
+) -> torch.Tensor:
     """The [B, N] scores of topk_scores.
 
     The definition (quantized_queries=False): q . x in float32, with the corpus row
@@ -69,7 +83,7 @@ def inner_products(queries: torch.Tensor, corpus: torch.Tensor, scales: Optional
     quantized_queries=True gives what the CPU kernels compute for a compact corpus, bit
     for bit: a bfloat16 corpus meets the query rounded to bfloat16 (_scores_bf16), an
     int8 corpus (scales required) meets the query quantised to int8 (_scores_int8).
-    That rounding is the price of vdpbf16ps / vpdpbusd; DenseIndex(exact=True) removes
+    That rounding is the price of vdpbf16ps / vpdpbusd; DenseIndex.search(exact=True) removes
     it. Other corpus dtypes ignore the flag.
     """
     if quantized_queries and corpus.dtype == torch.int8:
@@ -84,15 +98,23 @@ def inner_products(queries: torch.Tensor, corpus: torch.Tensor, scales: Optional
     return queries.float() @ x.T
 
 
-def topk_scores(queries: torch.Tensor, corpus: torch.Tensor, k: int, scales: Optional[torch.Tensor] = None,
-                *, quantized_queries: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_scores(
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    k: int,
+    scales: Optional[torch.Tensor] = None,
+    *,
+    quantized_queries: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query, the k corpus rows with the largest inner product.
 
     Scores are inner_products(queries, corpus, scales, quantized_queries=...). Sorted by
     descending score; equal scores go to the smaller row id; when k > N the tail is padded with score -inf and
     id -1. Raises ValueError if a score is NaN/Inf.
     """
-    scores = inner_products(queries, corpus, scales, quantized_queries=quantized_queries)  # [B, N]: materialised here, never in a kernel
+    scores = inner_products(
+        queries, corpus, scales, quantized_queries=quantized_queries
+    )  # [B, N]: materialised here, never in a kernel
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("topk_scores: a score is NaN or Inf")
     b, n = scores.shape
@@ -146,9 +168,14 @@ def lsr_weights(lm_scores: torch.Tensor, tau: float = 1.0, mask: Optional[torch.
     return torch.exp(logp).to(lm_scores.dtype)  # exp(-inf) = 0 on masked entries
 
 
-def lsr_kl(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, tau_retriever: float = 1.0,
-           tau_lm: float = 1.0, mask: Optional[torch.Tensor] = None, direction: str = "forward"
-           ) -> torch.Tensor:
+def lsr_kl(
+    retriever_scores: torch.Tensor,
+    lm_scores: torch.Tensor,
+    tau_retriever: float = 1.0,
+    tau_lm: float = 1.0,
+    mask: Optional[torch.Tensor] = None,
+    direction: str = "forward",
+) -> torch.Tensor:
     """Per-row KL divergence [B] between p_R = softmax(retriever_scores/tau_retriever) and
     p_LSR = softmax(lm_scores/tau_lm) over the valid contexts.
 
@@ -157,15 +184,11 @@ def lsr_kl(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, tau_retrieve
     lm_scores is a constant: no gradient flows to it. The result has the promoted dtype
     of the two inputs.
     """
+    check_direction(direction)
     ct = compute_dtype(retriever_scores.dtype, lm_scores.dtype)
     log_r = _masked_log_softmax(retriever_scores.to(ct), tau_retriever, mask)
     log_l = _masked_log_softmax(lm_scores.detach().to(ct), tau_lm, mask)
-    if direction == "forward":
-        log_p, log_q = log_r, log_l
-    elif direction == "reverse":
-        log_p, log_q = log_l, log_r
-    else:
-        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+    log_p, log_q = (log_r, log_l) if direction == "forward" else (log_l, log_r)
     valid = torch.isfinite(log_p) & torch.isfinite(log_q)
     # Zero the masked entries before the arithmetic: exp(-inf) * (-inf) would be NaN,
     # and a NaN in an unused torch.where branch still poisons its gradient.
@@ -175,15 +198,22 @@ def lsr_kl(retriever_scores: torch.Tensor, lm_scores: torch.Tensor, tau_retrieve
     return terms.sum(dim=-1).to(torch.promote_types(retriever_scores.dtype, lm_scores.dtype))
 
 
-def lsr_kl_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm_scores: torch.Tensor,
-                    tau_retriever: float = 1.0, tau_lm: float = 1.0, mask: Optional[torch.Tensor] = None,
-                    direction: str = "forward") -> torch.Tensor:
+def lsr_kl_backward(
+    grad: torch.Tensor,
+    retriever_scores: torch.Tensor,
+    lm_scores: torch.Tensor,
+    tau_retriever: float = 1.0,
+    tau_lm: float = 1.0,
+    mask: Optional[torch.Tensor] = None,
+    direction: str = "forward",
+) -> torch.Tensor:
     """d(sum_b grad[b] * lsr_kl[b]) / d retriever_scores, in closed form [B, K]:
 
     forward: grad/tau_R * r_j * (log r_j - log l_j - KL);   reverse: grad/tau_R * (r_j - l_j),
     0 on masked entries and on rows with no valid context. Tests check it against
     autograd through lsr_kl.
     """
+    check_direction(direction)
     ct = compute_dtype(retriever_scores.dtype, lm_scores.dtype)
     log_r = _masked_log_softmax(retriever_scores.to(ct), tau_retriever, mask)
     log_l = _masked_log_softmax(lm_scores.to(ct), tau_lm, mask)
@@ -196,17 +226,21 @@ def lsr_kl_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm_score
         diff = torch.where(valid, log_r - log_l, torch.zeros_like(log_r))
         kl = (r * diff).sum(dim=-1, keepdim=True)
         out = g * r * (diff - kl)
-    elif direction == "reverse":
+    else:
         p_lsr = torch.where(valid, torch.exp(log_l), torch.zeros_like(log_l))
         out = g * (r - p_lsr)
-    else:
-        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
     return torch.where(valid, out, torch.zeros_like(out)).to(retriever_scores.dtype)
 
 
-def _marginal_parts(retriever_scores, lm_logprobs, tau_retriever, mask, token_mask):
-    """Shared by marginal_nll and its backward: log p_R [B, K], the joint log-probabilities
-    log p_R(c) + lm [B, K] or [B, K, T] (-inf where masked), and the token weights."""
+def _marginal_parts(
+    retriever_scores: torch.Tensor,
+    lm_logprobs: torch.Tensor,
+    tau_retriever: float,
+    mask: Optional[torch.Tensor],
+    token_mask: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared by marginal_nll and its backward: log p_R [B, K] and the joint
+    log-probabilities log p_R(c) + lm [B, K] or [B, K, T] (-inf where masked)."""
     ct = compute_dtype(retriever_scores.dtype, lm_logprobs.dtype)
     log_r = _masked_log_softmax(retriever_scores.to(ct), tau_retriever, mask)  # [B, K]
     lm = lm_logprobs.to(ct)
@@ -221,9 +255,13 @@ def _marginal_parts(retriever_scores, lm_logprobs, tau_retriever, mask, token_ma
     return log_r, joint
 
 
-def marginal_nll(retriever_scores: torch.Tensor, lm_logprobs: torch.Tensor, tau_retriever: float = 1.0,
-                 mask: Optional[torch.Tensor] = None, token_mask: Optional[torch.Tensor] = None
-                 ) -> torch.Tensor:
+def marginal_nll(
+    retriever_scores: torch.Tensor,
+    lm_logprobs: torch.Tensor,
+    tau_retriever: float = 1.0,
+    mask: Optional[torch.Tensor] = None,
+    token_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Per-row negative log marginal likelihood [B].
 
     lm_logprobs [B, K]: -log sum_c p_R(c|x) * exp(lm_logprobs[c])   (RAG-sequence).
@@ -247,9 +285,14 @@ def marginal_nll(retriever_scores: torch.Tensor, lm_logprobs: torch.Tensor, tau_
     return nll.to(torch.promote_types(retriever_scores.dtype, lm_logprobs.dtype))
 
 
-def marginal_nll_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm_logprobs: torch.Tensor,
-                          tau_retriever: float = 1.0, mask: Optional[torch.Tensor] = None,
-                          token_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def marginal_nll_backward(
+    grad: torch.Tensor,
+    retriever_scores: torch.Tensor,
+    lm_logprobs: torch.Tensor,
+    tau_retriever: float = 1.0,
+    mask: Optional[torch.Tensor] = None,
+    token_mask: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of sum_b grad[b] * marginal_nll[b] in closed form, with the posterior
     w_c = p_R(c) p_LM(y|c) / sum_c' p_R(c') p_LM(y|c') (per token for [B, K, T]):
 
@@ -260,8 +303,9 @@ def marginal_nll_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm
     """
     log_r, joint = _marginal_parts(retriever_scores, lm_logprobs, tau_retriever, mask, token_mask)
     ctx_valid = torch.isfinite(log_r)
-    r = torch.where(ctx_valid, torch.exp(torch.where(ctx_valid, log_r, torch.zeros_like(log_r))),
-                    torch.zeros_like(log_r))
+    r = torch.where(
+        ctx_valid, torch.exp(torch.where(ctx_valid, log_r, torch.zeros_like(log_r))), torch.zeros_like(log_r)
+    )
     col_max = joint.amax(dim=1, keepdim=True)
     col_max = torch.where(torch.isfinite(col_max), col_max, torch.zeros_like(col_max))
     e = torch.exp(joint - col_max)  # 0 where masked
@@ -269,8 +313,7 @@ def marginal_nll_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm
     w = e / torch.where(total > 0, total, torch.ones_like(total))  # posterior; 0 in empty rows
     g = grad.to(joint.dtype)
     if joint.dim() == 3:
-        tm = (torch.ones_like(joint[:, 0, :]) if token_mask is None
-              else token_mask.to(joint.dtype))  # [B, T]
+        tm = torch.ones_like(joint[:, 0, :]) if token_mask is None else token_mask.to(joint.dtype)  # [B, T]
         w = w * tm.unsqueeze(1)
         grad_lm = -g[:, None, None] * w
         grad_s = g[:, None] / tau_retriever * (r * tm.sum(dim=-1, keepdim=True) - w.sum(dim=-1))
@@ -281,8 +324,9 @@ def marginal_nll_backward(grad: torch.Tensor, retriever_scores: torch.Tensor, lm
     return grad_s.to(retriever_scores.dtype), grad_lm.to(lm_logprobs.dtype)
 
 
-def contrastive_loss(q: torch.Tensor, d: torch.Tensor, tau: float = 1.0,
-                     negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
+def contrastive_loss(
+    q: torch.Tensor, d: torch.Tensor, tau: float = 1.0, negatives: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """In-batch-negative InfoNCE (DPR): row i of d is q_i's positive; every other row of
     d, and every row of `negatives`, is a negative. Mean over the B queries."""
     ct = compute_dtype(q.dtype, d.dtype)

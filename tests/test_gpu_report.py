@@ -1,8 +1,9 @@
-"""python -m pyrag.gpu_report: every GPU kernel and autotune config compiles ahead of time
+"""tools/gpu_report.py: every GPU kernel and autotune config compiles ahead of time
 for sm_80 and sm_90 on this GPU-less machine, with no register spills and no shared
 memory over the per-block limit. The report runs in a child process (it must not share
 a process with interpreter-mode triton), once for the whole module.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -13,15 +14,17 @@ import pytest
 
 pytest.importorskip("triton")
 
-from pyrag import gpu_report  # noqa: E402  (imports no triton)
+import gpu_report
+from ptxas import Row
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def report():
-    run = subprocess.run([sys.executable, "-m", "pyrag.gpu_report"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=1500)
+    run = subprocess.run(
+        [sys.executable, "tools/gpu_report.py"], cwd=ROOT, capture_output=True, text=True, timeout=1500
+    )
     return run
 
 
@@ -42,26 +45,31 @@ def test_the_table_has_a_row_per_kernel_config_and_arch(report):
             assert any(name in r and f" {arch} " in r for r in rows), (name, arch)
 
 
-@pytest.mark.parametrize("row,ok", [
-    (gpu_report.Row("k", "c", "sm_90", 100, 0, 1000, 232448), True),
-    (gpu_report.Row("k", "c", "sm_90", 255, 8, 1000, 232448), False),  # a spill
-    (gpu_report.Row("k", "c", "sm_80", 100, 0, 200000, 166912), False),  # over the shared limit
-    (gpu_report.Row("k", "c", "sm_80", error="CompilationError: ..."), False),
-])
+@pytest.mark.parametrize(
+    "row,ok",
+    [
+        (Row("k", "c", "sm_90", 100, 0, 1000, 232448), True),
+        (Row("k", "c", "sm_90", 255, 8, 1000, 232448), False),  # a spill
+        (Row("k", "c", "sm_80", 100, 0, 200000, 166912), False),  # over the shared limit
+        (Row("k", "c", "sm_80", error="CompilationError: ..."), False),
+    ],
+)
 def test_a_row_fails_on_spills_shared_overflow_or_errors(row, ok):
     assert row.ok is ok
 
 
-def test_cuda_rows_are_converted_from_gpu_report_cuda(monkeypatch):
-    import types
-    fake = types.ModuleType("pyrag.gpu_report_cuda")
-    fake.cuda_rows = lambda: [
-        dict(backend="cuda", kernel="x", config="c", arch="sm_90", registers=32, spills=0, shared_mem=1024),
-        dict(backend="cuda", kernel="y", config="c", arch="sm_80", registers=32, spills=4, shared_mem=0),
-        dict(backend="cuda", kernel="z", config="c", arch="sm_80", registers=32, spills=0, shared_mem=None),
-        dict(backend="cuda", kernel="w", config="c", arch="sm_80", registers=32, spills=0, shared_mem=60000),
-    ]
-    monkeypatch.setitem(sys.modules, "pyrag.gpu_report_cuda", fake)
-    rows = gpu_report.cuda_rows()
-    assert [r.ok for r in rows] == [True, False, False, False]  # ok, spills, unknown smem, overflow
-    assert "cuda.x" in gpu_report.format_table(rows)
+def test_cuda_rows_fail_on_spills_unknown_or_excess_shared_memory():
+    import gpu_report_cuda
+    from ptxas import Entry
+
+    def row(spills, dynamic):
+        return (
+            gpu_report_cuda._row(Entry("_Z1kv", "sm_90", 32, spills, 1024), "x_kernel<float>(", None, 8)
+            if dynamic is None
+            else Row("cuda.x", "f32", "sm_90", 32, spills, 1024 + dynamic, gpu_report_cuda.SHARED_LIMIT)
+        )
+
+    assert row(0, 0).ok and not row(4, 0).ok and not row(0, 60000).ok
+    unknown = gpu_report_cuda._row(Entry("_Z1kv", "sm_90", 32, 0, 1024), "topk_scan_kernel<SimtScorer, 1>(", None, 8)
+    assert not unknown.ok and "unknown" in unknown.error
+    assert "cuda.topk_scan" in gpu_report.format_table([unknown])

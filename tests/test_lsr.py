@@ -1,5 +1,6 @@
 """pyrag.lsr_weights / pyrag.lsr_loss and the ops under them (pyrag::lsr_weights,
 pyrag::lsr_kl, pyrag::lsr_kl_backward) against pyrag.reference."""
+
 import math
 
 import pytest
@@ -101,8 +102,15 @@ def test_closed_form_reference_backward_is_autograd_of_reference():
 
 
 @settings(max_examples=40, deadline=None)
-@given(b=st.integers(1, 6), k=st.integers(1, 40), tau_r=st.floats(1e-2, 10), tau_l=st.floats(1e-2, 10),
-       scale=st.floats(0.1, 100), direction=st.sampled_from(["forward", "reverse"]), seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 6),
+    k=st.integers(1, 40),
+    tau_r=st.floats(1e-2, 10),
+    tau_l=st.floats(1e-2, 10),
+    scale=st.floats(0.1, 100),
+    direction=st.sampled_from(["forward", "reverse"]),
+    seed=st.integers(0, 2**16),
+)
 def test_lsr_kl_cpu_matches_reference_property(b, k, tau_r, tau_l, scale, direction, seed):
     s, lm, mask = make_inputs(b, k, seed=seed)
     s, lm = s * scale, lm * scale
@@ -128,8 +136,11 @@ def test_lsr_kl_gradcheck(backend, direction, masked):
     s, lm, mask = make_inputs(4, 6, torch.float64, masked=masked)
     x = s.nan_to_num(0.0, neginf=0.0).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda t: pyrag.lsr_loss(t, lm, tau_retriever=0.8, tau_lm=1.7, mask=mask, direction=direction,
-                                 reduction="none", backend=backend), (x,))
+        lambda t: pyrag.lsr_loss(
+            t, lm, tau_retriever=0.8, tau_lm=1.7, mask=mask, direction=direction, reduction="none", backend=backend
+        ),
+        (x,),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -142,8 +153,10 @@ def test_opcheck(backend, dtype, masked):
     torch.library.opcheck(torch.ops.pyrag.lsr_weights.default, (s, 0.7, mask, backend))
     for direction in ("forward", "reverse"):
         torch.library.opcheck(torch.ops.pyrag.lsr_kl.default, (s, lm, 0.7, 1.3, mask, direction, backend))
-        torch.library.opcheck(torch.ops.pyrag.lsr_kl_backward.default,
-                              (torch.randn(3, dtype=dtype), s.detach(), lm, 0.7, 1.3, mask, direction, backend))
+        torch.library.opcheck(
+            torch.ops.pyrag.lsr_kl_backward.default,
+            (torch.randn(3, dtype=dtype), s.detach(), lm, 0.7, 1.3, mask, direction, backend),
+        )
 
 
 # ------------------------------------------------------------------ rules
@@ -169,8 +182,9 @@ def test_stable_at_large_scores_and_small_tau(backend, dtype, direction):
     base = torch.tensor([[1e4, 1e4, -1e4, 0.0], [-1e4, -1e4, -1e4, -1e4], [1e4, 9999.99, 3.0, -1e4]])
     lm = torch.tensor([[1e4, 1e4, 0.0, -1e4], [0.0, 0.01, 0.02, 0.03], [1e4, 1e4, 0.001, -0.001]])
     s = base.to(dtype).requires_grad_()
-    loss = pyrag.lsr_loss(s, lm.to(dtype), tau_retriever=1e-3, tau_lm=1e-3, direction=direction,
-                          reduction="none", backend=backend)
+    loss = pyrag.lsr_loss(
+        s, lm.to(dtype), tau_retriever=1e-3, tau_lm=1e-3, direction=direction, reduction="none", backend=backend
+    )
     loss.sum().backward()
     assert bool(torch.isfinite(loss).all()) and bool(torch.isfinite(s.grad).all())
     # The float64 reference on the same (rounded) inputs is the truth.
@@ -186,8 +200,9 @@ def test_kl_is_zero_for_equal_distributions(backend):
     s = torch.randn(4, 9)
     # softmax(s / 0.5) == softmax(2s / 1.0): the divergence vanishes in both directions.
     for direction in ("forward", "reverse"):
-        kl = pyrag.lsr_loss(s, 2 * s, tau_retriever=0.5, tau_lm=1.0, direction=direction, reduction="none",
-                            backend=backend)
+        kl = pyrag.lsr_loss(
+            s, 2 * s, tau_retriever=0.5, tau_lm=1.0, direction=direction, reduction="none", backend=backend
+        )
         torch.testing.assert_close(kl, torch.zeros(4), atol=1e-6, rtol=0)
 
 
@@ -227,8 +242,10 @@ def test_noncontiguous_inputs():
     s, lm, mask = make_inputs(7, 5)
     st, lmt, mt = s.T.contiguous().T, lm.T.contiguous().T, mask.T.contiguous().T
     assert not st.is_contiguous()
-    torch.testing.assert_close(pyrag.lsr_loss(st, lmt, mask=mt, reduction="none", backend="cpu"),
-                               reference.lsr_kl(s, lm, 1.0, 1.0, mask, "forward"))
+    torch.testing.assert_close(
+        pyrag.lsr_loss(st, lmt, mask=mt, reduction="none", backend="cpu"),
+        reference.lsr_kl(s, lm, 1.0, 1.0, mask, "forward"),
+    )
 
 
 def test_cpu_kernel_threads_give_identical_results():
@@ -298,6 +315,7 @@ def test_bad_types_and_backend():
 
 def test_compiled_kernels_check_their_arguments():
     from pyrag import _C
+
     with pytest.raises(ValueError, match="bad sizes"):
         _C.lsr_kl_f32(0, 0, 0, -1, 3, 1.0, 1.0, False, 1, 0)
     with pytest.raises(ValueError, match="tau must be finite and > 0"):

@@ -1,5 +1,6 @@
 """pyrag.marginal_nll and the ops under it (pyrag::marginal_nll, pyrag::marginal_nll_backward)
 against pyrag.reference, in the sequence form [B, K] and the token form [B, K, T]."""
+
 import math
 
 import pytest
@@ -98,8 +99,13 @@ def test_closed_form_reference_backward_is_autograd_of_reference(tokens):
 
 
 @settings(max_examples=40, deadline=None)
-@given(b=st.integers(1, 5), k=st.integers(1, 30), t=st.one_of(st.none(), st.integers(0, 6)),
-       tau=st.floats(1e-2, 10), seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 5),
+    k=st.integers(1, 30),
+    t=st.one_of(st.none(), st.integers(0, 6)),
+    tau=st.floats(1e-2, 10),
+    seed=st.integers(0, 2**16),
+)
 def test_marginal_nll_cpu_matches_reference_property(b, k, t, tau, seed):
     s, lm, mask, token_mask = make_inputs(b, k, t, seed=seed)
     out = torch.ops.pyrag.marginal_nll(s, lm, tau, mask, token_mask, "cpu")
@@ -116,8 +122,10 @@ def test_one_context_gives_the_lm_nll():
 
 def test_single_token_form_equals_sequence_form():
     s, lm, mask, _ = make_inputs(5, 8)
-    torch.testing.assert_close(pyrag.marginal_nll(s, lm.unsqueeze(-1), mask=mask, reduction="none"),
-                               pyrag.marginal_nll(s, lm, mask=mask, reduction="none"))
+    torch.testing.assert_close(
+        pyrag.marginal_nll(s, lm.unsqueeze(-1), mask=mask, reduction="none"),
+        pyrag.marginal_nll(s, lm, mask=mask, reduction="none"),
+    )
 
 
 def test_zero_padded_tokens_contribute_nothing():
@@ -140,8 +148,9 @@ def test_reductions(reduction):
     s, lm, mask, token_mask = make_inputs(5, 12, 3)
     per_row = reference.marginal_nll(s, lm, 1.0, mask, token_mask)
     expected = {"mean": per_row.mean(), "sum": per_row.sum(), "none": per_row}[reduction]
-    torch.testing.assert_close(pyrag.marginal_nll(s, lm, mask=mask, token_mask=token_mask, reduction=reduction),
-                               expected)
+    torch.testing.assert_close(
+        pyrag.marginal_nll(s, lm, mask=mask, token_mask=token_mask, reduction=reduction), expected
+    )
 
 
 # ------------------------------------------------------------------ gradcheck and opcheck
@@ -153,8 +162,11 @@ def test_gradcheck(backend, tokens, masked):
     x = s.nan_to_num(0.0, neginf=0.0).requires_grad_()
     y = lm.nan_to_num(0.0, posinf=0.0).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a, b: pyrag.marginal_nll(a, b, tau_retriever=0.6, mask=mask, token_mask=token_mask,
-                                        reduction="none", backend=backend), (x, y))
+        lambda a, b: pyrag.marginal_nll(
+            a, b, tau_retriever=0.6, mask=mask, token_mask=token_mask, reduction="none", backend=backend
+        ),
+        (x, y),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -166,8 +178,10 @@ def test_opcheck(backend, dtype, tokens, masked):
     s = s.nan_to_num(0.0, neginf=0.0).requires_grad_()
     lm = lm.nan_to_num(0.0, posinf=0.0).requires_grad_()
     torch.library.opcheck(torch.ops.pyrag.marginal_nll.default, (s, lm, 0.7, mask, token_mask, backend))
-    torch.library.opcheck(torch.ops.pyrag.marginal_nll_backward.default,
-                          (torch.randn(3, dtype=dtype), s.detach(), lm.detach(), 0.7, mask, token_mask, backend))
+    torch.library.opcheck(
+        torch.ops.pyrag.marginal_nll_backward.default,
+        (torch.randn(3, dtype=dtype), s.detach(), lm.detach(), 0.7, mask, token_mask, backend),
+    )
 
 
 # ------------------------------------------------------------------ rules
@@ -234,7 +248,8 @@ def test_noncontiguous_inputs():
     assert not lm_t.is_contiguous()
     torch.testing.assert_close(
         pyrag.marginal_nll(s, lm_t, mask=mask, token_mask=token_mask, reduction="none", backend="cpu"),
-        reference.marginal_nll(s, lm, 1.0, mask, token_mask))
+        reference.marginal_nll(s, lm, 1.0, mask, token_mask),
+    )
 
 
 # ------------------------------------------------------------------ bad input
@@ -244,8 +259,10 @@ def test_bad_tau(tau):
         pyrag.marginal_nll(torch.randn(2, 3), torch.randn(2, 3), tau_retriever=tau)
 
 
-@pytest.mark.parametrize("s_shape,lm_shape", [((2, 3), (2, 4)), ((2, 3), (3, 3)), ((2, 3), (2, 4, 5)),
-                                              ((2, 3), (2,)), ((2, 3), (2, 3, 4, 5))])
+@pytest.mark.parametrize(
+    "s_shape,lm_shape",
+    [((2, 3), (2, 4)), ((2, 3), (3, 3)), ((2, 3), (2, 4, 5)), ((2, 3), (2,)), ((2, 3), (2, 3, 4, 5))],
+)
 def test_shape_mismatch(s_shape, lm_shape):
     with pytest.raises(ValueError, match="shape|lm_logprobs must be"):
         pyrag.marginal_nll(torch.randn(s_shape), torch.randn(lm_shape))

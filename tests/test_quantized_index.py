@@ -1,7 +1,7 @@
 """DenseIndex with bfloat16 and int8 storage: quantised search against the reference,
 certified-exact search against a float32 index (bit for bit), mutation, persistence and
 bad input."""
-import importlib
+
 import os
 
 import numpy as np
@@ -10,8 +10,7 @@ import torch
 
 import pyrag
 from pyrag import _C, reference
-
-T = importlib.import_module("pyrag.ops.topk_scores")
+from pyrag.backends.cpu import topk_packed_exact_with_stats
 
 QDTYPES = ["bfloat16", "int8"]
 ISAS = _C.supported_cpu_isas()
@@ -86,9 +85,7 @@ def test_exact_search_falls_back_to_a_full_rescan_when_candidates_overflow(dtype
     index = build(dtype, x)
     q = torch.randn(1024, 24)
     snap = index._snap
-    corpus = T.PackedCorpus(dtype, 24, snap.packed, snap.size, snap.scales)
-    scores, rows, stats = T.topk_packed_exact(q, corpus, snap.originals.fd, snap.originals.offset,
-                                              snap.max_norm, snap.max_error, 5)
+    scores, rows, stats = topk_packed_exact_with_stats(q, snap.corpus(dtype, 24), snap.originals, 5, None)
     assert stats["fallback_queries"] > 0
     assert_same((scores, rows), build("float32", x).search(q, 5))
 
@@ -99,9 +96,7 @@ def test_exact_search_rescores_few_rows_on_unit_vectors(dtype):
     index = build(dtype, x)
     q = data("unit", 8, 64, seed=5)
     snap = index._snap
-    corpus = T.PackedCorpus(dtype, 64, snap.packed, snap.size, snap.scales)
-    _, _, stats = T.topk_packed_exact(q, corpus, snap.originals.fd, snap.originals.offset,
-                                      snap.max_norm, snap.max_error, 10)
+    _, _, stats = topk_packed_exact_with_stats(q, snap.corpus(dtype, 64), snap.originals, 10, None)
     assert stats["fallback_queries"] == 0
     assert stats["candidates"] < 8 * 400  # a small fraction of 8 x 20000
 
@@ -202,26 +197,31 @@ def test_index_without_originals(tmp_path, dtype):
 
 
 def test_loads_format_version_1(tmp_path):
-    from pyrag import storage
+    from pyrag.index import storage
+
     x = torch.randn(40, 6)
     path = tmp_path / "v1.safetensors"
-    storage.save_tensors(path, {"vectors": x, "ids": torch.arange(40) + 100},
-                         {"format": "pyrag.DenseIndex", "format_version": "1", "dim": "6", "dtype": "float32"})
+    storage.save_tensors(
+        path,
+        {"vectors": x, "ids": torch.arange(40) + 100},
+        {"format": "pyrag.DenseIndex", "format_version": "1", "dim": "6", "dtype": "float32"},
+    )
     index = pyrag.DenseIndex.load(path)
     assert torch.equal(index.vectors(), x) and index.ids.tolist()[:2] == [100, 101]
 
 
-def test_tensor_offset_points_at_the_tensor_bytes(tmp_path):
-    from pyrag import storage
+def test_stored_offsets_point_at_the_tensor_bytes(tmp_path):
+    from pyrag.index import storage
+
     tensors = {"a": torch.arange(5, dtype=torch.int64), "b": torch.randn(3, 4)}
     path = tmp_path / "t.safetensors"
     storage.save_tensors(path, tensors, {"format": "test"})
     raw = path.read_bytes()
+    with storage.open_regular_file(path) as f:
+        stored = storage.open_tensors(f)
     for name, t in tensors.items():
-        offset = storage.tensor_offset(path, name)
-        assert raw[offset:offset + t.numel() * t.element_size()] == t.numpy().tobytes()
-    with pytest.raises(storage.FormatError, match="no tensor 'c'"):
-        storage.tensor_offset(path, "c")
+        offset = stored.offsets[name]
+        assert raw[offset : offset + t.numel() * t.element_size()] == t.numpy().tobytes()
 
 
 @pytest.mark.parametrize("dtype", QDTYPES)
@@ -245,19 +245,22 @@ def state(index):
 
 
 @pytest.mark.parametrize("dtype", QDTYPES)
-@pytest.mark.parametrize("call, error, match", [
-    (lambda ix: ix.add(torch.randn(3, 5)), ValueError, "dim 8"),
-    (lambda ix: ix.add(torch.randn(3, 8).double()), TypeError, "float32"),
-    (lambda ix: ix.add(torch.randn(3, 8).to(torch.bfloat16)), TypeError, "float32"),
-    (lambda ix: ix.add(torch.full((2, 8), float("nan"))), ValueError, "NaN or Inf"),
-    (lambda ix: ix.add(torch.full((2, 8), 1e35)), ValueError, "1e30"),
-    (lambda ix: ix.add(torch.randn(2, 8), ids=[0, 1]), ValueError, "already in the index"),
-    (lambda ix: ix.remove([12345]), KeyError, "not in the index"),
-    (lambda ix: ix.search(torch.randn(2, 9), 3), ValueError, "dim 8"),
-    (lambda ix: ix.search(torch.randn(2, 8), 0), ValueError, "k must be"),
-    (lambda ix: ix.search(torch.randn(2, 8).double(), 3), TypeError, "float32"),
-    (lambda ix: ix.search(torch.full((1, 8), float("inf")), 3, exact=True), ValueError, "NaN or Inf"),
-])
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda ix: ix.add(torch.randn(3, 5)), ValueError, "dim 8"),
+        (lambda ix: ix.add(torch.randn(3, 8).double()), TypeError, "float32"),
+        (lambda ix: ix.add(torch.randn(3, 8).to(torch.bfloat16)), TypeError, "float32"),
+        (lambda ix: ix.add(torch.full((2, 8), float("nan"))), ValueError, "NaN or Inf"),
+        (lambda ix: ix.add(torch.full((2, 8), 1e35)), ValueError, "1e30"),
+        (lambda ix: ix.add(torch.randn(2, 8), ids=[0, 1]), ValueError, "already in the index"),
+        (lambda ix: ix.remove([12345]), KeyError, "not in the index"),
+        (lambda ix: ix.search(torch.randn(2, 9), 3), ValueError, "dim 8"),
+        (lambda ix: ix.search(torch.randn(2, 8), 0), ValueError, "k must be"),
+        (lambda ix: ix.search(torch.randn(2, 8).double(), 3), TypeError, "float32"),
+        (lambda ix: ix.search(torch.full((1, 8), float("inf")), 3, exact=True), ValueError, "NaN or Inf"),
+    ],
+)
 def test_bad_input_is_rejected_and_leaves_the_index_unchanged(dtype, call, error, match):
     index = build(dtype, data("normal", 50, 8))
     before = state(index)
@@ -280,8 +283,11 @@ def test_originals_live_in_a_file_not_in_ram():
     with open("/proc/self/maps") as f:
         maps = f.read()
     start = originals.data_ptr()
-    backing = [line for line in maps.splitlines()
-               if int(line.split()[0].split("-")[0], 16) <= start < int(line.split()[0].split("-")[1], 16)]
+    backing = [
+        line
+        for line in maps.splitlines()
+        if int(line.split()[0].split("-")[0], 16) <= start < int(line.split()[0].split("-")[1], 16)
+    ]
     assert len(backing) == 1 and len(backing[0].split()) >= 6, backing  # a file mapping, not anonymous
     assert os.environ.get("TMPDIR", "/tmp") in backing[0] or "(deleted)" in backing[0]
 

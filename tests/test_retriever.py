@@ -1,10 +1,13 @@
 """pyrag.Retriever: search without gradient, scores recomputed under autograd. The
 gradients that reach the query encoder, and the passage encoder in re-embed mode, are
 checked against finite differences of the whole retrieve-then-loss computation."""
+
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyrag
 
@@ -41,8 +44,7 @@ def setup():
 
 def _loss(result, lm_scores, kind):
     if kind == "lsr":
-        return pyrag.lsr_loss(result.scores, lm_scores, mask=result.mask, tau_retriever=result.tau,
-                              direction="reverse")
+        return pyrag.lsr_loss(result.scores, lm_scores, mask=result.mask, tau_retriever=result.tau, direction="reverse")
     return pyrag.marginal_nll(result.scores, lm_scores, mask=result.mask, tau_retriever=result.tau)
 
 
@@ -72,7 +74,7 @@ def _check_against_finite_differences(retriever, queries, k, modules, kind, eps=
 
 
 @pytest.mark.parametrize("kind", ["lsr", "marginal"])
-@pytest.mark.parametrize("score_scale", [None, DIM ** -0.5])
+@pytest.mark.parametrize("score_scale", [None, DIM**-0.5])
 def test_gradient_reaches_query_encoder(setup, kind, score_scale):
     query_encoder, passage_encoder, index, passages, queries = setup
     retriever = pyrag.Retriever(query_encoder, index, passages=passages, tau=0.5, score_scale=score_scale)
@@ -96,7 +98,7 @@ def test_stored_scores_equal_the_index_scores(setup):
     assert torch.equal(result.ids, ids)
     torch.testing.assert_close(result.scores.detach().float(), scores)
     assert result.passages == [[passages[i] for i in row] for row in ids.tolist()]
-    assert result.index_version == 0 and result.mask.all()
+    assert result.index_version == index.version == 1 and result.mask.all()
     torch.testing.assert_close(result.probs().detach(), torch.softmax(result.scores.detach(), dim=1))
 
 
@@ -145,34 +147,15 @@ def test_default_ids_and_sequence_passages():
     assert retriever(torch.randn(4), 2).ids.shape == (1, 2)  # a single query
 
 
-class VersionedIndex:
-    """An index wrapper with a version, as the AsyncReindexer provides; `bumps` swaps in
-    a new version during that many searches."""
-
-    def __init__(self, index, bumps=0):
-        self.inner, self.version, self.bumps = index, 7, bumps
-        self.dim, self.dtype = index.dim, index.dtype
-
-    def search(self, queries, k):
-        if self.bumps:
-            self.bumps -= 1
-            self.version += 1
-        return self.inner.search(queries, k)
-
-    def vectors(self):
-        return self.inner.vectors()
-
-    @property
-    def ids(self):
-        return self.inner.ids
-
-
-def test_reports_the_index_version_and_retries_a_search_that_saw_a_swap(setup):
+def test_reports_the_version_of_the_snapshot_it_searched(setup):
     query_encoder, _, index, passages, queries = setup
-    assert pyrag.Retriever(query_encoder, VersionedIndex(index))(queries, 2).index_version == 7
-    assert pyrag.Retriever(query_encoder, VersionedIndex(index, bumps=1))(queries, 2).index_version == 8
-    with pytest.raises(RuntimeError, match="changed version"):
-        pyrag.Retriever(query_encoder, VersionedIndex(index, bumps=100))(queries, 2)
+    versioned = pyrag.VersionedIndex(index, version=7, step=3)
+    assert pyrag.Retriever(query_encoder, versioned)(queries, 2).index_version == 7
+    versioned.swap(index, step=4)
+    assert pyrag.Retriever(query_encoder, versioned)(queries, 2).index_version == 8
+    before = index.version
+    index.add(torch.randn(1, index.dim))
+    assert pyrag.Retriever(query_encoder, index)(queries, 2).index_version == before + 1
 
 
 def test_bad_input(setup):
@@ -197,3 +180,94 @@ def test_bad_input(setup):
     missing = pyrag.Retriever(query_encoder, index, passages={})
     with pytest.raises(KeyError, match="not in passages"):
         missing(queries, 2)
+
+
+# ----------------------------------------------------------------------------- every dtype
+def _index_of(dtype, n=600, dim=DIM, user_ids=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-3, 4, (n, dim), generator=g).float()
+    index = pyrag.DenseIndex(dim, dtype)
+    ids = torch.randperm(n, generator=g) * 5 + 2 if user_ids else None
+    index.add(x, ids)
+    return index, x
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("user_ids", [False, True])
+@pytest.mark.parametrize("removals", [False, True])
+def test_every_dtype_ids_match_the_search_and_scores_are_q_dot_get(dtype, user_ids, removals):
+    index, _ = _index_of(dtype, user_ids=user_ids)
+    if removals:
+        index.remove(index.ids[::7])
+    query_encoder = torch.nn.Linear(Q_FEATURES, DIM)
+    queries = torch.randn(5, Q_FEATURES)
+    retriever = pyrag.Retriever(query_encoder, index, score_scale=0.5)
+    result = retriever(queries, 9)
+    q = query_encoder(queries)
+    with torch.no_grad():
+        scores, ids = index.search(q.float(), 9)
+    assert torch.equal(result.ids, ids) and result.mask.all()
+    expected = (q.unsqueeze(1) * index.get(ids)).sum(-1) * 0.5
+    torch.testing.assert_close(result.scores, expected)
+    # The index's own scores round the query like its rows (bf16, int8): they agree
+    # with q · get(ids) to that rounding, and exactly for float32.
+    tol = {"float32": 1e-5, "bfloat16": 2e-2, "int8": 5e-2}[dtype]
+    torch.testing.assert_close(result.scores.detach(), scores * 0.5, rtol=tol, atol=tol * float(scores.abs().max()))
+    result.scores.sum().backward()
+    assert query_encoder.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_padding_of_every_dtype_when_k_exceeds_the_index(dtype):
+    index, _ = _index_of(dtype, n=4)
+    result = pyrag.Retriever(None, index)(torch.randn(2, DIM), 6)
+    assert result.mask.sum(1).tolist() == [4, 4] and (result.ids[:, 4:] == -1).all()
+    assert torch.isinf(result.scores[:, 4:]).all() and torch.isfinite(result.scores[:, :4]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_a_call_reads_k_rows_never_the_corpus(dtype, monkeypatch):
+    from pyrag.index import packed
+
+    index, _ = _index_of(dtype, n=5000)
+
+    def full_read(*args, **kwargs):
+        raise AssertionError("the Retriever read the whole corpus")
+
+    monkeypatch.setattr(packed, "unpack_rows", full_read)
+    monkeypatch.setattr(pyrag.DenseIndex, "vectors", full_read)
+    result = pyrag.Retriever(None, index)(torch.randn(3, DIM), 32)
+    assert result.ids.shape == (3, 32)
+
+
+@given(st.data())
+@settings(max_examples=30, deadline=None)
+def test_property_ids_are_the_search_and_scores_are_q_dot_get(data):
+    dtype = data.draw(st.sampled_from(["float32", "bfloat16", "int8"]))
+    n = data.draw(st.integers(1, 80))
+    k = data.draw(st.integers(1, 12))
+    b = data.draw(st.integers(1, 4))
+    seed = data.draw(st.integers(0, 10_000))
+    index, _ = _index_of(dtype, n=n, user_ids=data.draw(st.booleans()), seed=seed)
+    q = torch.randn(b, DIM, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    result = pyrag.Retriever(None, index)(q, k)
+    _, ids = index.search(q.float(), k)
+    assert torch.equal(result.ids, ids)
+    valid = ids >= 0
+    expected = (q.unsqueeze(1) * index.get(ids).double()).sum(-1)
+    torch.testing.assert_close(result.scores[valid], expected[valid])
+    assert torch.isinf(result.scores[~valid]).all()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_over_a_versioned_index_while_refreshes_swap_it(dtype):
+    first, _ = _index_of(dtype, seed=1)
+    second, _ = _index_of(dtype, seed=2)
+    versioned = pyrag.VersionedIndex(first)
+    retriever = pyrag.Retriever(None, versioned)
+    q = torch.randn(2, DIM)
+    before = retriever(q, 5)
+    versioned.swap(second, step=3)
+    after = retriever(q, 5)
+    assert (before.index_version, after.index_version) == (0, 1)
+    torch.testing.assert_close(after.scores, (q.unsqueeze(1) * second.get(after.ids)).sum(-1))

@@ -3,6 +3,7 @@
 Integer-valued float data makes every dot product exact in float32, so ids, order and
 ties must agree bit for bit. On random float data, scores agree to 1e-5 relative.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyrag
-from pyrag import reference
-from pyrag import _C
+from pyrag import _C, reference
 
 CPU_ISAS = _C.supported_cpu_isas()
 
@@ -89,8 +89,8 @@ def test_random_float_data(cpu_isa, B, N, d):
 
 
 def test_strided_and_transposed_inputs():
-    q = int_data((8, 40))[:, ::2]          # non-unit stride on d
-    x = int_data((60, 200)).T[::3]         # transposed and sliced: [67, 60]
+    q = int_data((8, 40))[:, ::2]  # non-unit stride on d
+    x = int_data((60, 200)).T[::3]  # transposed and sliced: [67, 60]
     x = x[:, :20]
     assert not q.is_contiguous() and not x.is_contiguous()
     assert_matches_reference(q, x, 9)
@@ -125,8 +125,14 @@ def test_threads_agree(monkeypatch):
 
 
 @settings(max_examples=60, deadline=None)
-@given(B=st.integers(1, 9), N=st.integers(1, 150), d=st.integers(1, 40), k=st.integers(1, 160),
-       seed=st.integers(0, 2**31 - 1), span=st.integers(1, 4))
+@given(
+    B=st.integers(1, 9),
+    N=st.integers(1, 150),
+    d=st.integers(1, 40),
+    k=st.integers(1, 160),
+    seed=st.integers(0, 2**31 - 1),
+    span=st.integers(1, 4),
+)
 def test_property_matches_reference(B, N, d, k, seed, span):
     assert_matches_reference(int_data((B, d), -span, span + 1, seed), int_data((N, d), -span, span + 1, seed + 1), k)
 
@@ -164,7 +170,6 @@ def test_unknown_and_unavailable_backends():
         pyrag.topk_scores(torch.randn(2, 8), torch.randn(10, 8), 3, backend="gpu")
     with pytest.raises(pyrag.BackendUnavailableError):
         pyrag.topk_scores(torch.randn(2, 8), torch.randn(10, 8), 3, backend="cuda")
-
 
 
 # ------------------------------------------------------------------ torch.library

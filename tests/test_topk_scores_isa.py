@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import pyrag
 from pyrag import _C, reference
 
-T = importlib.import_module("pyrag.ops.topk_scores")
+from pyrag.index import packed as T  # noqa: E402
 
 ISAS = _C.supported_cpu_isas()
 ALL_PATHS = ["scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16",
@@ -58,7 +58,7 @@ def packed_corpus(dtype, corpus, scales):
     """A corpus tensor in its storage dtype (with int8 scales) as a PackedCorpus."""
     n, d = corpus.shape
     blocks = -(-n // 16)
-    data = torch.zeros((blocks, T.packed_block_bytes(dtype, d)), dtype=torch.uint8)
+    data = torch.zeros((blocks, T.block_bytes(dtype, d)), dtype=torch.uint8)
     T.pack_rows(dtype, corpus, data, 0)
     if scales is not None:
         scales = torch.cat([scales, scales.new_zeros(blocks * 16 - n)])
@@ -147,7 +147,7 @@ def test_float32_is_exact_on_integer_data(isa, shape):
     q = torch.randint(-4, 5, (b, d), generator=g).float()
     x = torch.randint(-4, 5, (n, d), generator=g).float()  # many ties
     assert_same(pyrag.topk_scores(q, x, k, backend="cpu"), reference.topk_scores(q, x, k))
-    assert_same(T.topk_packed(q, packed_of("float32", x), k), reference.topk_scores(q, x, k))
+    assert_same(T.search(q, packed_of("float32", x), k), reference.topk_scores(q, x, k))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -173,7 +173,7 @@ def test_quantised_corpora_match_the_reference_bit_for_bit(isa, dtype, shape):
     corpus, scales = corpus_of(dtype, x)
     expected = reference.topk_scores(q, corpus, k, scales=scales, quantized_queries=True)
     assert_same(pyrag.topk_scores(q, corpus, k, scales=scales, backend="cpu"), expected)
-    assert_same(T.topk_packed(q, packed_of(dtype, x), k), expected)
+    assert_same(T.search(q, packed_of(dtype, x), k), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -188,7 +188,7 @@ def test_every_path_gives_the_same_bits(dtype):
         for name in ISAS:
             _C.set_cpu_isa(name)
             results.append(pyrag.topk_scores(q, corpus, 25, scales=scales, backend="cpu"))
-            results.append(T.topk_packed(q, packed_of(dtype, x), 25))
+            results.append(T.search(q, packed_of(dtype, x), 25))
     finally:
         _C.set_cpu_isa("")
     for r in results[1:]:
@@ -247,7 +247,7 @@ def test_int8_dot_is_exact_where_int16_pair_sums_would_saturate(isa, n, d):
     # 0): its best score is 127 * 127 * d times the query scale 1/127.
     scores, ids = pyrag.topk_scores(q[:1], corpus, 1, scales=torch.ones(n), backend="cpu")
     assert int(ids[0, 0]) == 0 and float(scores[0, 0]) == pytest.approx(127 * d, rel=1e-6)
-    assert_same(T.topk_packed(q, packed_corpus("int8", corpus, scales), 12), expected)
+    assert_same(T.search(q, packed_corpus("int8", corpus, scales), 12), expected)
 
 
 @settings(max_examples=60, deadline=None)
@@ -268,7 +268,7 @@ def test_property_matches_the_reference(b, n, d, k, dtype, isa_name, seed, extre
     try:
         _C.set_cpu_isa(isa_name)
         got = pyrag.topk_scores(q, corpus, k, scales=scales, backend="cpu")
-        packed = T.topk_packed(q, packed_corpus(dtype, corpus, scales), k)
+        packed = T.search(q, packed_corpus(dtype, corpus, scales), k)
     finally:
         _C.set_cpu_isa("")
     expected = reference.topk_scores(q, corpus, k, scales=scales, quantized_queries=True)
@@ -331,7 +331,7 @@ def test_pack_then_unpack_round_trips_on_every_path(dtype, d):
     try:
         for name in ISAS:
             _C.set_cpu_isa(name)
-            data = torch.zeros((3, T.packed_block_bytes(dtype, d)), dtype=torch.uint8)
+            data = torch.zeros((3, T.block_bytes(dtype, d)), dtype=torch.uint8)
             # In three pieces, the middle one filling a block begun by the first.
             T.pack_rows(dtype, corpus[:7], data, 0)
             T.pack_rows(dtype, corpus[7:40], data, 7)
@@ -347,7 +347,7 @@ def test_pack_then_unpack_round_trips_on_every_path(dtype, d):
 
 def test_packed_layout_is_blocks_of_16_rows_by_4_byte_groups():
     x = torch.arange(20 * 3, dtype=torch.float32).reshape(20, 3)
-    data = torch.zeros((2, T.packed_block_bytes("float32", 3)), dtype=torch.uint8)
+    data = torch.zeros((2, T.block_bytes("float32", 3)), dtype=torch.uint8)
     T.pack_rows("float32", x, data, 0)
     words = data.view(torch.float32).reshape(2, 3, 16)  # [block][group][row]
     assert torch.equal(words[0], x[:16].T)

@@ -8,6 +8,7 @@ make_cloze_task. The encoders are tiny hashed bags of words; the query encoder s
 generic words overweighted, as a general-purpose encoder overweights words a domain does
 not care about, and training has to learn to look past them.
 """
+
 from __future__ import annotations
 
 import random
@@ -16,12 +17,13 @@ from collections import Counter
 
 import pytest
 import torch
+from cloze import BLANK, make_cloze_task  # benchmarks/ (tests/conftest.py puts it on sys.path)
+from toy_lms import CopyLM, TinyClozeLM
 
 import pyrag
 from pyrag.reindex import AsyncReindexer
-from pyrag.train import (BLANK, CopyLM, TinyClozeLM, TrainConfig, Trainer, make_cloze_task,
-                         recall_at_k, step_time_medians)
-from pyrag.train.cloze import words
+from pyrag.train import TrainConfig, Trainer, recall_at_k, step_time_medians
+from pyrag.train.example import words
 
 DIM = 64
 COMMON_WEIGHT = 2.0  # the query encoder's overweighting of generic words
@@ -76,32 +78,47 @@ def task():
     return make_cloze_task(synthetic_corpus(), heldout_fraction=0.25, seed=0)
 
 
-def build_index(encoder, passages):
+def build_index(encoder, passages, dtype="float32"):
     with torch.no_grad():
         vectors = encoder(passages)
-    index = pyrag.DenseIndex(DIM)
+    index = pyrag.DenseIndex(DIM, dtype)
     index.add(vectors)
     return index
 
 
-def make_trainer(task, cfg, *, lm="copy", passage_training=False, schedule="0-:5", **kwargs):
+def make_trainer(task, cfg, *, lm="copy", passage_training=False, schedule="0-:5", dtype="float32", **kwargs):
     torch.manual_seed(0)
     query_encoder = BagEncoder(common_weight=COMMON_WEIGHT)
     passage_encoder = BagEncoder()
-    index = build_index(passage_encoder, task.passages)
+    index = build_index(passage_encoder, task.passages, dtype)
     reindexer = None
     if passage_training:
-        reindexer = AsyncReindexer(passage_encoder, task.passages, index=index, schedule=schedule,
-                                   chunk_size=64, progress=False)
+        reindexer = AsyncReindexer(
+            passage_encoder, task.passages, index=index, schedule=schedule, chunk_size=64, progress=False
+        )
         index = reindexer.index
-    retriever = pyrag.Retriever(query_encoder, index, passages=task.passages, tau=cfg.tau_retriever,
-                                passage_encoder=passage_encoder if passage_training else None)
+    retriever = pyrag.Retriever(
+        query_encoder,
+        index,
+        passages=task.passages,
+        tau=cfg.tau_retriever,
+        passage_encoder=passage_encoder if passage_training else None,
+    )
     if lm == "copy":
         lm = CopyLM(task.passages)
     elif lm == "tiny":
         lm = TinyClozeLM(dim=32, layers=1, heads=2, buckets=BUCKETS, max_context_words=40, seed=0)
-    return Trainer(retriever, cfg, task.train, lm=lm, eval_data=task.heldout, reindexer=reindexer,
-                   progress=False, log=lambda line: None, **kwargs)
+    return Trainer(
+        retriever,
+        cfg,
+        task.train,
+        lm=lm,
+        eval_data=task.heldout,
+        reindexer=reindexer,
+        progress=False,
+        log=lambda line: None,
+        **kwargs,
+    )
 
 
 def params(module):
@@ -116,8 +133,7 @@ def same(a, b):
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-BASE = dict(steps=40, batch_size=16, k=10, tau_retriever=0.1, lr_query=0.1, lr_passage=0.1,
-            lr_lm=3e-3, log_every=0)
+BASE = dict(steps=40, batch_size=16, k=10, tau_retriever=0.1, lr_query=0.1, lr_passage=0.1, lr_lm=3e-3, log_every=0)
 
 
 # ----------------------------------------------------------------------------- cloze
@@ -149,8 +165,9 @@ def test_cloze_task_takes_several_queries_per_training_passage(task):
         assert multi.passages[pid] == task.passages[pid]
 
 
-@pytest.mark.parametrize("kwargs", [dict(heldout_fraction=0.0), dict(heldout_fraction=1.0),
-                                    dict(train_queries_per_passage=0)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(heldout_fraction=0.0), dict(heldout_fraction=1.0), dict(train_queries_per_passage=0)]
+)
 def test_cloze_task_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         make_cloze_task(synthetic_corpus(2, 3), **kwargs)
@@ -163,8 +180,12 @@ def test_copy_lm_matches_its_formula():
     total = 4 + 1 + 4 + 1  # 5 words, 4 distinct, add-one over the vocabulary plus unknown
     p_beta = 0.5 * (2 + 1) / total
     p_zeta = 0.5 * (0 + 1) / total
-    expected = torch.tensor([[torch.log(torch.tensor(0.5 * 2 / 3 + p_beta)), 0.0],
-                             [torch.log(torch.tensor(p_zeta)), torch.log(torch.tensor(p_zeta))]])
+    expected = torch.tensor(
+        [
+            [torch.log(torch.tensor(0.5 * 2 / 3 + p_beta)), 0.0],
+            [torch.log(torch.tensor(p_zeta)), torch.log(torch.tensor(p_zeta))],
+        ]
+    )
     torch.testing.assert_close(out, expected)
 
 
@@ -202,9 +223,19 @@ def test_tiny_cloze_lm_scores_and_gradients():
 
 
 # ----------------------------------------------------------------------------- config
-@pytest.mark.parametrize("kwargs", [dict(mode="rag"), dict(k=0), dict(tau_retriever=0.0), dict(lr_lm=-1.0),
-                                    dict(dual_schedule="both"), dict(freeze_retriever_steps=-1),
-                                    dict(warmup_steps=-1), dict(lr_decay="cosine")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(mode="rag"),
+        dict(k=0),
+        dict(tau_retriever=0.0),
+        dict(lr_lm=-1.0),
+        dict(dual_schedule="both"),
+        dict(freeze_retriever_steps=-1),
+        dict(warmup_steps=-1),
+        dict(lr_decay="cosine"),
+    ],
+)
 def test_config_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
@@ -263,7 +294,8 @@ def test_learning_rate_schedule(task):
     cfg = TrainConfig(mode="ra_dit", warmup_steps=4, lr_decay="linear", **{**BASE, "steps": 10, "lr_lm": 1e-2})
     trainer = make_trainer(task, cfg, lm="tiny")
     assert [trainer.lr_scale(s) for s in range(11)] == pytest.approx(
-        [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0])
+        [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0]
+    )
     seen = []
     for _ in range(10):
         trainer.train_step()
@@ -275,8 +307,14 @@ def test_learning_rate_schedule(task):
     assert [constant.lr_scale(s) for s in (0, 2, 3, 9, 50)] == pytest.approx([1 / 3, 1.0, 1.0, 1.0, 1.0])
 
 
-@pytest.mark.parametrize("mode, lm, schedule", [("replug_lsr", "copy", {}), ("ra_dit", "tiny", {}),
-                                                ("replug_lsr", "copy", dict(warmup_steps=4, lr_decay="linear"))])
+@pytest.mark.parametrize(
+    "mode, lm, schedule",
+    [
+        ("replug_lsr", "copy", {}),
+        ("ra_dit", "tiny", {}),
+        ("replug_lsr", "copy", dict(warmup_steps=4, lr_decay="linear")),
+    ],
+)
 def test_checkpoint_resume_continues_identically(task, tmp_path, mode, lm, schedule):
     cfg = TrainConfig(mode=mode, **{**BASE, "steps": 12}, **schedule)
     straight = make_trainer(task, cfg, lm=lm)
@@ -284,15 +322,14 @@ def test_checkpoint_resume_continues_identically(task, tmp_path, mode, lm, sched
 
     first = make_trainer(task, cfg, lm=lm)
     first.train(6)
-    first.save_checkpoint(tmp_path / "ckpt.safetensors")
+    first.save_checkpoint(tmp_path / "ckpt")
     torch.manual_seed(123)  # whatever happens between the runs
     resumed = make_trainer(task, cfg, lm=lm)
-    resumed.load_checkpoint(tmp_path / "ckpt.safetensors")
+    resumed.load_checkpoint(tmp_path / "ckpt")
     assert resumed.state.step == 6
     resumed.train()
 
-    assert [r.loss for r in first.state.history + resumed.state.history] == \
-        [r.loss for r in straight.state.history]
+    assert [r.loss for r in first.state.history + resumed.state.history] == [r.loss for r in straight.state.history]
     for a, b in zip(resumed._modules.values(), straight._modules.values()):
         assert same(params(a), params(b))
 
@@ -300,15 +337,16 @@ def test_checkpoint_resume_continues_identically(task, tmp_path, mode, lm, sched
 def test_checkpoint_of_another_mode_is_rejected(task, tmp_path):
     trainer = make_trainer(task, TrainConfig(**{**BASE, "steps": 2}))
     trainer.train()
-    trainer.save_checkpoint(tmp_path / "ckpt.safetensors")
+    trainer.save_checkpoint(tmp_path / "ckpt")
     other = make_trainer(task, TrainConfig(mode="dpr", **{**BASE, "steps": 2}), lm=None)
     with pytest.raises(ValueError, match="mode"):
-        other.load_checkpoint(tmp_path / "ckpt.safetensors")
+        other.load_checkpoint(tmp_path / "ckpt")
 
 
-def test_passage_encoder_trains_with_async_reindexing(task, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_passage_encoder_trains_with_async_reindexing(task, tmp_path, dtype):
     cfg = TrainConfig(mode="replug_lsr", train_passage_encoder=True, **BASE)
-    trainer = make_trainer(task, cfg, passage_training=True, schedule="0-:5")
+    trainer = make_trainer(task, cfg, passage_training=True, schedule="0-:5", dtype=dtype)
     reindexer = trainer.reindexer
     passage0 = params(trainer.retriever.passage_encoder)
     with reindexer:
@@ -327,15 +365,30 @@ def test_passage_encoder_trains_with_async_reindexing(task, tmp_path):
 
         # The index in service is the passage encoder at the snapshot step; a checkpoint
         # carries it, with its version, to the resumed run.
-        trainer.save_checkpoint(tmp_path / "ckpt.safetensors")
+        trainer.save_checkpoint(tmp_path / "ckpt")
         saved = reindexer.index.snapshot()
-    resumed = make_trainer(task, cfg, passage_training=True)
+    resumed = make_trainer(task, cfg, passage_training=True)  # a float32 index until the load
     with resumed.reindexer:
-        resumed.load_checkpoint(tmp_path / "ckpt.safetensors")
+        resumed.load_checkpoint(tmp_path / "ckpt")
         now = resumed.reindexer.index.snapshot()
-        assert (now.version, now.step) == (saved.version, saved.step)
-        torch.testing.assert_close(now.vectors(), saved.vectors())
+        assert (now.version, now.step, now.dtype) == (saved.version, saved.step, dtype)
+        assert torch.equal(now.index.vectors(), saved.index.vectors())
+        assert torch.equal(now.index.ids, saved.index.ids)
         assert recall_at_k(resumed.retriever, task.heldout) == after
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_a_checkpoint_at_index_version_0_restores_the_dtype(task, tmp_path, dtype):
+    cfg = TrainConfig(mode="replug_lsr", train_passage_encoder=True, **BASE)
+    trainer = make_trainer(task, cfg, passage_training=True, schedule="none", dtype=dtype)
+    with trainer.reindexer:
+        trainer.save_checkpoint(tmp_path / "ckpt")
+        trainer.save_checkpoint(tmp_path / "ckpt")  # a second save replaces the first's index file
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "ckpt").iterdir()) == ["index", "trainer.safetensors"]
+    resumed = make_trainer(task, cfg, passage_training=True, dtype="float32")
+    with resumed.reindexer:
+        resumed.load_checkpoint(tmp_path / "ckpt")
+        assert resumed.reindexer.index.dtype == dtype and resumed.reindexer.version == 0
 
 
 def test_recall_at_k_by_positive_and_by_answer(task):
@@ -344,8 +397,9 @@ def test_recall_at_k_by_positive_and_by_answer(task):
     with torch.no_grad():
         _, ids = retriever.index.search(retriever.encode_queries([e.query for e in examples]), 5)
     by_positive = sum(e.positive in row for e, row in zip(examples, ids.tolist())) / len(examples)
-    by_answer = sum(any(e.answer in words(task.passages[i]) for i in row)
-                    for e, row in zip(examples, ids.tolist())) / len(examples)
+    by_answer = sum(
+        any(e.answer in words(task.passages[i]) for i in row) for e, row in zip(examples, ids.tolist())
+    ) / len(examples)
     assert recall_at_k(retriever, examples, 5) == by_positive
     assert recall_at_k(retriever, examples, 5, match="answer") == by_answer
     assert by_answer >= by_positive  # the positive passage contains its answer

@@ -20,6 +20,7 @@ path keeps bf16 tensor cores and is covered by the ahead-of-time compilation in
 tests/test_gpu_report.py. The loss kernels widen bf16 loads to fp32 in the kernel on
 every path, so bf16 runs the same code here as on a GPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,10 +32,11 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import pyrag  # noqa: E402
-from pyrag import reference  # noqa: E402
+import pyrag
+from pyrag import reference
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,12 +47,14 @@ def test_kernels_under_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     args = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider"]
     run = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert run.returncode == 0, (f"child pytest with TRITON_INTERPRET=1 failed:\n"
-                                 f"{run.stdout[-12000:]}\n{run.stderr[-3000:]}")
+    assert run.returncode == 0, (
+        f"child pytest with TRITON_INTERPRET=1 failed:\n{run.stdout[-12000:]}\n{run.stderr[-3000:]}"
+    )
 
 
-interpreter_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child "
-                                      "(test_kernels_under_the_triton_interpreter)")
+interpreter_only = pytest.mark.skipif(
+    not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child (test_kernels_under_the_triton_interpreter)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +64,13 @@ def kern():
     from triton.runtime.interpreter import InterpretedFunction
 
     from pyrag.kernels import lsr, marginal_nll, topk_scores
+
     assert isinstance(topk_scores._topk_scan_kernel, InterpretedFunction)
     ns = type("Kernels", (), {})()
     ns.topk, ns.lsr, ns.marginal = topk_scores, lsr, marginal_nll
     # Small tiles for the interpreter. `small` also shrinks the rare paths' row chunks
     # (4 rows to append, 2 to merge) so that their loops run several times.
-    ns.small = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "APPEND_ELEMENTS": 64,
-                              "FLUSH_ELEMENTS": 64})
+    ns.small = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "APPEND_ELEMENTS": 64, "FLUSH_ELEMENTS": 64})
     ns.wide = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16})
     return ns
 
@@ -144,11 +148,14 @@ def test_topk_scores_raises_on_a_non_finite_score(kern, bad):
 
 
 @interpreter_only
-@pytest.mark.parametrize("args,error", [
-    (dict(k=1025), ValueError),
-    (dict(corpus_dtype=torch.float64), TypeError),
-    (dict(query_dtype=torch.int32), TypeError),
-])
+@pytest.mark.parametrize(
+    "args,error",
+    [
+        (dict(k=1025), ValueError),
+        (dict(corpus_dtype=torch.float64), TypeError),
+        (dict(query_dtype=torch.int32), TypeError),
+    ],
+)
 def test_topk_scores_rejects_what_it_cannot_run(kern, args, error):
     q = torch.ones(2, 8, dtype=args.get("query_dtype", torch.float32))
     x = torch.ones(20, 8, dtype=args.get("corpus_dtype", torch.float32))
@@ -158,9 +165,15 @@ def test_topk_scores_rejects_what_it_cannot_run(kern, args, error):
 
 @interpreter_only
 @settings(max_examples=6, deadline=None, derandomize=True)
-@given(b=st.integers(1, 20), n=st.integers(1, 150), d=st.integers(1, 40), k=st.integers(1, 24),
-       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), splits=st.integers(1, 3),
-       seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 20),
+    n=st.integers(1, 150),
+    d=st.integers(1, 40),
+    k=st.integers(1, 24),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    splits=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
 def test_topk_scores_property(kern, b, n, d, k, dtype, splits, seed):
     q, x = int_data((b, d), dtype, seed), int_data((n, d), dtype, seed + 1)
     got = kern.topk.topk_scores(q, x, k, config=kern.small, num_splits=splits)
@@ -231,8 +244,13 @@ def test_lsr_kl_and_its_gradient_match_autograd_through_the_reference(kern, dire
 
 
 MARGINAL_SHAPES = [  # b, k, t (None: lm_logprobs [B, K]), token_mask
-    (1, 1, None, False), (3, 37, None, False), (2, 1500, None, False),  # K > 1024: K chunks
-    (1, 1, 1, False), (3, 37, 100, False), (3, 37, 100, True), (2, 1500, 3, True),  # T chunks
+    (1, 1, None, False),
+    (3, 37, None, False),
+    (2, 1500, None, False),  # K > 1024: K chunks
+    (1, 1, 1, False),
+    (3, 37, 100, False),
+    (3, 37, 100, True),
+    (2, 1500, 3, True),  # T chunks
 ]
 
 

@@ -133,4 +133,30 @@ void unpack_rows(Dtype dtype, const void* packed, int64_t row_begin, int64_t n, 
   }
 }
 
+void gather_rows_f32(Dtype dtype, const void* packed, const int64_t* rows, int64_t n, int64_t d,
+                     const float* scales, float* dst) {
+  const int64_t bbytes = block_bytes(dtype, d);
+  const auto* p = static_cast<const uint8_t*>(packed);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = rows[i];
+    const uint8_t* lane = p + (r / kBlockRows) * bbytes + (r % kBlockRows) * kGroupBytes;
+    float* out = dst + i * d;
+    for (int64_t j = 0; j < d; ++j) {
+      // Element j lives in group j / group_elems, at byte (j % group_elems) * elem_bytes.
+      const int64_t per = group_elems(dtype);
+      const uint8_t* w = lane + (j / per) * kGroupStride + (j % per) * elem_bytes(dtype);
+      if (dtype == Dtype::f32) {
+        std::memcpy(&out[j], w, 4);
+      } else if (dtype == Dtype::bf16) {
+        uint16_t h;
+        std::memcpy(&h, w, 2);
+        const uint32_t bits = uint32_t(h) << 16;
+        std::memcpy(&out[j], &bits, 4);
+      } else {
+        out[j] = float(static_cast<int8_t>(*w ^ 0x80u)) * scales[r];
+      }
+    }
+  }
+}
+
 }  // namespace pyrag

@@ -35,4 +35,10 @@ void pack_rows(Dtype dtype, const void* src, int64_t n, int64_t d, void* packed,
 // The inverse: rows [row_begin, row_begin + n) of a packed buffer, row-major.
 void unpack_rows(Dtype dtype, const void* packed, int64_t row_begin, int64_t n, int64_t d, void* dst);
 
+// Rows rows[0..n) (any order, repeats allowed, each in [0, packed rows)) of a packed
+// buffer as float32 [n, d], as the index scores them: bf16 widened exactly, int8 values
+// times their row scale (scales: int8 only, indexed by row).
+void gather_rows_f32(Dtype dtype, const void* packed, const int64_t* rows, int64_t n, int64_t d,
+                     const float* scales, float* dst);
+
 }  // namespace pyrag

@@ -1,8 +1,11 @@
 // Per-query running top-k: a min-heap whose root is the worst kept candidate, so the
 // kernels can reject most rows with one compare against `threshold`.
 //
-// Order: higher score first; on equal scores the smaller id wins. Kernels call `push`
-// only for scores >= threshold(q); `push` does the exact (score, id) compare.
+// Order: higher score first; on equal scores the smaller tie key wins. The kernels push
+// row numbers as ids; the tie key of a row is the row itself, or tie_keys[row] when the
+// caller gives them (a DenseIndex whose user ids do not increase with the row: ties then
+// go to the smaller user id). Kernels call `push` only for scores >= threshold(q); `push`
+// does the exact (score, key) compare.
 //
 // Candidate mode (certified-exact search over a quantised corpus): with per-query
 // margins set, threshold(q) is (k-th best score - margin[q]) and every pushed score at
@@ -19,11 +22,6 @@
 
 namespace pyrag {
 
-// True when (sa, ia) ranks strictly before (sb, ib).
-inline bool ranks_before(float sa, int64_t ia, float sb, int64_t ib) {
-  return sa > sb || (sa == sb && ia < ib);
-}
-
 struct Candidate {
   float score;
   int64_t id;
@@ -31,8 +29,11 @@ struct Candidate {
 
 class TopkHeaps {
  public:
-  TopkHeaps(int64_t num_queries, int64_t k)
+  // tie_keys: nullptr (ties to the smaller id) or one key per id pushed; must outlive
+  // the heaps.
+  TopkHeaps(int64_t num_queries, int64_t k, const int64_t* tie_keys = nullptr)
       : k_(k),
+        tie_keys_(tie_keys),
         scores_(static_cast<size_t>(num_queries * k)),
         ids_(static_cast<size_t>(num_queries * k)),
         sizes_(static_cast<size_t>(num_queries), 0),
@@ -48,6 +49,11 @@ class TopkHeaps {
   }
 
   int64_t k() const { return k_; }
+  const int64_t* tie_keys() const { return tie_keys_; }
+  // True when (sa, ia) ranks strictly before (sb, ib).
+  bool ranks_before(float sa, int64_t ia, float sb, int64_t ib) const {
+    return sa > sb || (sa == sb && key(ia) < key(ib));
+  }
   int64_t size(int64_t q) const { return sizes_[q]; }
   // Candidates scoring below this can never enter query q's top-k (or, in candidate
   // mode, the candidate set).
@@ -69,7 +75,10 @@ class TopkHeaps {
   // Drops candidates that fell below the threshold; past the cap, gives up on the list.
   void prune(int64_t q);
 
+  int64_t key(int64_t id) const { return tie_keys_ != nullptr ? tie_keys_[id] : id; }
+
   int64_t k_;
+  const int64_t* tie_keys_;
   std::vector<float> scores_;
   std::vector<int64_t> ids_;
   std::vector<int64_t> sizes_;
@@ -82,8 +91,8 @@ class TopkHeaps {
   std::vector<char> overflowed_;
 };
 
-// Merges the heaps of several threads into sorted [B, k] outputs, padding with
-// (-inf, -1) when fewer than k candidates exist.
+// Merges the heaps of several threads (all with the same tie keys) into sorted [B, k]
+// outputs, padding with (-inf, -1) when fewer than k candidates exist.
 inline void merge_topk(const std::vector<TopkHeaps>& parts, int64_t num_queries, int64_t k,
                        float* out_scores, int64_t* out_ids) {
   std::vector<std::pair<float, int64_t>> all;
@@ -92,8 +101,9 @@ inline void merge_topk(const std::vector<TopkHeaps>& parts, int64_t num_queries,
     for (const auto& h : parts) {
       for (int64_t j = 0; j < h.size(q); ++j) all.emplace_back(h.scores(q)[j], h.ids(q)[j]);
     }
-    auto better = [](const auto& a, const auto& b) {
-      return ranks_before(a.first, a.second, b.first, b.second);
+    const TopkHeaps& order = parts.front();
+    auto better = [&order](const auto& a, const auto& b) {
+      return order.ranks_before(a.first, a.second, b.first, b.second);
     };
     int64_t n = std::min<int64_t>(k, static_cast<int64_t>(all.size()));
     std::partial_sort(all.begin(), all.begin() + n, all.end(), better);

@@ -377,7 +377,7 @@ void topk_scores(const float* queries, int64_t num_queries, const Corpus& corpus
   std::vector<TopkHeaps> heaps;
   heaps.reserve(nt);
   const int64_t kk = std::min(k, std::max<int64_t>(corpus.num_rows, 1));
-  for (int t = 0; t < nt; ++t) heaps.emplace_back(num_queries, kk);
+  for (int t = 0; t < nt; ++t) heaps.emplace_back(num_queries, kk, corpus.tie_keys);
   if (corpus.num_rows > 0 && scan_corpus(corpus, p, num_queries, heaps)) throw_nonfinite();
   merge_topk(heaps, num_queries, k, out_scores, out_ids);
 }
@@ -448,7 +448,7 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
   std::vector<TopkHeaps> heaps;
   heaps.reserve(nt);
   for (int t = 0; t < nt; ++t) {
-    heaps.emplace_back(B, kk);
+    heaps.emplace_back(B, kk, corpus.tie_keys);
     heaps.back().collect_candidates(margins.data(), cap);
   }
   if (N > 0 && scan_corpus(corpus, p, B, heaps)) throw_nonfinite();
@@ -498,10 +498,18 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
     parallel_tasks(ntr, [&](int) {
       std::vector<float> gathered(panel_rows * d);
       std::vector<uint8_t> packed(panel_rows / kBlockRows * bbytes);
+      std::vector<int64_t> keys;
       for (int64_t b = next.fetch_add(1); b < b1; b = next.fetch_add(1)) {
         const auto& cand = rows[b];
         if (cand.empty()) continue;  // fallback query, or N == 0
-        TopkHeaps h(1, std::min<int64_t>(k, int64_t(cand.size())));
+        // The heap sees candidate positions; ties between them go by the rows' keys.
+        const int64_t* tie_keys = cand.data();
+        if (corpus.tie_keys != nullptr) {
+          keys.resize(cand.size());
+          for (size_t i = 0; i < cand.size(); ++i) keys[i] = corpus.tie_keys[cand[i]];
+          tie_keys = keys.data();
+        }
+        TopkHeaps h(1, std::min<int64_t>(k, int64_t(cand.size())), tie_keys);
         ScanTile tile{reinterpret_cast<const uint32_t*>(queries + b * d), nullptr, nullptr, 0, 1,
                       packed.data(), nullptr, d, 0, 0, 0, h.thresholds(), nullptr, nullptr};
         for (int64_t c0 = 0; c0 < int64_t(cand.size()); c0 += panel_rows) {
@@ -531,11 +539,12 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
     const int64_t m = stats.fallback_queries;
     std::vector<float> fq(m * d);
     for (int64_t i = 0; i < m; ++i) std::memcpy(fq.data() + i * d, queries + fallback[i] * d, d * 4);
-    const Corpus orig{Dtype::f32, false, nullptr, N, d, nullptr, originals.fd, originals.offset};
+    const Corpus orig{Dtype::f32, false, nullptr, N, d, nullptr, originals.fd, originals.offset,
+                      corpus.tie_keys};
     const PreparedQueries fp = prepare_queries(fq.data(), m, d, Dtype::f32);
     const int ntf = threads_for(N, m * N * d, std::max(1, num_threads));
     std::vector<TopkHeaps> fh;
-    for (int t = 0; t < ntf; ++t) fh.emplace_back(m, kk);
+    for (int t = 0; t < ntf; ++t) fh.emplace_back(m, kk, corpus.tie_keys);
     if (scan_corpus(orig, fp, m, fh)) throw_nonfinite();
     std::vector<float> s(m * k);
     std::vector<int64_t> ix(m * k);

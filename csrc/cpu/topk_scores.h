@@ -99,9 +99,12 @@ struct Corpus {
   // byte offset of row 0.
   int fd = -1;
   int64_t file_offset = 0;
+  // [N] keys that break ties between equal scores (smaller first), or nullptr for the
+  // row number: a DenseIndex passes its user ids when they do not increase with the row.
+  const int64_t* tie_keys = nullptr;
 };
 
-// Writes sorted [B, k] scores and row ids (ties to the smaller row id, padded with
+// Writes sorted [B, k] scores and row ids (ties to the smaller tie key, padded with
 // -inf / -1 past N) for float32 queries [B, d]. Runs on `num_threads` threads. Throws
 // std::invalid_argument on bad sizes and std::domain_error when a score is not finite.
 void topk_scores(const float* queries, int64_t num_queries, const Corpus& corpus, int64_t k,

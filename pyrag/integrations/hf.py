@@ -11,26 +11,26 @@
 After each optimiser step the callback tells the reindexer the global step, which starts
 a refresh when one is due and raises, in the training loop, any failure of a background
 refresh. Each log entry gains the index version and its staleness; each checkpoint folder
-gains the index in service (pyrag_index.safetensors, with pyrag_index.json holding its
-version and snapshot step), which `load_index` puts back into service on resume.
+gains the index in service (pyrag_index.safetensors, written by the index's own save with
+its version and snapshot step), which `load_index` puts back into service on resume.
 
 transformers is optional for pyrag: it is imported here, when this module is.
 """
+
 from __future__ import annotations
 
-import json
 import os
+from typing import Any
 
 try:
     from transformers import TrainerCallback
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("pyrag.integrations.hf needs transformers (pip install transformers)") from e
 
-from pyrag.index import DenseIndex
+from pyrag.index import VersionedIndex
 from pyrag.reindex import AsyncReindexer
 
 INDEX_FILE = "pyrag_index.safetensors"
-INDEX_META_FILE = "pyrag_index.json"
 
 
 class AsyncReindexCallback(TrainerCallback):
@@ -44,8 +44,14 @@ class AsyncReindexCallback(TrainerCallback):
         close_at_end: close the reindexer when training ends.
     """
 
-    def __init__(self, reindexer: AsyncReindexer, *, save_index: bool = True, wait_at_end: bool = False,
-                 close_at_end: bool = True):
+    def __init__(
+        self,
+        reindexer: AsyncReindexer,
+        *,
+        save_index: bool = True,
+        wait_at_end: bool = False,
+        close_at_end: bool = True,
+    ):
         if not isinstance(reindexer, AsyncReindexer):
             raise TypeError(f"reindexer must be a pyrag AsyncReindexer, got {type(reindexer).__name__}")
         self.reindexer = reindexer
@@ -53,43 +59,35 @@ class AsyncReindexCallback(TrainerCallback):
         self.wait_at_end = wait_at_end
         self.close_at_end = close_at_end
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.reindexer.step(state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         # The Trainer appends its log entry to log_history before the callbacks run.
         if state.log_history:
             state.log_history[-1]["index_version"] = self.reindexer.version
             state.log_history[-1]["index_staleness"] = self.reindexer.staleness(state.global_step)
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self.save_index or not state.is_world_process_zero:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(folder, exist_ok=True)
         save_index(self.reindexer, folder)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.wait_at_end:
             self.reindexer.wait()
         if self.close_at_end:
             self.reindexer.close()
 
 
-def save_index(reindexer: AsyncReindexer, folder) -> None:
-    """Writes the index in service and its version / snapshot step into `folder`."""
-    current = reindexer.index.snapshot()
-    current.index.save(os.path.join(folder, INDEX_FILE))
-    meta = {"version": current.version, "step": current.step}
-    tmp = os.path.join(folder, INDEX_META_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, os.path.join(folder, INDEX_META_FILE))
+def save_index(reindexer: AsyncReindexer, folder: str | os.PathLike[str]) -> None:
+    """Writes the index in service, with its version and snapshot step, into `folder`."""
+    reindexer.index.snapshot().save(os.path.join(folder, INDEX_FILE))
 
 
-def load_index(reindexer: AsyncReindexer, folder) -> None:
+def load_index(reindexer: AsyncReindexer, folder: str | os.PathLike[str]) -> None:
     """Puts the index saved in a checkpoint folder back into service (resume_from_checkpoint)."""
-    with open(os.path.join(folder, INDEX_META_FILE)) as f:
-        meta = json.load(f)
-    index = DenseIndex.load(os.path.join(folder, INDEX_FILE))
-    reindexer.restore(index, version=int(meta["version"]), step=int(meta["step"]))
+    current = VersionedIndex.load(os.path.join(folder, INDEX_FILE)).snapshot()
+    reindexer.restore(current.index, version=current.version, step=current.step)

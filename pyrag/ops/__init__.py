@@ -1,11 +1,18 @@
-"""The torch.library ops (torch.ops.pyrag.*): one module per op, each registering its
-schema, fake implementation, autograd and backends."""
-from pyrag.ops import lsr, marginal_nll  # noqa: F401  (registers pyrag::lsr_*, pyrag::marginal_nll*)
-from pyrag.ops._common import BACKENDS, BackendUnavailableError, get_num_threads, set_num_threads
-from pyrag.ops.topk_scores import topk_scores
-from pyrag.ops import triton_backend  # noqa: F401  (registers backend="triton"; imports no triton)
+"""The torch.library ops, torch.ops.pyrag.*: one module per op with its schema, fake
+(meta) implementation and autograd. Importing this package defines every op and
+registers every backend's implementations (pyrag/backends/)."""
 
-# Registers backend="cuda" / "cuda_emu" (imports no compiled module until an op runs).
-from pyrag.ops import cuda_backend  # noqa: E402,F401  isort: skip
+from pyrag.ops import lsr, marginal_nll, topk_scores  # noqa: F401  (define the ops)
+from pyrag.ops._registry import (
+    BACKENDS,
+    BackendUnavailableError,
+    get_num_threads,
+    implemented_backends,
+    set_num_threads,
+)
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "get_num_threads", "set_num_threads", "topk_scores"]
+from pyrag import backends  # noqa: F401  isort: skip  (registers the implementations)
+
+OPS = ("topk_scores", "lsr_weights", "lsr_kl", "lsr_kl_backward", "marginal_nll", "marginal_nll_backward")
+
+__all__ = ["BACKENDS", "OPS", "BackendUnavailableError", "get_num_threads", "implemented_backends", "set_num_threads"]

@@ -5,9 +5,11 @@ gradient, from texts to embeddings. This wrapper is that forward pass, usable as
 Retriever's query or passage encoder and as an AsyncReindexer's encoder.
 sentence-transformers is not imported here: the model object carries what is needed.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -19,7 +21,7 @@ class SentenceTransformerEncoder(torch.nn.Module):
     model.encode(texts) up to float rounding.
     """
 
-    def __init__(self, model):
+    def __init__(self, model: Any) -> None:
         super().__init__()
         if not ((hasattr(model, "preprocess") or hasattr(model, "tokenize")) and isinstance(model, torch.nn.Module)):
             raise TypeError(f"model must be a sentence_transformers.SentenceTransformer, got {type(model).__name__}")
@@ -31,7 +33,7 @@ class SentenceTransformerEncoder(torch.nn.Module):
         device = next(self.model.parameters()).device
         # sentence-transformers >= 5 calls it preprocess (tokenize is deprecated); the
         # features may hold non-tensor entries, which stay as they are.
-        prepare = getattr(self.model, "preprocess", None) or self.model.tokenize
-        features = {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                    for k, v in prepare(list(texts)).items()}
-        return self.model(features)["sentence_embedding"]
+        prepare: Any = getattr(self.model, "preprocess", None) or self.model.tokenize
+        features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepare(list(texts)).items()}
+        out: torch.Tensor = self.model(features)["sentence_embedding"]
+        return out

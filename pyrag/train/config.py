@@ -1,0 +1,77 @@
+"""TrainConfig: every setting of a training run (all of them are saved in checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+MODES = ("replug_lsr", "ra_dit", "marginal", "dpr")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (all of them are saved in checkpoints).
+
+    tau_retriever / tau_lm: temperatures of p_R = softmax(s/τ_R) and p_LSR = softmax(log p_LM/τ_LM).
+    direction: "reverse" is KL(p_LSR ‖ p_R), what the REPLUG and Atlas code optimise;
+        "forward" is KL(p_R ‖ p_LSR), the REPLUG paper's formula.
+    freeze_retriever_steps: the retriever does not train before this step (Atlas's
+        freeze_retriever_steps); the LM does, in the modes that train it.
+    dual_schedule: RA-DIT: "joint" sums both losses each step; "alternate" trains the LM
+        on even steps and the retriever on odd ones.
+    hard_negatives: DPR: retrieved non-positive passages per query added as negatives.
+    warmup_steps / lr_decay: every learning rate rises linearly over the first warmup_steps
+        steps, then stays ("constant") or falls linearly to 0 at `steps` ("linear"), as
+        Atlas's scheduler does. The rate follows from the step alone, so a resumed run
+        continues the same schedule.
+    """
+
+    mode: str = "replug_lsr"
+    steps: int = 1000
+    batch_size: int = 16
+    k: int = 10
+    tau_retriever: float = 0.1
+    tau_lm: float = 1.0
+    direction: str = "reverse"
+    lr_query: float = 2e-5
+    lr_passage: float = 2e-5
+    lr_lm: float = 1e-3
+    weight_decay: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    warmup_steps: int = 0
+    lr_decay: str = "constant"
+    train_passage_encoder: bool = False
+    freeze_retriever_steps: int = 0
+    dual_schedule: str = "joint"
+    hard_negatives: int = 0
+    eval_k: int = 10
+    eval_every: int = 0  # 0: evaluate only when asked
+    log_every: int = 50
+    checkpoint_every: int = 0  # 0: never (needs checkpoint_path)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.dual_schedule not in ("joint", "alternate"):
+            raise ValueError(f"dual_schedule must be 'joint' or 'alternate', got {self.dual_schedule!r}")
+        for name in ("steps", "batch_size", "k", "eval_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.lr_decay not in ("constant", "linear"):
+            raise ValueError(f"lr_decay must be 'constant' or 'linear', got {self.lr_decay!r}")
+        for name in (
+            "freeze_retriever_steps",
+            "hard_negatives",
+            "eval_every",
+            "log_every",
+            "checkpoint_every",
+            "warmup_steps",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        for name in ("tau_retriever", "tau_lm", "lr_query", "lr_passage", "lr_lm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
