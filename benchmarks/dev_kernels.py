@@ -8,6 +8,7 @@ time, best of --reps, so time the scheduler gave to other processes on a shared 
 does not count. Prints fp32 GFLOP/s and bf16 / int8 time as a multiple of fp32's, and
 names the CPU and the path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ import pyrag
 from pyrag import _C
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from topk_cases import cpu_model, cpu_path, parse_ints  # noqa: E402
+from topk_cases import cpu_model, cpu_path, parse_ints
 
 T = importlib.import_module("pyrag.ops.topk_scores")
 
@@ -67,9 +68,12 @@ def main(argv=None) -> None:
                 T.topk_packed(q, corpus, a.k)
                 best[dtype] = min(best[dtype], time.process_time() - t)
         f = best["float32"]
-        print(f"B={b:<4} fp32 {f * 1e3:7.2f} ms ({2 * b * a.n * a.d / f / 1e9:5.1f} GFLOP/s) | "
-              f"bf16 {best['bfloat16'] * 1e3:7.2f} ms ({best['bfloat16'] / f:.2f}x) | "
-              f"int8 {best['int8'] * 1e3:7.2f} ms ({best['int8'] / f:.2f}x)", flush=True)
+        print(
+            f"B={b:<4} fp32 {f * 1e3:7.2f} ms ({2 * b * a.n * a.d / f / 1e9:5.1f} GFLOP/s) | "
+            f"bf16 {best['bfloat16'] * 1e3:7.2f} ms ({best['bfloat16'] / f:.2f}x) | "
+            f"int8 {best['int8'] * 1e3:7.2f} ms ({best['int8'] / f:.2f}x)",
+            flush=True,
+        )
     _C.set_cpu_isa("")
 
 

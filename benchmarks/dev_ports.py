@@ -8,6 +8,7 @@ Compiles a small C++ program (inline asm: 6 or 12 independent accumulator chains
 memory traffic) with the system compiler and runs it. Each line is one sequence per 8
 int32 lanes x 4 int8 products (32 MACs), or one ymm FMA (8 MACs) for fp32. Names the CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from topk_cases import cpu_model  # noqa: E402
+from topk_cases import cpu_model
 
-SOURCE = r'''
+SOURCE = r"""
 #include <chrono>
 #include <cstdio>
 #define ITER 50000000L
@@ -41,12 +42,16 @@ template <class F> double secs(F f) {
   std::printf("%-48s %6.1f G MAC/s\n", name, ITER * (double)(macs) / best / 1e9); }
 #include <algorithm>
 int main() {
-  BENCH("fp32: vfmadd231ps ymm (12 chains)", FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) FMA(6) FMA(7) FMA(8) FMA(9) FMA(10) FMA(11), 12 * 8);
-  BENCH("int8 exact: 2 vpmaddwd + 2 vpaddd", MADD2(0,6,7) MADD2(1,8,9) MADD2(2,10,11) MADD2(3,6,7) MADD2(4,8,9) MADD2(5,10,11), 6 * 32);
-  BENCH("int8 exact: vpsignb + vpmaddubsw + vpmaddwd + vpaddd", SIGN(0,6) SIGN(1,7) SIGN(2,8) SIGN(3,9) SIGN(4,10) SIGN(5,11), 6 * 32);
-  BENCH("int8 saturating: vpmaddubsw + vpmaddwd + vpaddd", UBS(0,6) UBS(1,7) UBS(2,8) UBS(3,9) UBS(4,10) UBS(5,11), 6 * 32);
+  BENCH("fp32: vfmadd231ps ymm (12 chains)",
+        FMA(0) FMA(1) FMA(2) FMA(3) FMA(4) FMA(5) FMA(6) FMA(7) FMA(8) FMA(9) FMA(10) FMA(11), 12 * 8);
+  BENCH("int8 exact: 2 vpmaddwd + 2 vpaddd",
+        MADD2(0,6,7) MADD2(1,8,9) MADD2(2,10,11) MADD2(3,6,7) MADD2(4,8,9) MADD2(5,10,11), 6 * 32);
+  BENCH("int8 exact: vpsignb + vpmaddubsw + vpmaddwd + vpaddd",
+        SIGN(0,6) SIGN(1,7) SIGN(2,8) SIGN(3,9) SIGN(4,10) SIGN(5,11), 6 * 32);
+  BENCH("int8 saturating: vpmaddubsw + vpmaddwd + vpaddd",
+        UBS(0,6) UBS(1,7) UBS(2,8) UBS(3,9) UBS(4,10) UBS(5,11), 6 * 32);
 }
-'''
+"""
 
 
 def main(argv=None) -> None:

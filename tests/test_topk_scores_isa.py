@@ -4,7 +4,7 @@ exact, int8 values that would saturate a vpmaddubsw kernel, the packed layout,
 quantisation, and agreement between paths and layouts. The kernels' C++ tests
 (csrc/tests) run here too, natively; tools/test_cpu_kernels.sh also runs them for AArch64
 under qemu."""
-import importlib
+
 import os
 import shutil
 import subprocess
@@ -18,17 +18,22 @@ from hypothesis import strategies as st
 
 import pyrag
 from pyrag import _C, reference
-
-from pyrag.index import packed as T  # noqa: E402
+from pyrag.index import packed as T
 
 ISAS = _C.supported_cpu_isas()
-ALL_PATHS = ["scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16",
-             "neon", "neon_dotprod", "neon_bf16"]
+ALL_PATHS = ["scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16", "neon", "neon_dotprod", "neon_bf16"]
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ["float32", "bfloat16", "int8"]
 SHAPES = [  # (B, N, d, k): partial tiles and blocks, d not a multiple of any SIMD width
-    (1, 1, 1, 1), (1, 17, 3, 5), (3, 100, 16, 7), (5, 257, 37, 10), (16, 1000, 384, 10),
-    (7, 50, 5, 60), (33, 300, 130, 1), (6, 64, 2, 64), (11, 129, 33, 129),
+    (1, 1, 1, 1),
+    (1, 17, 3, 5),
+    (3, 100, 16, 7),
+    (5, 257, 37, 10),
+    (16, 1000, 384, 10),
+    (7, 50, 5, 60),
+    (33, 300, 130, 1),
+    (6, 64, 2, 64),
+    (11, 129, 33, 129),
     (2, 3001, 384, 10),  # small B on a plain tensor: many tiles, each prefetched while the last is packed
 ]
 
@@ -131,9 +136,11 @@ def test_env_var_forces_a_lower_path():
 
 
 def test_env_var_with_an_unknown_path_is_a_clear_error():
-    code = ("import torch, pyrag\n"
-            "try:\n    pyrag.topk_scores(torch.ones(1, 4), torch.ones(3, 4), 1)\n"
-            "except ValueError as e:\n    print('ValueError:', e)\n")
+    code = (
+        "import torch, pyrag\n"
+        "try:\n    pyrag.topk_scores(torch.ones(1, 4), torch.ones(3, 4), 1)\n"
+        "except ValueError as e:\n    print('ValueError:', e)\n"
+    )
     r = _in_subprocess("avx9000", code)
     assert r.returncode == 0, r.stderr
     assert "ValueError: PYRAG_CPU_ISA: unknown CPU path 'avx9000'" in r.stdout
@@ -157,11 +164,11 @@ def test_float32_matches_the_reference_on_random_data(isa, shape):
     q, x = torch.randn(b, d, generator=g), torch.randn(n, d, generator=g)
     scores, ids = pyrag.topk_scores(q, x, k, backend="cpu")
     ref_scores, _ = reference.topk_scores(q, x, k)
-    torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5 * d ** 0.5)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5 * d**0.5)
     # The ids' scores (recomputed) are the scores reported: no row was mislabelled.
     valid = ids >= 0
     recomputed = (q.unsqueeze(1) * x[ids.clamp(min=0)]).sum(-1)
-    torch.testing.assert_close(scores[valid], recomputed[valid], rtol=1e-5, atol=1e-5 * d ** 0.5)
+    torch.testing.assert_close(scores[valid], recomputed[valid], rtol=1e-5, atol=1e-5 * d**0.5)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
@@ -231,7 +238,7 @@ def _saturating_int8(n, d, seed):
     choice = torch.randint(0, 6, (n, d), generator=g)
     corpus = torch.where(choice == 0, -128, torch.where(choice % 2 == 1, 127, -127)).to(torch.int8)
     corpus[: n // 4] = 127  # whole rows at the maximum: every biased byte is 255
-    corpus[n // 4: n // 2] = -128
+    corpus[n // 4 : n // 2] = -128
     q = torch.where(torch.randint(0, 4, (3, d), generator=g) == 0, -1.0, 1.0)
     q[0] = 1.0
     return q, corpus
@@ -251,9 +258,16 @@ def test_int8_dot_is_exact_where_int16_pair_sums_would_saturate(isa, n, d):
 
 
 @settings(max_examples=60, deadline=None)
-@given(b=st.integers(1, 9), n=st.integers(1, 200), d=st.integers(1, 70), k=st.integers(1, 220),
-       dtype=st.sampled_from(DTYPES), isa_name=st.sampled_from(ISAS), seed=st.integers(0, 2 ** 16),
-       extreme=st.booleans())
+@given(
+    b=st.integers(1, 9),
+    n=st.integers(1, 200),
+    d=st.integers(1, 70),
+    k=st.integers(1, 220),
+    dtype=st.sampled_from(DTYPES),
+    isa_name=st.sampled_from(ISAS),
+    seed=st.integers(0, 2**16),
+    extreme=st.booleans(),
+)
 def test_property_matches_the_reference(b, n, d, k, dtype, isa_name, seed, extreme):
     g = torch.Generator().manual_seed(seed)
     if dtype == "float32":  # integer data: every path is exact
@@ -292,12 +306,15 @@ def test_non_finite_scores_are_reported(isa, dtype):
         pyrag.topk_scores(q * 1e10, corpus, 3, scales=scales, backend="cpu")
 
 
-@pytest.mark.parametrize("bad, error, match", [
-    (lambda c, s: (c, s[:-1]), ValueError, "scales have shape"),
-    (lambda c, s: (c, s.double()), TypeError, "scales must be float32"),
-    (lambda c, s: (c.float(), s), ValueError, "per-row scales to an int8 corpus only"),
-    (lambda c, s: (c, torch.where(s > 0, s, float("nan"))), ValueError, "NaN or Inf"),
-])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (lambda c, s: (c, s[:-1]), ValueError, "scales have shape"),
+        (lambda c, s: (c, s.double()), TypeError, "scales must be float32"),
+        (lambda c, s: (c.float(), s), ValueError, "per-row scales to an int8 corpus only"),
+        (lambda c, s: (c, torch.where(s > 0, s, float("nan"))), ValueError, "NaN or Inf"),
+    ],
+)
 def test_bad_scales_are_rejected(bad, error, match):
     corpus, scales = reference.quantize_int8(torch.randn(10, 8))
     scales[0] = 0.0
@@ -357,11 +374,13 @@ def test_packed_layout_is_blocks_of_16_rows_by_4_byte_groups():
 
 def test_int8_quantisation_matches_the_reference_bit_for_bit():
     g = torch.Generator().manual_seed(3)
-    x = torch.cat([
-        torch.randn(500, 33, generator=g) * torch.logspace(-30, 30, 500).unsqueeze(1),
-        torch.zeros(1, 33),  # all-zero row: scale 0
-        torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, 126.5, -127.0] + [0.0] * 25]),  # ties to even
-    ])
+    x = torch.cat(
+        [
+            torch.randn(500, 33, generator=g) * torch.logspace(-30, 30, 500).unsqueeze(1),
+            torch.zeros(1, 33),  # all-zero row: scale 0
+            torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, 126.5, -127.0] + [0.0] * 25]),  # ties to even
+        ]
+    )
     values, scales, norms, errors = T.encode_rows("int8", x)
     ref_values, ref_scales = reference.quantize_int8(x)
     assert torch.equal(values, ref_values)
@@ -403,8 +422,13 @@ def test_cpp_kernel_tests_pass_on_every_native_path():
     does not reach (3 threads on 12,000 and 40,000 rows, int8 -128)."""
     if shutil.which("cmake") is None or shutil.which("ninja") is None:
         pytest.fail("the C++ kernel tests need cmake and ninja (pip install cmake ninja)")
-    r = subprocess.run(["bash", str(ROOT / "tools" / "test_cpu_kernels.sh"), "--native-only"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        ["bash", str(ROOT / "tools" / "test_cpu_kernels.sh"), "--native-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "0 failures" in r.stdout
     assert f"supported CPU paths: {','.join(ISAS)}" in r.stdout
