@@ -194,7 +194,8 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
   if (prefetch.next < prefetch.end) {
     const uint8_t* next = prefetch.next;
     const int64_t step_bytes = 64 * prefetch.lines;
-    const int64_t prefetching = std::min(groups, (prefetch.end - next + step_bytes - 1) / step_bytes);
+    const int64_t prefetching =
+        std::min(groups, (prefetch.end - next + step_bytes - 1) / step_bytes);
     for (; j < prefetching; ++j) {
       for (int p = 0; p < prefetch.lines; ++p) __builtin_prefetch(next + 64 * p, 0, 2);
       next += step_bytes;
@@ -212,8 +213,9 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
 #pragma GCC unroll 64
     for (int n = 0; n < kNv; ++n) {
       const int64_t r0 = b0 * kBlockRows + n * Op::kLanes;  // tile row of lane 0
-      select<Op>(t, q, r0, Op::finish(acc[i][n], qscale, qbias,
-                                      t.row_scales != nullptr ? t.row_scales + r0 : nullptr),
+      select<Op>(t, q, r0,
+                 Op::finish(acc[i][n], qscale, qbias,
+                            t.row_scales != nullptr ? t.row_scales + r0 : nullptr),
                  heaps, bad);
     }
   }
@@ -273,8 +275,8 @@ bool scan(const ScanTile& t, TopkHeaps& heaps) {
 // Packs 4-byte words: generic version, any ISA. `rows` rows of `row_bytes` bytes go to
 // num_blocks(rows) blocks of `groups` words per row; padding words read as 0.
 inline void pack_words_generic(const uint8_t* src, int64_t src_stride, int64_t rows,
-                               int64_t row_bytes, int64_t groups, uint32_t xor_word,
-                               uint8_t* dst, int64_t group_begin = 0) {
+                               int64_t row_bytes, int64_t groups, uint32_t xor_word, uint8_t* dst,
+                               int64_t group_begin = 0) {
   const int64_t nb = num_blocks(rows);
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* block = dst + b * groups * kGroupStride;

@@ -19,7 +19,9 @@ struct Base {
     return vaddvq_u32(vandq_u32(m, bit));
   }
   // Ordered compare: NaN never passes, as _CMP_GE_OQ on x86.
-  static uint32_t ge_mask(float32x4_t s, float thr) { return lane_bits(vcgeq_f32(s, vdupq_n_f32(thr))); }
+  static uint32_t ge_mask(float32x4_t s, float thr) {
+    return lane_bits(vcgeq_f32(s, vdupq_n_f32(thr)));
+  }
   // s - s is NaN exactly when s is NaN or +-Inf; NaN is the one value unequal to itself.
   static uint32_t nonfinite_mask(float32x4_t s) {
     const float32x4_t z = vsubq_f32(s, s);
@@ -62,7 +64,8 @@ inline void pack(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t r
         }
         uint32x4_t v[4];
         for (int r = 0; r < 4; ++r) {
-          v[r] = r < nr ? vld1q_u32(reinterpret_cast<const uint32_t*>(s + r * src_stride + g0 * kGroupBytes))
+          v[r] = r < nr ? vld1q_u32(reinterpret_cast<const uint32_t*>(s + r * src_stride +
+                                                                      g0 * kGroupBytes))
                         : vdupq_n_u32(0);
         }
         // 4 x 4 transpose of 32-bit words: pairs, then 64-bit halves.
@@ -72,9 +75,11 @@ inline void pack(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t r
             vreinterpretq_u32_u64(vtrn1q_u64(vreinterpretq_u64_u32(t0), vreinterpretq_u64_u32(t2))),
             vreinterpretq_u32_u64(vtrn1q_u64(vreinterpretq_u64_u32(t1), vreinterpretq_u64_u32(t3))),
             vreinterpretq_u32_u64(vtrn2q_u64(vreinterpretq_u64_u32(t0), vreinterpretq_u64_u32(t2))),
-            vreinterpretq_u32_u64(vtrn2q_u64(vreinterpretq_u64_u32(t1), vreinterpretq_u64_u32(t3)))};
+            vreinterpretq_u32_u64(
+                vtrn2q_u64(vreinterpretq_u64_u32(t1), vreinterpretq_u64_u32(t3)))};
         for (int g = 0; g < 4; ++g) {
-          vst1q_u32(reinterpret_cast<uint32_t*>(out + (g0 + g) * kGroupStride), veorq_u32(c[g], flip));
+          vst1q_u32(reinterpret_cast<uint32_t*>(out + (g0 + g) * kGroupStride),
+                    veorq_u32(c[g], flip));
         }
       }
     }

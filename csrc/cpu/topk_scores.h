@@ -27,9 +27,9 @@ namespace pyrag {
 
 // One tile of packed rows against queries [q_begin, q_end).
 struct ScanTile {
-  const uint32_t* qwords;   // [B][groups] query words in the corpus dtype's group format
-  const float* qscales;     // int8: [B] query scales
-  const int32_t* qbias;     // int8: [B] 128 * sum of the quantised query
+  const uint32_t* qwords;  // [B][groups] query words in the corpus dtype's group format
+  const float* qscales;    // int8: [B] query scales
+  const int32_t* qbias;    // int8: [B] 128 * sum of the quantised query
   int64_t q_begin, q_end;
   const uint8_t* blocks;    // the tile's packed blocks
   const float* row_scales;  // int8: scales of the tile's rows, 16 per block (padded)
@@ -91,10 +91,10 @@ Isa kernel_level(Isa isa, Dtype dtype);
 struct Corpus {
   Dtype dtype;
   bool packed;
-  const void* data;      // row-major [N, d] (int8: signed values) or packed blocks
+  const void* data;  // row-major [N, d] (int8: signed values) or packed blocks
   int64_t num_rows;
   int64_t dim;
-  const float* scales;   // int8: [N] row scales (packed: padded to whole blocks)
+  const float* scales;  // int8: [N] row scales (packed: padded to whole blocks)
   // Row-major rows read from a file instead of `data`: descriptor (-1: none) and the
   // byte offset of row 0.
   int fd = -1;

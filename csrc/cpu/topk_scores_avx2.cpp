@@ -15,8 +15,12 @@ struct F32 : Base {
   using X = __m256;
   using Q = __m256;
   static __m256 zero() { return _mm256_setzero_ps(); }
-  static __m256 load(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
-  static __m256 bcast(const uint32_t* w) { return _mm256_broadcast_ss(reinterpret_cast<const float*>(w)); }
+  static __m256 load(const uint8_t* p) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+  static __m256 bcast(const uint32_t* w) {
+    return _mm256_broadcast_ss(reinterpret_cast<const float*>(w));
+  }
   static __m256 madd(__m256 acc, __m256 x, __m256 q) { return _mm256_fmadd_ps(x, q, acc); }
   static __m256 finish(__m256 acc, float, int32_t, const float*) { return acc; }
 };
@@ -64,7 +68,9 @@ struct I8Madd : avx2::I8Base {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm256_srli_epi16(phase == 0 ? _mm256_slli_epi16(w, 8) : w, 8);
   }
-  static __m256i bcast(const uint32_t* w, int phase) { return _mm256_set1_epi32(static_cast<int>(w[phase])); }
+  static __m256i bcast(const uint32_t* w, int phase) {
+    return _mm256_set1_epi32(static_cast<int>(w[phase]));
+  }
   static __m256i madd(__m256i acc, __m256i x, __m256i q) {
     __m256i sum = _mm256_add_epi32(acc, _mm256_madd_epi16(x, q));
     __asm__("" : "+x"(sum));
@@ -75,7 +81,8 @@ struct I8Madd : avx2::I8Base {
 }  // namespace
 
 const Kernels& kernels_avx2() {
-  static const Kernels k{&scan::scan<F32>, &scan::scan<Bf16Widen>, &scan::scan<I8Madd>, &avx2::pack};
+  static const Kernels k{&scan::scan<F32>, &scan::scan<Bf16Widen>, &scan::scan<I8Madd>,
+                         &avx2::pack};
   return k;
 }
 

@@ -36,7 +36,9 @@ struct Bf16Widen : Base {
 struct I8Madd : Base {
   static constexpr int kXRegs = 2, kQRegs = 2;
   using Acc = __m512i;
-  struct X { __m512i even, odd; };
+  struct X {
+    __m512i even, odd;
+  };
   using Q = X;
   static __m512i zero() { return _mm512_setzero_si512(); }
   static X load(const uint8_t* p) {
@@ -48,8 +50,8 @@ struct I8Madd : Base {
     return {_mm512_srai_epi16(_mm512_slli_epi16(q, 8), 8), _mm512_srai_epi16(q, 8)};
   }
   static __m512i madd(__m512i acc, const X& x, const X& q) {
-    return _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_madd_epi16(x.even, q.even),
-                                                  _mm512_madd_epi16(x.odd, q.odd)));
+    return _mm512_add_epi32(
+        acc, _mm512_add_epi32(_mm512_madd_epi16(x.even, q.even), _mm512_madd_epi16(x.odd, q.odd)));
   }
   static __m512 finish(__m512i acc, float qscale, int32_t qbias, const float* row_scales) {
     return avx512::int8_scores(acc, qscale, qbias, row_scales);

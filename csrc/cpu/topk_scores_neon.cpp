@@ -17,8 +17,12 @@ struct F32 : Base {
   using Q = float32x4_t;
   static float32x4_t zero() { return vdupq_n_f32(0.0f); }
   static float32x4_t load(const uint8_t* p) { return vld1q_f32(reinterpret_cast<const float*>(p)); }
-  static float32x4_t bcast(const uint32_t* w) { return vld1q_dup_f32(reinterpret_cast<const float*>(w)); }
-  static float32x4_t madd(float32x4_t acc, float32x4_t x, float32x4_t q) { return vfmaq_f32(acc, x, q); }
+  static float32x4_t bcast(const uint32_t* w) {
+    return vld1q_dup_f32(reinterpret_cast<const float*>(w));
+  }
+  static float32x4_t madd(float32x4_t acc, float32x4_t x, float32x4_t q) {
+    return vfmaq_f32(acc, x, q);
+  }
   static float32x4_t finish(float32x4_t acc, float, int32_t, const float*) { return acc; }
 };
 
@@ -34,12 +38,15 @@ struct Bf16Widen : Base {
   static float32x4_t zero() { return vdupq_n_f32(0.0f); }
   static float32x4_t load(const uint8_t* p, int phase) {
     const uint32x4_t w = vld1q_u32(reinterpret_cast<const uint32_t*>(p));
-    return vreinterpretq_f32_u32(phase == 0 ? vandq_u32(w, vdupq_n_u32(0xFFFF0000u)) : vshlq_n_u32(w, 16));
+    return vreinterpretq_f32_u32(phase == 0 ? vandq_u32(w, vdupq_n_u32(0xFFFF0000u))
+                                            : vshlq_n_u32(w, 16));
   }
   static float32x4_t bcast(const uint32_t* w, int phase) {
     return vld1q_dup_f32(reinterpret_cast<const float*>(w + phase));
   }
-  static float32x4_t madd(float32x4_t acc, float32x4_t x, float32x4_t q) { return vfmaq_f32(acc, x, q); }
+  static float32x4_t madd(float32x4_t acc, float32x4_t x, float32x4_t q) {
+    return vfmaq_f32(acc, x, q);
+  }
   static float32x4_t finish(float32x4_t acc, float, int32_t, const float*) { return acc; }
 };
 
@@ -49,7 +56,9 @@ struct Bf16Widen : Base {
 // and the same for r2, r3; finish adds their pairs.
 struct I8Widen : Base {
   static constexpr int kXRegs = 1, kQRegs = 1, kAccRegs = 2;
-  struct Acc { int32x4_t lo, hi; };
+  struct Acc {
+    int32x4_t lo, hi;
+  };
   using X = int8x16_t;
   using Q = int8x16_t;
   static Acc zero() { return {vdupq_n_s32(0), vdupq_n_s32(0)}; }
@@ -67,7 +76,8 @@ struct I8Widen : Base {
 }  // namespace
 
 const Kernels& kernels_neon() {
-  static const Kernels k{&scan::scan<F32>, &scan::scan<Bf16Widen>, &scan::scan<I8Widen>, &neon::pack};
+  static const Kernels k{&scan::scan<F32>, &scan::scan<Bf16Widen>, &scan::scan<I8Widen>,
+                         &neon::pack};
   return k;
 }
 

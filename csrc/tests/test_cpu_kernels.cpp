@@ -41,7 +41,9 @@ struct Rng {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
   }
-  int64_t integer(int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(next() % uint64_t(hi - lo + 1)); }
+  int64_t integer(int64_t lo, int64_t hi) {
+    return lo + static_cast<int64_t>(next() % uint64_t(hi - lo + 1));
+  }
   float uniform() { return static_cast<float>(next() >> 40) * 0x1p-24f; }
   float normal() {  // sum of 4 uniforms: enough for test data
     return (uniform() + uniform() + uniform() + uniform() - 2.0f) * 1.7f;
@@ -70,14 +72,15 @@ float bf16_value(uint16_t h) {
 struct Problem {
   Dtype dtype;
   int64_t B, N, d, k;
-  std::vector<float> queries;      // [B, d]
-  std::vector<float> f32;          // [N, d]
-  std::vector<uint16_t> bf16;      // [N, d]
-  std::vector<int8_t> i8;          // [N, d]
-  std::vector<float> scales;       // int8: [N]
+  std::vector<float> queries;  // [B, d]
+  std::vector<float> f32;      // [N, d]
+  std::vector<uint16_t> bf16;  // [N, d]
+  std::vector<int8_t> i8;      // [N, d]
+  std::vector<float> scales;   // int8: [N]
 };
 
-Problem make_problem(Dtype dtype, int64_t B, int64_t N, int64_t d, int64_t k, Data data, uint64_t seed) {
+Problem make_problem(Dtype dtype, int64_t B, int64_t N, int64_t d, int64_t k, Data data,
+                     uint64_t seed) {
   Problem p{dtype, B, N, d, k, {}, {}, {}, {}, {}};
   Rng rng{seed};
   p.queries.resize(B * d);
@@ -90,7 +93,8 @@ Problem make_problem(Dtype dtype, int64_t B, int64_t N, int64_t d, int64_t k, Da
     const int64_t src = data == Data::ties ? r % 7 : r;
     Rng row{seed * 1000003 + uint64_t(src) * 7919 + uint64_t(j)};
     if (data == Data::random) return row.normal();
-    if (data == Data::extreme) return float(row.integer(0, 5) == 0 ? -128 : row.integer(0, 1) ? 127 : -127);
+    if (data == Data::extreme)
+      return float(row.integer(0, 5) == 0 ? -128 : row.integer(0, 1) ? 127 : -127);
     return float(row.integer(-4, 4));
   };
   if (dtype == Dtype::f32) {
@@ -181,14 +185,16 @@ TopK run_kernels(const Problem& p, bool packed, int threads) {
   pyrag::Corpus corpus{p.dtype, packed, rows, p.N, d, scales.empty() ? nullptr : scales.data()};
   if (packed) {
     const int64_t nb = pyrag::num_blocks(p.N);
-    blocks.assign(static_cast<size_t>(nb * pyrag::block_bytes(p.dtype, d)), 0xA5);  // padding gets written
+    blocks.assign(static_cast<size_t>(nb * pyrag::block_bytes(p.dtype, d)),
+                  0xA5);  // padding gets written
     pyrag::pack_rows(p.dtype, rows, p.N, d, blocks.data(), 0);
     corpus.data = blocks.data();
     if (!scales.empty()) scales.resize(nb * pyrag::kBlockRows, 0.0f);
     corpus.scales = scales.empty() ? nullptr : scales.data();
   }
   TopK out{std::vector<float>(p.B * p.k), std::vector<int64_t>(p.B * p.k)};
-  pyrag::topk_scores(p.queries.data(), p.B, corpus, p.k, threads, out.scores.data(), out.ids.data());
+  pyrag::topk_scores(p.queries.data(), p.B, corpus, p.k, threads, out.scores.data(),
+                     out.ids.data());
   return out;
 }
 
@@ -204,8 +210,9 @@ std::string describe_first_difference(const TopK& got, const TopK& want) {
     std::memcpy(&wb, &want.scores[i], 4);
     if (got.ids[i] != want.ids[i] || gb != wb) {
       char buf[200];
-      std::snprintf(buf, sizeof buf, "entry %zu: got (%.9g, %lld) want (%.9g, %lld)", i, got.scores[i],
-                    static_cast<long long>(got.ids[i]), want.scores[i], static_cast<long long>(want.ids[i]));
+      std::snprintf(buf, sizeof buf, "entry %zu: got (%.9g, %lld) want (%.9g, %lld)", i,
+                    got.scores[i], static_cast<long long>(got.ids[i]), want.scores[i],
+                    static_cast<long long>(want.ids[i]));
       return buf;
     }
   }
@@ -216,7 +223,9 @@ struct Shape {
   int64_t B, N, d, k;
 };
 
-const char* dtype_name(Dtype t) { return t == Dtype::f32 ? "float32" : t == Dtype::bf16 ? "bfloat16" : "int8"; }
+const char* dtype_name(Dtype t) {
+  return t == Dtype::f32 ? "float32" : t == Dtype::bf16 ? "bfloat16" : "int8";
+}
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
@@ -256,9 +265,12 @@ int main(int argc, char** argv) {
   for (pyrag::Isa isa : pyrag::supported_isas()) isas.emplace_back(pyrag::isa_name(isa));
   std::string listed;
   for (const auto& n : isas) listed += (listed.empty() ? "" : ",") + n;
-  std::printf("supported CPU paths: %s (default %s)\n", listed.c_str(), pyrag::isa_name(pyrag::active_isa()));
-  if (!expect.empty() && split(expect) != isas) fail("expected the CPU paths " + expect + ", found " + listed);
-  if (isas.empty() || isas.front() != "scalar" || pyrag::active_isa() != pyrag::supported_isas().back()) {
+  std::printf("supported CPU paths: %s (default %s)\n", listed.c_str(),
+              pyrag::isa_name(pyrag::active_isa()));
+  if (!expect.empty() && split(expect) != isas)
+    fail("expected the CPU paths " + expect + ", found " + listed);
+  if (isas.empty() || isas.front() != "scalar" ||
+      pyrag::active_isa() != pyrag::supported_isas().back()) {
     fail("the default path must be the best supported one, and scalar always supported");
   }
   // Paths this CPU lacks and unknown names are refused.
@@ -272,9 +284,10 @@ int main(int argc, char** argv) {
   }
 
   const std::vector<Shape> shapes = {
-      {1, 1, 1, 1},     {1, 17, 3, 5},     {3, 100, 16, 7},    {5, 257, 37, 10},  {7, 50, 5, 60},
-      {6, 64, 2, 64},   {11, 129, 33, 129}, {2, 600, 130, 3},  {4, 1500, 64, 10}, {9, 333, 7, 400},
-      {16, 700, 384, 10}, {17, 77, 100, 20}, {1, 3001, 384, 10},
+      {1, 1, 1, 1},       {1, 17, 3, 5},    {3, 100, 16, 7},    {5, 257, 37, 10},
+      {7, 50, 5, 60},     {6, 64, 2, 64},   {11, 129, 33, 129}, {2, 600, 130, 3},
+      {4, 1500, 64, 10},  {9, 333, 7, 400}, {16, 700, 384, 10}, {17, 77, 100, 20},
+      {1, 3001, 384, 10},
   };
   const std::vector<Shape> threaded = {{8, 12000, 48, 10}, {3, 40000, 32, 5}};  // 3 threads each
   const Dtype dtypes[] = {Dtype::f32, Dtype::bf16, Dtype::i8};
@@ -286,7 +299,8 @@ int main(int argc, char** argv) {
     for (Data kind : kinds) {
       if (kind == Data::extreme && dtype != Dtype::i8) continue;
       std::vector<Shape> list = shapes;
-      if (!quick && kind != Data::extreme) list.insert(list.end(), threaded.begin(), threaded.end());
+      if (!quick && kind != Data::extreme)
+        list.insert(list.end(), threaded.begin(), threaded.end());
       for (const Shape& sh : list) {
         if (quick && sh.B * sh.N * sh.d > 2'000'000) continue;
         const Problem p = make_problem(dtype, sh.B, sh.N, sh.d, sh.k, kind, seed++);
@@ -299,13 +313,16 @@ int main(int argc, char** argv) {
             const TopK got = run_kernels(p, packed, threads);
             ++cases;
             char what[200];
-            std::snprintf(what, sizeof what, "%s %s %s B=%lld N=%lld d=%lld k=%lld %s, %d threads", isa.c_str(),
-                          dtype_name(dtype), data_name(kind), static_cast<long long>(sh.B),
-                          static_cast<long long>(sh.N), static_cast<long long>(sh.d),
-                          static_cast<long long>(sh.k), packed ? "packed" : "row-major", threads);
-            if (!same_bits(got, want)) fail(std::string(what) + " vs reference: " + describe_first_difference(got, want));
+            std::snprintf(what, sizeof what, "%s %s %s B=%lld N=%lld d=%lld k=%lld %s, %d threads",
+                          isa.c_str(), dtype_name(dtype), data_name(kind),
+                          static_cast<long long>(sh.B), static_cast<long long>(sh.N),
+                          static_cast<long long>(sh.d), static_cast<long long>(sh.k),
+                          packed ? "packed" : "row-major", threads);
+            if (!same_bits(got, want))
+              fail(std::string(what) + " vs reference: " + describe_first_difference(got, want));
             if (isa == "scalar" && !packed) scalar = got;
-            if (!same_bits(got, scalar)) fail(std::string(what) + " vs scalar: " + describe_first_difference(got, scalar));
+            if (!same_bits(got, scalar))
+              fail(std::string(what) + " vs scalar: " + describe_first_difference(got, scalar));
           }
         }
         pyrag::set_active_isa("");
@@ -320,8 +337,9 @@ int main(int argc, char** argv) {
                 pyrag::isa_name(pyrag::kernel_level(pyrag::active_isa(), Dtype::i8)));
   }
   pyrag::set_active_isa("");
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("%lld kernel runs on %zu paths, %d failures, %.1f s\n", static_cast<long long>(cases), isas.size(),
-              failures, seconds);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("%lld kernel runs on %zu paths, %d failures, %.1f s\n", static_cast<long long>(cases),
+              isas.size(), failures, seconds);
   return failures == 0 ? 0 : 1;
 }
