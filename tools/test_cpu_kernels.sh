@@ -9,8 +9,9 @@
 #
 #   tools/test_cpu_kernels.sh [--native-only | --arm-only] [--build-dir DIR]
 #
-# On Debian (CI runs as root on a fresh machine) a missing cross compiler or qemu-user is
-# installed with apt-get. Exits non-zero on any failure; prints how long it took.
+# On Debian / Ubuntu run as root (CI, on a fresh machine), whatever is missing (cmake,
+# ninja, g++, the AArch64 cross compiler, qemu-user) is installed with apt-get, in one
+# run. Exits non-zero on any failure; prints how long it took.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,26 +29,36 @@ while [ $# -gt 0 ]; do
 done
 start=$(date +%s)
 jobs=$(nproc 2>/dev/null || echo 2)
+trap 'rc=$?; [ $rc -eq 0 ] || echo "CPU kernel tests FAILED (exit $rc) after $(( $(date +%s) - start )) s" >&2' EXIT
 
-need() {  # need <command> <debian package>...: install the packages if the command is missing
-  local cmd=$1
-  shift
-  command -v "$cmd" >/dev/null 2>&1 && return 0
+# What is missing, as Debian packages; installed in one apt-get run when we are root
+# (CI on a fresh Debian / Ubuntu machine), else named in the error.
+missing=()
+want() {  # want <command> <package>: queue the package if the command is missing
+  command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+}
+want cmake cmake
+want ninja ninja-build
+if [ "$native" -eq 1 ]; then want g++ g++; fi
+if [ "$arm" -eq 1 ]; then
+  want aarch64-linux-gnu-g++ g++-aarch64-linux-gnu
+  # qemu-user (Debian, Ubuntu) or qemu-user-static (qemu-aarch64-static) both do.
+  command -v qemu-aarch64 >/dev/null 2>&1 || command -v qemu-aarch64-static >/dev/null 2>&1 ||
+    missing+=(qemu-user)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: $cmd not found; install: $*" >&2
+    echo "error: missing tools; install the Debian packages: ${missing[*]}" >&2
     exit 1
   fi
-  echo "installing $* (for $cmd)"
-  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
-}
-
-need cmake cmake
-need ninja ninja-build
+  echo "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
 generator=(-G Ninja -DCMAKE_BUILD_TYPE=Release)
 
 if [ "$native" -eq 1 ]; then
-  need g++ g++
   echo "== native build ($(uname -m))"
   cmake -S csrc/tests -B "$build/native" "${generator[@]}" >/dev/null
   cmake --build "$build/native" -j "$jobs"
@@ -55,8 +66,7 @@ if [ "$native" -eq 1 ]; then
 fi
 
 if [ "$arm" -eq 1 ]; then
-  need aarch64-linux-gnu-g++ g++-aarch64-linux-gnu
-  need qemu-aarch64 qemu-user
+  qemu=$(command -v qemu-aarch64 || command -v qemu-aarch64-static)
   echo "== AArch64 cross build"
   # Static: qemu-user then needs no AArch64 sysroot to load it.
   cmake -S csrc/tests -B "$build/aarch64" "${generator[@]}" -DCMAKE_SYSTEM_NAME=Linux \
@@ -64,11 +74,11 @@ if [ "$arm" -eq 1 ]; then
   cmake --build "$build/aarch64" -j "$jobs"
   test=$build/aarch64/test_cpu_kernels
   echo "== qemu-aarch64 -cpu max"
-  qemu-aarch64 -cpu max "$test" --expect-isas scalar,neon,neon_dotprod,neon_bf16
+  "$qemu" -cpu max "$test" --expect-isas scalar,neon,neon_dotprod,neon_bf16
   echo "== qemu-aarch64 -cpu neoverse-n1"
-  qemu-aarch64 -cpu neoverse-n1 "$test" --quick --expect-isas scalar,neon,neon_dotprod
+  "$qemu" -cpu neoverse-n1 "$test" --quick --expect-isas scalar,neon,neon_dotprod
   echo "== qemu-aarch64 -cpu cortex-a53"
-  qemu-aarch64 -cpu cortex-a53 "$test" --quick --expect-isas scalar,neon
+  "$qemu" -cpu cortex-a53 "$test" --quick --expect-isas scalar,neon
 fi
 
 echo "CPU kernel tests passed in $(( $(date +%s) - start )) s"
