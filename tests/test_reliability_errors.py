@@ -189,6 +189,31 @@ def test_get_of_an_id_outside_int64_is_a_value_error(ids):
         small_index("bfloat16").get(ids)
 
 
+@pytest.mark.parametrize(
+    "dtype, dim", [("float32", 2**24 + 1), ("bfloat16", 10**30), ("float32", 2**62), ("int8", 65537)]
+)
+def test_a_dim_past_the_largest_is_a_value_error(dtype, dim):
+    with pytest.raises(ValueError, match=f"{dtype} indexes support dim <= "):
+        pyrag.DenseIndex(dim, dtype)
+
+
+@pytest.mark.parametrize("dtype, dim", [("bfloat16", 10**30), ("float32", 2**24 + 1), ("int8", 65537), ("int8", 0)])
+def test_a_manifest_dim_out_of_range_is_a_format_error(tmp_path, dtype, dim):
+    # Found by tools/fuzz_loaders.py: ShardedIndex.load passed the manifest's dim to
+    # DenseIndex unchecked (a pybind11 TypeError for 10**30).
+    from pyrag.distributed import manifest
+
+    shard = {"file": manifest.shard_file(0, 1, 5), "rows": 3, "bytes": 10, "checksum": "c"}
+    body = {
+        "format": manifest.FORMAT, "format_version": manifest.FORMAT_VERSION, "dim": dim, "dtype": dtype,
+        "keep_originals": True, "world_size": 1, "count": 3, "version": 2, "step": 0, "token": 5,
+        "metadata": {}, "shards": [shard],
+    }  # fmt: skip
+    manifest.write(str(tmp_path), body)
+    with pytest.raises(pyrag.IndexFormatError, match="out of range"):
+        manifest.read(str(tmp_path))
+
+
 # ----------------------------------------------------------------------------- F: what load is given
 def test_load_of_a_directory_is_a_format_error(tmp_path):
     with pytest.raises(pyrag.IndexFormatError, match="is a directory, not a file"):

@@ -26,7 +26,7 @@ import zlib
 from typing import Any
 
 from pyrag.index import IndexFormatError, storage
-from pyrag.index.dense import DTYPES
+from pyrag.index.dense import DTYPES, max_dim
 
 FORMAT = "pyrag.ShardedIndex"
 FORMAT_VERSION = 1
@@ -93,7 +93,8 @@ def read(directory: str) -> dict[str, Any]:
         raise IndexFormatError(f"{path}: checksum mismatch; the manifest is corrupted")
     try:
         ok = (
-            doc["dtype"] in DTYPES and _count(doc["dim"]) > 0 and isinstance(doc["keep_originals"], bool)
+            doc["dtype"] in DTYPES and 0 < _count(doc["dim"]) <= max_dim(doc["dtype"])
+            and isinstance(doc["keep_originals"], bool)
             and _count(doc["world_size"]) == len(doc["shards"]) > 0 and _count(doc["version"]) >= 0
             and isinstance(doc["step"], int) and _count(doc["token"]) > 0
             and isinstance(doc["metadata"], dict)

@@ -48,11 +48,19 @@ FORMAT_VERSION = "2"
 _LAYOUT = "pyrag.packed16x4"  # blocks of 16 rows x 4-byte groups
 _USER_META = "user."  # prefix of the caller's metadata in the file
 DTYPES = tuple(packed.DTYPES)
+
 _BLOCK = packed.BLOCK_ROWS
 
 
 class IndexFormatError(storage.FormatError):
     """The file is not a pyrag index, or it is truncated or corrupted."""
+
+
+def max_dim(dtype: str) -> int:
+    """The largest dim an index of `dtype` takes: for int8, d * 255 * 127 must fit the
+    kernels' int32 sums; for the others, a bound far past any embedding that keeps every
+    byte count of a block in int64."""
+    return 65536 if dtype == "int8" else 1 << 24
 
 
 class _Snapshot(NamedTuple):
@@ -113,8 +121,8 @@ class DenseIndex:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if dtype not in DTYPES:
             raise TypeError(f"unsupported index dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-        if dtype == "int8" and dim > 65536:
-            raise ValueError(f"int8 indexes support dim <= 65536, got {dim}")
+        if dim > max_dim(dtype):
+            raise ValueError(f"{dtype} indexes support dim <= {max_dim(dtype)}, got {dim}")
         self._dim = dim
         self._dtype = dtype
         self._quantised = dtype != "float32"
@@ -585,7 +593,7 @@ class DenseIndex:
             ids = tensors["ids"]
         except (KeyError, ValueError):
             raise IndexFormatError(f"{name}: index metadata or tensors are missing") from None
-        if dtype not in DTYPES or not 1 <= dim <= (65536 if dtype == "int8" else 1 << 24) or version < 0:
+        if dtype not in DTYPES or not 1 <= dim <= max_dim(dtype) or version < 0:
             raise IndexFormatError(f"{name}: index metadata are out of range")
         if ids.dtype != torch.int64 or ids.dim() != 1:
             raise IndexFormatError(f"{name}: index tensors do not match its metadata")
