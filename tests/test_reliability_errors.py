@@ -214,6 +214,16 @@ def test_a_manifest_dim_out_of_range_is_a_format_error(tmp_path, dtype, dim):
         manifest.read(str(tmp_path))
 
 
+def test_a_damaged_shard_file_is_an_index_format_error(tmp_path):
+    # Found by tools/fuzz_loaders.py: ShardedIndex.load raised the base FormatError for a
+    # shard file that is not a safetensors file (from reading its checksum).
+    from pyrag.distributed import manifest
+
+    (tmp_path / "shard").write_bytes(b"\x10" + bytes(7) + b"{not json")
+    with pytest.raises(pyrag.IndexFormatError, match="not a safetensors file"):
+        manifest.describe(str(tmp_path / "shard"))
+
+
 # ----------------------------------------------------------------------------- F: what load is given
 def test_load_of_a_directory_is_a_format_error(tmp_path):
     with pytest.raises(pyrag.IndexFormatError, match="is a directory, not a file"):

@@ -41,6 +41,25 @@ def automatic_id_past_int64() -> object:
     return index.add(torch.ones(1, 4))
 
 
+def huge_index() -> object:
+    return pyrag.DenseIndex(10**30, "bfloat16")
+
+
+def huge_manifest(tmp: str) -> object:
+    from pyrag.distributed import manifest
+
+    directory = os.path.join(tmp, "sharded")
+    os.makedirs(directory)
+    shard = {"file": manifest.shard_file(0, 1, 5), "rows": 3, "bytes": 10, "checksum": "c"}
+    body = {
+        "format": manifest.FORMAT, "format_version": manifest.FORMAT_VERSION, "dim": 10**30, "dtype": "bfloat16",
+        "keep_originals": True, "world_size": 1, "count": 3, "version": 2, "step": 0, "token": 5,
+        "metadata": {}, "shards": [shard],
+    }  # fmt: skip
+    manifest.write(directory, body)
+    return manifest.read(directory)
+
+
 def cases(tmp: str) -> list[tuple[str, str, Callable[[], object]]]:
     fifo = os.path.join(tmp, "fifo")
     os.mkfifo(fifo)
@@ -84,6 +103,12 @@ def cases(tmp: str) -> list[tuple[str, str, Callable[[], object]]]:
             "odd header",
             '`{"t": {..., "data_offsets": [0.0, 4.0]}}`',
             lambda: pyrag.DenseIndex.load(header_file(odd, {"t": {**u8, "data_offsets": [0.0, 4.0]}})),
+        ),
+        ("not in F: a dim past the largest (was a pybind11 `TypeError`)", "`DenseIndex(10**30)`", huge_index),
+        (
+            "not in F, found by the fuzzer: a manifest's dim",
+            "`dim: 10**30` in manifest.json",
+            lambda: huge_manifest(tmp),
         ),
     ]
 

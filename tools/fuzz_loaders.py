@@ -688,9 +688,10 @@ def _write_checkpoint(directory: str, case: tuple[bytes, bytes | None]) -> str:
     return path
 
 
+# The errors each loader documents: IndexFormatError from every index load (docs/reliability.md).
 LOADERS: list[Loader] = [
-    Loader("DenseIndex.load", index_files, _write_file, load_index, (pyrag.FormatError,)),
-    Loader("VersionedIndex.load", index_files, _write_file, load_versioned, (pyrag.FormatError,)),
+    Loader("DenseIndex.load", index_files, _write_file, load_index, (pyrag.IndexFormatError,)),
+    Loader("VersionedIndex.load", index_files, _write_file, load_versioned, (pyrag.IndexFormatError,)),
     Loader(
         "storage.load_tensors",
         lambda: handmade_files(INDEX_TENSORS, INDEX_META, INDEX_VALUES),
@@ -699,8 +700,8 @@ LOADERS: list[Loader] = [
         (pyrag.FormatError,),
     ),
     Loader("Trainer.load_checkpoint", checkpoint_dirs, _write_checkpoint, load_checkpoint, (pyrag.FormatError,)),
-    Loader("TextIndex.load", text_stores, _write_text_store, load_text_store, (pyrag.FormatError,)),
-    Loader("ShardedIndex.load", sharded_saves, _write_sharded, load_sharded, (pyrag.FormatError,)),
+    Loader("TextIndex.load", text_stores, _write_text_store, load_text_store, (pyrag.IndexFormatError,)),
+    Loader("ShardedIndex.load", sharded_saves, _write_sharded, load_sharded, (pyrag.IndexFormatError,)),
 ]
 
 

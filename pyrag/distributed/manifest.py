@@ -44,10 +44,16 @@ def shard_file(rank: int, world: int, token: int) -> str:
 
 
 def describe(path: str) -> tuple[int, str]:
-    """(size in bytes, the checksum in its header) of a file written by storage.save_tensors."""
-    with storage.open_regular_file(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        stored = storage.open_tensors(f, name=path, mmap=True, verify=False)
+    """(size in bytes, the checksum in its header) of a file written by storage.save_tensors;
+    IndexFormatError if it is not one (a shard file is part of the index)."""
+    try:
+        with storage.open_regular_file(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            stored = storage.open_tensors(f, name=path, mmap=True, verify=False)
+    except IndexFormatError:
+        raise
+    except storage.FormatError as e:
+        raise IndexFormatError(str(e)) from None
     return size, stored.metadata.get("checksum", "")
 
 
