@@ -3,7 +3,8 @@ without DRAM in the way (issue 17's AVX2 tuning).
 
     python benchmarks/dev_kernels.py [--isa avx2] [--n 8192] [--b 16,256] [--reps 15]
 
-N rows (8192 x 384 float32 = 12 MiB) stay in L3; each case is timed as process CPU
+N rows (8192 x 384 float32 = 12 MiB) fit in L3 (on a quiet machine: other jobs sharing the L3
+can push them out, then B=1 shows the read rate); each case is timed as process CPU
 time, best of --reps, so time the scheduler gave to other processes on a shared machine
 does not count. Prints fp32 GFLOP/s and bf16 / int8 time as a multiple of fp32's, and
 names the CPU and the path.
