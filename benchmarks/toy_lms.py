@@ -94,7 +94,7 @@ class TinyClozeLM(nn.Module):
     """A small transformer LM trained from scratch, for cloze targets.
 
     The input is the context's words, a separator, then the query's words, with the blank
-    as a token of its own; words are hashed (CRC32) into `buckets` ids, so there is no
+    (`blank`, the cloze task's: make_cloze_task(blank=)) as a token of its own; words are hashed (CRC32) into `buckets` ids, so there is no
     vocabulary to build. At the blank (or, without one, the last query word) the model
     mixes two predictions of each target word w with a learned gate g:
         p(w) = g · Σ_{i : context_i = w} softmax_i(attention of the blank on context i)
@@ -114,8 +114,12 @@ class TinyClozeLM(nn.Module):
         max_context_words: int = 96,
         max_query_words: int = 48,
         seed: int = 0,
+        blank: str = BLANK,
     ):
         super().__init__()
+        if not isinstance(blank, str) or not blank or any(c.isspace() for c in blank):
+            raise ValueError(f"blank must be a non-empty token without spaces, got {blank!r}")
+        self.blank = blank
         self.buckets = buckets
         self.max_context_words = max_context_words
         self.max_query_words = max_query_words
@@ -138,7 +142,7 @@ class TinyClozeLM(nn.Module):
     def _ids(self, text: str, limit: int) -> list[int]:
         out = []
         for raw in text.split():
-            if raw.strip(".,;:()\"'") == BLANK:
+            if raw == self.blank or raw.strip(".,;:()\"'") == self.blank:
                 out.append(_BLANK)
             else:
                 out += [self.word_id(w) for w in words(raw)]

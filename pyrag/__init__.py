@@ -15,6 +15,10 @@ from pyrag.reindex import AsyncReindexer, ReindexError, Schedule
 from pyrag.retriever import RetrievalResult, Retriever
 from pyrag.topk import topk_scores
 
+# The evaluation module (pyrag.eval.evaluate, paired_bootstrap, ...). Not in __all__: a star
+# import would shadow the builtin eval.
+from pyrag import eval  # noqa: E402, I001
+
 __version__ = "0.1.0"
 
 
