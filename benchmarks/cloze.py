@@ -161,6 +161,8 @@ def _clozes(
         if not options:
             continue
         answer = min(options, key=lambda w: doc_freq[w])  # the most telling word
-        query = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(answer)}(?![A-Za-z0-9_])", lambda _: blank, sentence, flags=re.IGNORECASE)
+        query = re.sub(
+            rf"(?<![A-Za-z0-9_]){re.escape(answer)}(?![A-Za-z0-9_])", lambda _: blank, sentence, flags=re.IGNORECASE
+        )
         chosen.append((i, query, answer))
     return sentences, chosen

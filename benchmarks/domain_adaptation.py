@@ -69,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--query-passages", type=int, default=20_000, help="queries come from the first N passages")
     p.add_argument("--heldout", type=float, default=0.2, help="held-out fraction of the query passages")
     p.add_argument("--max-heldout", type=int, default=0, help="evaluate on at most N held-out queries (0: all)")
-    p.add_argument("--runs", default="query", help="comma-separated: query,passage,dual")
+    p.add_argument("--runs", default="query", help="comma-separated: query,passage,dual (none: only the timings)")
     p.add_argument(
         "--recipe",
         action="append",
@@ -83,7 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--passage-recipe", default="", help="run 2: field=value,... over the default recipe")
     p.add_argument("--passage-start", type=int, default=100, help="run 2: the passage encoder trains from this step")
     p.add_argument(
-        "--schedule", default="", help="run 2 re-index schedule (Atlas syntax; default: every 25 steps from --passage-start)"
+        "--schedule",
+        default="",
+        help="run 2 re-index schedule (Atlas syntax; default: every 25 steps from --passage-start)",
     )
     p.add_argument("--dual-steps", type=int, default=100, help="run 3 training steps")
     p.add_argument("--dual-freeze", type=int, default=50, help="run 3: retriever frozen before this step")
@@ -166,8 +168,8 @@ class Data:
             "train": relevant_passages(self.train_slice, "answer", task.passages),
         }
         say(
-            f"corpus: {len(task.passages):,} passages (first {len(task.passages):,} of {len(pool):,} shuffled with seed "
-            f"{args.seed}); {len(task.train):,} training and {len(self.heldout):,} held-out cloze queries; "
+            f"corpus: {len(task.passages):,} passages (the first of {len(pool):,} shuffled with seed {args.seed}); "
+            f"{len(task.train):,} training and {len(self.heldout):,} held-out cloze queries; "
             f"built in {t1 - t0:.0f}s, vectors in {time.perf_counter() - t1:.0f}s"
         )
         say(f"  e.g. query {self.heldout[0].query!r} -> answer {self.heldout[0].answer!r}")
@@ -239,31 +241,38 @@ def print_times(times: dict, base: str) -> None:
 
 
 # ---------------------------------------------------------------------- runs
-def run_query(args, data, minilm, before):
-    specs = args.recipe or ["default"]
-    n = len(data.task.passages)
-    results = {}
+def build_recipes(args, data) -> dict:
+    """{name: (TrainConfig, CopyLM)} of the --recipe arguments."""
     recipes = {}
-    for spec in specs:
-        name, cfg_over, lm_over = parse_recipe(spec, n)
-        cfg = make_config(cfg_over, args.seed)
-        lm = CopyLM(data.task.passages, **lm_over)
-        recipes[name] = (cfg, lm)
-    if args.time_recipes and len(recipes) > 1:
-        say(f"\nstep time of the recipes side by side ({args.time_steps} rounds, batch 16, {args.threads} thread(s)):")
-        trainers = {
-            name: Trainer(
-                query_retriever(minilm, data.index(), data.task.passages, cfg),
-                cfg,
-                data.task.train,
-                lm=lm,
-                progress=False,
-                log=lambda line: None,
-            )
-            for name, (cfg, lm) in recipes.items()
-        }
-        print_times(side_by_side(trainers, args.time_steps), next(iter(recipes)))
-        del trainers
+    for spec in args.recipe or ["default"]:
+        name, cfg_over, lm_over = parse_recipe(spec, len(data.task.passages))
+        recipes[name] = (make_config(cfg_over, args.seed), CopyLM(data.task.passages, **lm_over))
+    return recipes
+
+
+def run_time_recipes(args, data, minilm) -> None:
+    """The recipes' step times side by side, from the same start."""
+    recipes = build_recipes(args, data)
+    say(f"\nstep time of the recipes side by side ({args.time_steps} rounds, {args.threads} trainer thread(s)):")
+    for name, (cfg, lm) in recipes.items():
+        say(f"  {name}: {describe(cfg, lm)}")
+    trainers = {
+        name: Trainer(
+            query_retriever(minilm, data.index(), data.task.passages, cfg),
+            cfg,
+            data.task.train,
+            lm=lm,
+            progress=False,
+            log=lambda line: None,
+        )
+        for name, (cfg, lm) in recipes.items()
+    }
+    print_times(side_by_side(trainers, args.time_steps), next(iter(recipes)))
+
+
+def run_query(args, data, minilm, before):
+    recipes = build_recipes(args, data)
+    results = {}
     for name, (cfg, lm) in recipes.items():
         say(f"\n[1] REPLUG-LSR, query encoder, recipe {name!r}: {describe(cfg, lm)}")
         retriever = query_retriever(minilm, data.index(), data.task.passages, cfg)
@@ -299,7 +308,10 @@ def run_time_against(args, data, small_data, minilm):
     cfg, _ = parse_overrides("", len(data.task.passages))
     cfg = make_config(cfg, args.seed)
     trainers = {}
-    for label, d in ((f"{len(small_data.task.passages):,} passages", small_data), (f"{len(data.task.passages):,} passages", data)):
+    for label, d in (
+        (f"{len(small_data.task.passages):,} passages", small_data),
+        (f"{len(data.task.passages):,} passages", data),
+    ):
         lm = CopyLM(d.task.passages)
         retriever = query_retriever(minilm, d.index(), d.task.passages, cfg)
         # The same training examples for both: the small corpus is the start of the large one.
@@ -363,7 +375,11 @@ def run_passage(args, data, minilm, before, run1):
             f"max {max(stale or [0])} steps"
         )
         in_service = data.measure(retriever)
-        say(report(f"run 2, index in service (v{reindexer.version}, from step {reindexer.index.step})", in_service, before))
+        say(
+            report(
+                f"run 2, index in service (v{reindexer.version}, from step {reindexer.index.step})", in_service, before
+            )
+        )
         t0 = time.perf_counter()
         reindexer.refresh(trainer.state.step)
         reindexer.wait()
@@ -390,7 +406,7 @@ def run_dual(args, data, minilm, before):
 
 def main(argv=None):
     args = parse_args(argv)
-    runs = set(filter(None, args.runs.split(",")))
+    runs = set(filter(None, args.runs.split(","))) - {"none"}
     if runs - {"query", "passage", "dual"}:
         raise SystemExit(f"--runs takes query, passage and dual, got {args.runs!r}")
     torch.set_num_threads(args.threads)
@@ -415,6 +431,8 @@ def main(argv=None):
         small = Data(args, args.time_against, minilm)
         run_time_against(args, data, small, minilm)
         del small
+    if args.time_recipes:
+        run_time_recipes(args, data, minilm)
     run1 = None
     if "query" in runs:
         results = run_query(args, data, minilm, before)

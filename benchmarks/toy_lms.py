@@ -94,9 +94,10 @@ class TinyClozeLM(nn.Module):
     """A small transformer LM trained from scratch, for cloze targets.
 
     The input is the context's words, a separator, then the query's words, with the blank
-    (`blank`, the cloze task's: make_cloze_task(blank=)) as a token of its own; words are hashed (CRC32) into `buckets` ids, so there is no
-    vocabulary to build. At the blank (or, without one, the last query word) the model
-    mixes two predictions of each target word w with a learned gate g:
+    (`blank`: the cloze task's, make_cloze_task(blank=)) as a token of its own; words are
+    hashed (CRC32) into `buckets` ids, so there is no vocabulary to build. At the blank (or,
+    without one, the last query word) the model mixes two predictions of each target word w
+    with a learned gate g:
         p(w) = g · Σ_{i : context_i = w} softmax_i(attention of the blank on context i)
              + (1 − g) · softmax over buckets(w).
     The pointer makes copying from the context easy to learn; at initialisation it is near

@@ -6,6 +6,9 @@ index.add(passage_embeddings)
 scores, ids = index.search(query_embeddings, k=10)
 """
 
+# The evaluation module (pyrag.eval.evaluate, paired_bootstrap, ...). Not in __all__: a star
+# import would shadow the builtin eval.
+from pyrag import eval as eval
 from pyrag.generator import GenerationResult, GeneratorAdapter, Source
 from pyrag.index import DenseIndex, FormatError, Index, IndexFormatError, IndexVersion, VersionedIndex
 from pyrag.losses import contrastive_loss, lsr_loss, lsr_weights, marginal_nll
@@ -14,10 +17,6 @@ from pyrag.ops._registry import compiled_extension as _compiled_extension
 from pyrag.reindex import AsyncReindexer, ReindexError, Schedule
 from pyrag.retriever import RetrievalResult, Retriever
 from pyrag.topk import topk_scores
-
-# The evaluation module (pyrag.eval.evaluate, paired_bootstrap, ...). Not in __all__: a star
-# import would shadow the builtin eval.
-from pyrag import eval  # noqa: E402, I001
 
 __version__ = "0.1.0"
 

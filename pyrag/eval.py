@@ -132,7 +132,9 @@ def word_set(text: str) -> frozenset[str]:
 
 
 # ---------------------------------------------------------------------- measures
-def score_run(ids: torch.Tensor, relevant: Sequence[frozenset[int] | set[int]], k: Optional[int] = None) -> RetrievalEval:
+def score_run(
+    ids: torch.Tensor, relevant: Sequence[frozenset[int] | set[int]], k: Optional[int] = None
+) -> RetrievalEval:
     """The measures of a ranked run: ids [Q, >=k] index ids best first (-1 is padding and
     never relevant), relevant[i] the relevant ids of query i. k defaults to ids.shape[1]."""
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from ir_measures import RR, R, Success, nDCG
 
 import pyrag
-from pyrag.eval import evaluate, eval_mode, paired_bootstrap, relevant_passages, score_run, standard_error
+from pyrag.eval import eval_mode, evaluate, paired_bootstrap, relevant_passages, score_run, standard_error
 from pyrag.train import Example
 from pyrag.train.example import words
 
@@ -117,9 +117,7 @@ PASSAGES = [
 def test_answer_judgements_are_every_passage_holding_the_answer():
     examples = [Example("q ____", "brown", 0), Example("q ____", "lazy dog", 1), Example("q ____", "zebra", 2)]
     got = relevant_passages(examples, "answer", PASSAGES)
-    brute = [
-        frozenset(i for i, p in enumerate(PASSAGES) if set(words(e.answer)) <= set(words(p))) for e in examples
-    ]
+    brute = [frozenset(i for i, p in enumerate(PASSAGES) if set(words(e.answer)) <= set(words(p))) for e in examples]
     assert got == brute == [frozenset({0, 2}), frozenset({1}), frozenset()]
     assert relevant_passages(examples, "answer", dict(enumerate(PASSAGES))) == got  # a mapping id -> text
     assert relevant_passages(examples) == [frozenset({0}), frozenset({1}), frozenset({2})]

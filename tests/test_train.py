@@ -195,7 +195,9 @@ def test_the_blank_is_a_setting():
             lm3(["the ___ runs fast"], contexts, ["dog"]), lm4([f"the {BLANK} runs fast"], contexts, ["dog"])
         )
         # Another blank is read as a plain word: the prediction is made elsewhere.
-        assert not torch.allclose(lm4(["the ___ runs fast"], contexts, ["dog"]), lm3(["the ___ runs fast"], contexts, ["dog"]))
+        assert not torch.allclose(
+            lm4(["the ___ runs fast"], contexts, ["dog"]), lm3(["the ___ runs fast"], contexts, ["dog"])
+        )
     for bad in ("", "two words", 3):
         with pytest.raises(ValueError, match="blank"):
             make_cloze_task(synthetic_corpus(2, 3), blank=bad)
@@ -204,7 +206,8 @@ def test_the_blank_is_a_setting():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(heldout_fraction=0.0), dict(heldout_fraction=1.0), dict(train_queries_per_passage=0), dict(query_passages=1)]
+    "kwargs",
+    [dict(heldout_fraction=0.0), dict(heldout_fraction=1.0), dict(train_queries_per_passage=0), dict(query_passages=1)],
 )
 def test_cloze_task_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
@@ -521,6 +524,20 @@ def test_passage_encoder_trains_with_async_reindexing(task, tmp_path, dtype):
         assert torch.equal(now.index.vectors(), saved.index.vectors())
         assert torch.equal(now.index.ids, saved.index.ids)
         assert recall_at_k(resumed.retriever, task.heldout) == after
+
+
+def test_the_passage_encoder_waits_for_passage_start(task):
+    """Atlas's query-side first: before passage_start only the query encoder moves, and the
+    candidates are scored with the stored vectors."""
+    cfg = TrainConfig(mode="replug_lsr", train_passage_encoder=True, passage_start=4, **{**BASE, "steps": 7})
+    trainer = make_trainer(task, cfg, passage_training=True, schedule="none")
+    with trainer.reindexer:
+        q0, p0 = params(trainer.retriever.query_encoder), params(trainer.retriever.passage_encoder)
+        trainer.train(4)
+        assert not same(params(trainer.retriever.query_encoder), q0)
+        assert same(params(trainer.retriever.passage_encoder), p0)
+        trainer.train()
+        assert not same(params(trainer.retriever.passage_encoder), p0)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])

@@ -95,7 +95,9 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if self.in_batch > self.k:
-            raise ValueError(f"in_batch takes each query's top in_batch of its k retrieved: got {self.in_batch} > k={self.k}")
+            raise ValueError(
+                f"in_batch takes each query's top in_batch of its k retrieved: got {self.in_batch} > k={self.k}"
+            )
         for name in ("tau_retriever", "tau_lm", "lr_query", "lr_passage", "lr_lm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

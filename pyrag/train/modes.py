@@ -108,10 +108,8 @@ def candidates(
     column = torch.cumsum(keep.to(torch.int64), 0) - 1  # position of each unique id among the valid ones
     cols = column[inverse].clamp(min=0).to(q.device)
     scores = table.gather(1, cols).masked_fill(~mask.to(q.device), -math.inf)
-    texts = [[retriever.passages[i] if i >= 0 else None for i in row] for row in ids.tolist()]  # type: ignore[index]
-    return Candidates(
-        ids.to(q.device), scores, mask.to(q.device), retrieved.to(q.device), texts, snap.version
-    )
+    texts = [[retriever.passages[i] if i >= 0 else None for i in row] for row in ids.tolist()]
+    return Candidates(ids.to(q.device), scores, mask.to(q.device), retrieved.to(q.device), texts, snap.version)
 
 
 def _draw(pool: torch.Tensor, n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -137,7 +135,9 @@ def _embeddings(retriever: Retriever, snap: Any, ids: torch.Tensor, live: bool) 
     emb = retriever.passage_encoder(texts)
     if not isinstance(emb, torch.Tensor) or tuple(emb.shape) != (len(texts), retriever.index.dim):
         got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-        raise ValueError(f"passage_encoder returned {got} for {len(texts)} passages; expected ({len(texts)}, {retriever.index.dim})")
+        raise ValueError(
+            f"passage_encoder returned {got} for {len(texts)} passages; expected ({len(texts)}, {retriever.index.dim})"
+        )
     return emb
 
 
