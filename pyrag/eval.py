@@ -6,7 +6,7 @@ confidence interval for the difference between two systems on the same queries.
     before = pyrag.eval.evaluate(retriever, [e.query for e in examples], relevant, k=10)
     ...  # train
     after = pyrag.eval.evaluate(retriever, [e.query for e in examples], relevant, k=10)
-    print(pyrag.eval.paired_bootstrap(before.success, after.success))  # +0.118 [+0.108, +0.130] ...
+    print(pyrag.eval.paired_bootstrap(before.success, after.success))  # mean gain [95% CI], gained / lost
 
 Relevance is binary: a query's relevant passages are a set of index ids. The measures follow
 trec_eval / ir-measures (R@k, Success@k, RR@k, nDCG@k with gain 1 and a log2(rank + 1)
@@ -29,6 +29,20 @@ import torch
 
 from pyrag.retriever import Passages, Retriever
 from pyrag.train.example import Example, words
+
+__all__ = [
+    "MATCHES",
+    "MEASURES",
+    "PairedBootstrap",
+    "RetrievalEval",
+    "eval_mode",
+    "evaluate",
+    "paired_bootstrap",
+    "relevant_passages",
+    "score_run",
+    "standard_error",
+    "word_set",
+]
 
 MATCHES = ("positive", "answer")
 MEASURES = ("recall", "success", "mrr", "ndcg")
@@ -190,7 +204,8 @@ def evaluate(
     batch_size: int = 64,
 ) -> RetrievalEval:
     """Searches the retriever's index for each query and scores the top k against `relevant`
-    (see relevant_passages). The query and passage encoders run in eval mode (no dropout)
+    (see relevant_passages). queries: what the query encoder takes, or a [Q, dim] tensor of
+    embeddings for a Retriever without one. The query and passage encoders run in eval mode (no dropout)
     and without gradient; their modes are restored afterwards."""
     if len(queries) == 0:
         raise ValueError("evaluate needs at least one query")
@@ -204,7 +219,8 @@ def evaluate(
     with eval_mode(retriever.query_encoder, retriever.passage_encoder):
         snap = retriever.index.snapshot()  # one index version for every query
         for start in range(0, len(queries), batch_size):
-            q = retriever.encode_queries(list(queries[start : start + batch_size]))
+            chunk = queries[start : start + batch_size]
+            q = retriever.encode_queries(chunk if isinstance(chunk, torch.Tensor) else list(chunk))
             rows.append(snap.search(q.to(torch.float32).cpu(), k)[1])
     return score_run(torch.cat(rows), relevant, k)
 

@@ -266,3 +266,10 @@ def test_paired_bootstrap_rejects_bad_input():
     with pytest.raises(ValueError, match="finite"):
         paired_bootstrap([0.0, float("nan")], [1.0, 1.0])
     assert standard_error([0.0, 1.0, 0.0, 1.0]) == pytest.approx(0.2886751, rel=1e-6)
+
+
+def test_evaluate_takes_embeddings_for_a_retriever_without_encoder():
+    index = pyrag.DenseIndex(4)
+    index.add(torch.eye(4))
+    out = evaluate(pyrag.Retriever(None, index), torch.eye(4)[[2, 0, 3]], [{2}, {1}, {3}], k=1, batch_size=2)
+    assert out.ids.flatten().tolist() == [2, 0, 3] and out.success.tolist() == [1.0, 0.0, 1.0]
