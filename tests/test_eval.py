@@ -21,6 +21,9 @@ from pyrag.eval import eval_mode, evaluate, paired_bootstrap, relevant_passages,
 from pyrag.train import Example
 from pyrag.train.example import words
 
+# Small tensors: one torch thread (tests/conftest.py), or OpenMP barriers dominate on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def oracle(ids: torch.Tensor, relevant, k: int) -> dict[str, list[float]]:
     """ir-measures' R@k, Success@k, RR@k and nDCG@k per query (every query has a hit list
@@ -240,18 +243,18 @@ def test_paired_bootstrap_is_the_percentile_interval_scipy_computes():
 
 
 def test_paired_bootstrap_covers_the_true_mean_at_its_confidence():
-    """Queries drawn from a population with a known mean gain of 0.1: the 90% interval
-    holds it in about 90% of 300 draws (binomial sd 1.7 points)."""
+    """Queries drawn from a population with a known mean gain of 0.085: the 90% interval
+    holds it in about 90% of 200 draws (binomial sd 2.1 points)."""
     g = torch.Generator().manual_seed(2)
     covered = 0
-    for trial in range(300):
-        a = (torch.rand(200, generator=g) < 0.5).double()
-        b = torch.clamp(a + (torch.rand(200, generator=g) < 0.3).double(), max=1.0)
-        b = torch.where(torch.rand(200, generator=g) < 0.1, 0.0, b)
+    for trial in range(200):
+        a = (torch.rand(150, generator=g) < 0.5).double()
+        b = torch.clamp(a + (torch.rand(150, generator=g) < 0.3).double(), max=1.0)
+        b = torch.where(torch.rand(150, generator=g) < 0.1, 0.0, b)
         # b = 1 iff (a = 1 or u < 0.3) and v >= 0.1: P(b = 1) = 0.9 * 0.65, E[b - a] = 0.585 - 0.5
-        ci = paired_bootstrap(a, b, confidence=0.9, n_resamples=1000, seed=trial)
+        ci = paired_bootstrap(a, b, confidence=0.9, n_resamples=500, seed=trial)
         covered += ci.low <= 0.085 <= ci.high
-    assert 0.84 <= covered / 300 <= 0.96, covered
+    assert 0.83 <= covered / 200 <= 0.96, covered
 
 
 def test_paired_bootstrap_rejects_bad_input():
