@@ -90,6 +90,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--dual-steps", type=int, default=100, help="run 3 training steps")
     p.add_argument("--dual-freeze", type=int, default=50, help="run 3: retriever frozen before this step")
+    p.add_argument("--save", default="", help="write every system's per-query measures here (torch.save)")
     p.add_argument("--threads", type=int, default=1, help="trainer torch threads (the re-index worker uses 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -253,9 +254,13 @@ def print_times(times: dict, base: str) -> None:
     ref = statistics.median(times[base])
     for name, ts in times.items():
         half = len(ts) // 2
+        halves = (
+            f"; first half {statistics.median(ts[:half]):.3f}s, second {statistics.median(ts[half:]):.3f}s"
+            if half
+            else ""
+        )
         say(
-            f"  {name}: median {statistics.median(ts):.3f}s/step ({len(ts)} steps; first half "
-            f"{statistics.median(ts[:half]):.3f}s, second {statistics.median(ts[half:]):.3f}s), "
+            f"  {name}: median {statistics.median(ts):.3f}s/step ({len(ts)} steps{halves}), "
             f"{statistics.median(ts) / ref:.2f}x {base}"
         )
     pairs = {name: [x / y for x, y in zip(ts, times[base])] for name, ts in times.items() if name != base}
@@ -442,6 +447,7 @@ def main(argv=None):
     say(f"torch threads {torch.get_num_threads()}, CPU ISA {pyrag.cpu_isa()}, {os.cpu_count()} cores")
     data = Data(args, args.passages, minilm)
     before = data.measure_shipped(minilm)
+    saved = {"MiniLM": before}
     b = before["answer"]
     say(
         f"MiniLM as shipped: held-out recall@10 by answer {b.success.mean():.3f}, MRR@10 {b.mrr.mean():.3f}, "
@@ -457,10 +463,18 @@ def main(argv=None):
     if "query" in runs:
         results = run_query(args, data, minilm, before)
         run1 = results.get("default", next(iter(results.values())))[0]
+        saved.update({f"run 1 {name}": r[0] for name, r in results.items()})
     if "passage" in runs:
-        run_passage(args, data, minilm, before, run1)
+        saved["run 2"] = run_passage(args, data, minilm, before, run1)
     if "dual" in runs:
         run_dual(args, data, minilm, before)
+    if args.save:
+        per_query = {
+            name: {f"{match} {m}": v[match].measure(m) for match in ("answer", "positive") for m in ("success", "mrr")}
+            for name, v in saved.items()
+        }
+        torch.save({"queries": [e.query for e in data.heldout], "systems": per_query}, args.save)
+        say(f"per-query measures of {', '.join(per_query)} saved to {args.save}")
     say(f"\ntotal {time.perf_counter() - t_start:.0f}s")
     if run1 is not None:
         say(f"recall@10 before {b.success.mean():.3f} after {run1['answer'].success.mean():.3f}")
