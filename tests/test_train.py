@@ -216,7 +216,7 @@ def test_cloze_task_rejects_bad_settings(kwargs):
 
 # ----------------------------------------------------------------------------- LMs
 def test_copy_lm_matches_its_formula():
-    lm = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5)
+    lm = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5, context_length=None)
     out = lm(["q1", "q2"], [["beta beta alpha", None], ["gamma", "delta delta"]], ["beta", "zeta"])
     total = 4 + 1 + 4 + 1  # 5 words, 4 distinct, add-one over the vocabulary plus unknown
     p_beta = 0.5 * (2 + 1) / total
@@ -239,7 +239,9 @@ def test_copy_lm_fixed_context_length_counts_occurrences():
     expected = torch.log(torch.tensor([[0.5 * 1 / 2 + p_beta, 0.5 * 1 / 2 + p_beta, 0.5 + p_beta, p_beta]]))
     torch.testing.assert_close(out, expected)
     # Dividing by |c| instead ranks the 1-word context four times the 4-word one.
-    by_length = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5)(["q"], contexts, ["beta"])
+    by_length = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5, context_length=None)(
+        ["q"], contexts, ["beta"]
+    )
     assert by_length[0, 0] > by_length[0, 1]
 
 
