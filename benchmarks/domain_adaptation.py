@@ -93,6 +93,12 @@ def parse_args(argv=None):
     p.add_argument("--save", default="", help="write every system's per-query measures here (torch.save)")
     p.add_argument("--threads", type=int, default=1, help="trainer torch threads (the re-index worker uses 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--index-dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "int8"),
+        help="storage dtype of the index every run searches (refreshes keep it)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -148,6 +154,7 @@ class Data:
 
     def __init__(self, args, n_passages: int, model):
         t0 = time.perf_counter()
+        self.index_dtype = args.index_dtype
         pool = real_corpus_cached(args.pool)
         random.Random(args.seed).shuffle(pool)
         if n_passages > len(pool):
@@ -178,7 +185,7 @@ class Data:
         say(f"  e.g. query {self.heldout[0].query!r} -> answer {self.heldout[0].answer!r}")
 
     def index(self, n: int | None = None):
-        index = pyrag.DenseIndex(self.vectors.shape[1])
+        index = pyrag.DenseIndex(self.vectors.shape[1], self.index_dtype)
         index.add(self.vectors[:n])
         return index
 

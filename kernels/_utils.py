@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pyrag import reference
+
 # Blocks of a program never exceed this many elements per tensor. 16K fp32 values over
 # 16 warps is 32 registers a thread: the row-wise loss kernels stay spill-free with it.
 MAX_BLOCK = 16384
@@ -52,9 +54,9 @@ def check_device(*tensors: torch.Tensor, interpreted: bool) -> None:
 
 
 def compute_dtype(*dtypes: torch.dtype):
-    """The loss kernels' arithmetic dtype, as in pyrag.reference.compute_dtype: float64
-    if any input is float64, else float32 (bf16/fp16 are widened)."""
-    return tl.float64 if torch.float64 in dtypes else tl.float32
+    """The loss kernels' arithmetic dtype: pyrag.reference.compute_dtype's choice (the one
+    rule), as a Triton dtype."""
+    return tl.float64 if reference.compute_dtype(*dtypes) == torch.float64 else tl.float32
 
 
 # ---------------------------------------------------------------------------------

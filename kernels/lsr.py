@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pyrag import reference
 from pyrag.kernels._utils import (
     check_device,
     compute_dtype,
@@ -152,8 +153,7 @@ def lsr_weights(lm_scores: torch.Tensor, tau: float, mask: torch.Tensor | None) 
 
 def _lsr_kl_launch(grad, retriever_scores, lm_scores, tau_retriever, tau_lm, mask, direction, backward):
     check_device(retriever_scores, lm_scores, mask, grad, interpreted=is_interpreted(_lsr_kl_kernel))
-    if direction not in ("forward", "reverse"):
-        raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+    reference.check_direction(direction)
     s, l = _rows(retriever_scores), _rows(lm_scores)
     b, k = s.shape
     out_dtype = torch.promote_types(s.dtype, l.dtype)

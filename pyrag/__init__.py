@@ -10,12 +10,25 @@ scores, ids = index.search(query_embeddings, k=10)
 # import would shadow the builtin eval.
 from pyrag import eval as eval
 from pyrag.generator import GenerationResult, GeneratorAdapter, Source
-from pyrag.index import DenseIndex, FormatError, Index, IndexFormatError, IndexVersion, VersionedIndex
+from pyrag.index import (
+    CoalescingSearcher,
+    DenseIndex,
+    FormatError,
+    Index,
+    IndexFormatError,
+    IndexVersion,
+    SearcherClosedError,
+    SearcherSnapshot,
+    VersionedIndex,
+)
 from pyrag.losses import contrastive_loss, lsr_loss, lsr_weights, marginal_nll
 from pyrag.ops import BACKENDS, BackendUnavailableError, get_num_threads, set_num_threads
 from pyrag.ops._registry import compiled_extension as _compiled_extension
 from pyrag.reindex import AsyncReindexer, ReindexError, Schedule
 from pyrag.retriever import RetrievalResult, Retriever
+
+# Last: pyrag.text builds on the names above.
+from pyrag.text import Hit, Passage, TextIndex
 from pyrag.topk import topk_scores
 
 __version__ = "0.1.0"
@@ -36,18 +49,24 @@ __all__ = [
     "BACKENDS",
     "AsyncReindexer",
     "BackendUnavailableError",
+    "CoalescingSearcher",
     "DenseIndex",
     "FormatError",
     "GenerationResult",
     "GeneratorAdapter",
+    "Hit",
     "Index",
     "IndexFormatError",
     "IndexVersion",
+    "Passage",
     "ReindexError",
     "RetrievalResult",
     "Retriever",
     "Schedule",
+    "SearcherClosedError",
+    "SearcherSnapshot",
     "Source",
+    "TextIndex",
     "VersionedIndex",
     "contrastive_loss",
     "cpu_isa",

@@ -83,7 +83,7 @@ def inner_products(
     quantized_queries=True gives what the CPU kernels compute for a compact corpus, bit
     for bit: a bfloat16 corpus meets the query rounded to bfloat16 (_scores_bf16), an
     int8 corpus (scales required) meets the query quantised to int8 (_scores_int8).
-    That rounding is the price of vdpbf16ps / vpdpbusd; DenseIndex(exact=True) removes
+    That rounding is the price of vdpbf16ps / vpdpbusd; DenseIndex.search(exact=True) removes
     it. Other corpus dtypes ignore the flag.
     """
     if quantized_queries and corpus.dtype == torch.int8:

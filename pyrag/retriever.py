@@ -34,7 +34,7 @@ class RetrievalResult:
     scores: [B, k] (q·x) * score_scale, differentiable; -inf where ids is -1.
     mask: [B, k] bool, False where ids is -1 (pass it to the losses).
     index_version: the version of the index that answered (its snapshot's `version`).
-    passages: the hits' texts, [B][k] with None for padding, when the Retriever knows them.
+    passages: the hits' texts, `[B][k]` with None for padding, when the Retriever knows them.
     query_embeddings: [B, dim], differentiable.
     tau: the retriever temperature; probs() is softmax(scores / tau) over the valid hits.
     """

@@ -32,3 +32,22 @@ def test_every_public_name_is_documented():
         obj = getattr(pyrag, name)
         if callable(obj):
             assert f"pyrag.{name}" in api, f"{name} is missing from docs/api.md"
+
+
+def test_a_first_eager_call_imports_no_dynamo():
+    """torch.library.custom_op imports torch._dynamo on an op's first eager call (seconds);
+    pyrag's ops are registered so that they do not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, pyrag\n"
+        "pyrag.topk_scores(torch.randn(2, 8), torch.randn(50, 8), 3)\n"
+        "s = torch.randn(2, 4, requires_grad=True)\n"
+        "pyrag.lsr_loss(s, torch.randn(2, 4)).backward()\n"
+        "pyrag.marginal_nll(s, torch.randn(2, 4)).backward()\n"
+        "index = pyrag.DenseIndex(8, 'int8'); index.add(torch.randn(20, 8)); index.search(torch.randn(1, 8), 2)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

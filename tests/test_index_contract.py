@@ -228,3 +228,13 @@ def test_reserve_keeps_adds_from_reallocating():
     assert index._snap.packed.data_ptr() == buffer.data_ptr() and len(index) == 1000
     with pytest.raises(ValueError, match="capacity"):
         index.reserve(-1)
+
+
+def test_a_snapshot_is_the_same_object_exactly_while_nothing_changes():
+    index = pyrag.DenseIndex(D, "int8")
+    index.add(integer_rows(10))
+    first = index.snapshot()
+    assert index.snapshot() is first and first.snapshot() is first
+    index.add(integer_rows(1, seed=2))
+    second = index.snapshot()
+    assert second is not first and len(second) == 11 and len(first) == 10

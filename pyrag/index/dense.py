@@ -123,6 +123,7 @@ class DenseIndex:
         self._block_bytes = packed.block_bytes(dtype, dim)
         self._lock = threading.Lock()
         self._frozen = False
+        self._view: Optional[DenseIndex] = None  # the last snapshot(), reused while unchanged
         self.metadata: dict[str, str] = {}
         self._snap = self._empty_snapshot()
 
@@ -181,6 +182,21 @@ class DenseIndex:
             return False
         return True
 
+    def contains(self, ids: Any) -> torch.Tensor:
+        """Whether each id is stored: bool [*ids.shape] (`id in index` for many ids at
+        once), O(len(ids) · log N). Ids outside int64 are a ValueError."""
+        t = as_tensor(ids, "ids") if isinstance(ids, (torch.Tensor, np.ndarray)) else as_ids(ids)
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"ids must be integers, got {t.dtype}")
+        shape = tuple(t.shape)
+        flat = as_ids(t)
+        snap = self._snap
+        if snap.size == 0 or flat.numel() == 0:
+            return torch.zeros(shape, dtype=torch.bool)
+        sorted_ids = snap.ids_sorted()
+        pos = torch.searchsorted(sorted_ids, flat).clamp(max=snap.size - 1)
+        return (sorted_ids[pos] == flat).reshape(shape)
+
     def __repr__(self) -> str:
         return f"DenseIndex(dim={self._dim}, dtype={self._dtype!r}, size={len(self)})"
 
@@ -192,10 +208,17 @@ class DenseIndex:
 
     def snapshot(self) -> DenseIndex:
         """A read-only view of the index as it is now: searches and gets on it agree with
-        each other whatever is added or removed meanwhile. O(1)."""
-        view = copy.copy(self)
-        view._frozen = True
-        view._lock = threading.Lock()
+        each other whatever is added or removed meanwhile. O(1). Two calls return the same
+        object exactly when nothing changed in between."""
+        if self._frozen:
+            return self
+        snap, view = self._snap, self._view
+        if view is None or view._snap is not snap:
+            view = copy.copy(self)
+            view._frozen = True
+            view._lock = threading.Lock()
+            view._view = None
+            self._view = view
         return view
 
     # ------------------------------------------------------------------ reading vectors
@@ -246,7 +269,7 @@ class DenseIndex:
         if self._quantised:
             values, scales, norms, errors = packed.encode_rows(self._dtype, x)
         else:
-            values = x
+            values, scales, norms, errors = x, None, None, None
         with self._lock:
             snap = self._snap
             if new_ids_given is None:
@@ -259,27 +282,96 @@ class DenseIndex:
                 self._check_no_clash(snap, new_ids)
             if n == 0:
                 return new_ids
-            old, need = snap.size, snap.size + n
-            grown = self._with_capacity(snap, need)
-            # Rows past the old size are invisible to readers of the old snapshot.
-            packed.pack_rows(self._dtype, values, grown.packed, old)
-            grown.ids[old:need] = new_ids
-            max_norm, max_error = snap.max_norm, snap.max_error
-            if self._quantised:
-                if grown.scales is not None and scales is not None:
-                    grown.scales[old:need] = scales
-                if grown.norms is not None and grown.errors is not None:  # exact search's bound
-                    grown.norms[old:need] = norms
-                    grown.errors[old:need] = errors
-                    max_norm = max(max_norm, float(norms.max()))
-                    max_error = max(max_error, float(errors.max()))
-            originals = grown.originals.write(old, x) if grown.originals is not None else None
-            sorted_ids, sorted_rows = _merge_id_map(snap, new_ids)
-            self._snap = grown._replace(
-                size=need, originals=originals, max_norm=max_norm, max_error=max_error, sorted_ids=sorted_ids,
-                sorted_rows=sorted_rows, version=snap.version + 1,
-            )  # fmt: skip
+            grown = self._appended(self._with_capacity(snap, snap.size + n), values, scales, norms, errors, x, new_ids)
+            self._snap = grown._replace(version=snap.version + 1)
         return new_ids
+
+    def add_from(self, other: DenseIndex, ids: Any = None) -> torch.Tensor:
+        """Appends rows of `other`, a DenseIndex of the same dim and dtype, as they are
+        stored and under their ids: nothing is re-encoded, so a bfloat16 or int8 row keeps
+        its values, its scale, its exact-search bound and its float32 original, and scores
+        exactly as it did in `other` (FAISS's merge_from). Re-sharding a saved
+        pyrag.distributed.ShardedIndex onto another number of ranks is built on it.
+
+        ids: which of other's ids to copy (default all); an id not in `other` is a
+        KeyError, one already here a ValueError, and then nothing is added. Rows are
+        appended in other's row order. Returns the ids added. One mutation (version + 1).
+        """
+        self._check_mutable()
+        if not isinstance(other, DenseIndex):
+            raise TypeError(f"other must be a pyrag.DenseIndex, got {type(other).__name__}")
+        if other.dim != self._dim or other.dtype != self._dtype:
+            raise ValueError(
+                f"other has dim {other.dim} and dtype {other.dtype!r} but this index has dim {self._dim} "
+                f"and dtype {self._dtype!r}"
+            )
+        if self._keep_originals and not other._keep_originals:
+            raise ValueError("this index keeps the float32 originals (exact=True) but other has none to copy")
+        src = other._snap
+        if ids is None:
+            rows = torch.arange(src.size, dtype=torch.int64)
+        else:
+            wanted = as_ids(ids)
+            if wanted.unique().numel() != wanted.numel():
+                raise ValueError("ids contain duplicates")
+            rows = torch.sort(src.rows_of(wanted)).values  # KeyError before anything changes
+        take = src.ids[rows]
+        with self._lock:
+            snap = self._snap
+            self._check_no_clash(snap, take)
+            n = rows.numel()
+            if n == 0:
+                return take
+            grown = self._with_capacity(snap, snap.size + n)
+            for s in range(0, n, COPY_ROWS):  # chunks: never the whole corpus unpacked
+                part = rows[s : s + COPY_ROWS]
+                lo, hi = int(part[0]), int(part[-1]) + 1
+                values = packed.unpack_rows(self._dtype, src.packed, lo, hi - lo, self._dim)[part - lo]
+                keep = self._keep_originals
+                grown = self._appended(
+                    grown, values, src.scales[part] if src.scales is not None else None,
+                    src.norms[part] if keep and src.norms is not None else None,
+                    src.errors[part] if keep and src.errors is not None else None,
+                    src.originals.view(hi)[part] if keep and src.originals is not None else None,
+                    take[s : s + part.numel()],
+                )  # fmt: skip
+            self._snap = grown._replace(version=snap.version + 1)
+        return take
+
+    def _appended(
+        self,
+        snap: _Snapshot,
+        values: torch.Tensor,
+        scales: Optional[torch.Tensor],
+        norms: Optional[torch.Tensor],
+        errors: Optional[torch.Tensor],
+        originals_rows: Optional[torch.Tensor],
+        new_ids: torch.Tensor,
+    ) -> _Snapshot:
+        """`snap` (with room for them) plus rows already encoded: values in the storage
+        dtype, int8 scales, and, when originals are kept, norms, errors and the float32
+        rows. The caller holds the lock, has checked the ids and sets the version."""
+        old, n = snap.size, values.shape[0]
+        need = old + n
+        # Rows past the old size are invisible to readers of the old snapshot.
+        packed.pack_rows(self._dtype, values, snap.packed, old)
+        snap.ids[old:need] = new_ids[:n]
+        max_norm, max_error = snap.max_norm, snap.max_error
+        if snap.scales is not None and scales is not None:
+            snap.scales[old:need] = scales
+        if snap.norms is not None and snap.errors is not None and norms is not None and errors is not None:
+            snap.norms[old:need] = norms  # exact search's bound
+            snap.errors[old:need] = errors
+            max_norm = max(max_norm, float(norms.max()))
+            max_error = max(max_error, float(errors.max()))
+        originals = snap.originals
+        if originals is not None and originals_rows is not None:
+            originals = originals.write(old, originals_rows)
+        sorted_ids, sorted_rows = _merge_id_map(snap, new_ids[:n])
+        return snap._replace(
+            size=need, originals=originals, max_norm=max_norm, max_error=max_error, sorted_ids=sorted_ids,
+            sorted_rows=sorted_rows,
+        )  # fmt: skip
 
     def reserve(self, capacity: int) -> None:
         """Allocates room for `capacity` rows, so that adds up to that size never

@@ -10,6 +10,11 @@ under a fresh name and trainer.safetensors, which names it, last: a crash at any
 leaves the previous checkpoint whole, and the next save removes index files that no
 trainer.safetensors names. The optimiser state is torch's own state_dict, serialised by
 torch.save and read back with torch.load(weights_only=True).
+
+With a pyrag.distributed.ShardedReindexer, every rank calls save and load (they are
+collective): the index folder is a ShardedIndex save (a shard file per rank and its
+manifest, written last), rank 0 writes trainer.safetensors after it with every rank's
+RNG state, and load opens the index through its manifest on every rank.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pyrag.distributed import ShardedIndex, ShardedReindexer
+from pyrag.distributed.collective import Comm
 from pyrag.index import VersionedIndex, storage
+from pyrag.reindex import AsyncReindexer
 
 if TYPE_CHECKING:
     from pyrag.train.trainer import Trainer
@@ -57,12 +65,30 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         "format": FORMAT, "format_version": FORMAT_VERSION, "step": str(trainer.state.step),
         "config": json.dumps(asdict(trainer.config)), "evals": json.dumps(trainer.state.evals),
     }  # fmt: skip
-    if trainer.reindexer is not None:
+    reindexer = trainer.reindexer
+    if isinstance(reindexer, ShardedReindexer):
+        comm = Comm(reindexer.index.group)
+        states = comm.all_gather(torch.get_rng_state().to(comm.device), "checkpoint (rng)").cpu()
+        for rank, state in enumerate(states.reshape(comm.world, -1)):
+            tensors[f"rng/torch/rank{rank}"] = state
+
+        def write_last(name: str) -> None:
+            _write_state(directory, tensors, dict(meta, index=name, index_kind="sharded"))
+
+        reindexer.save_index(directory, f"{_INDEX_PREFIX}{trainer.state.step:09d}-", write_last)
+        return
+    if reindexer is not None:
         name = f"{_INDEX_PREFIX}{trainer.state.step:09d}-{secrets.token_hex(4)}"
-        trainer.reindexer.index.snapshot().save(os.path.join(directory, name))
+        reindexer.index.snapshot().save(os.path.join(directory, name))
         meta["index"] = name
+    _write_state(directory, tensors, meta)
+
+
+def _write_state(directory: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """trainer.safetensors, naming the index already written; then the index files of
+    earlier (or interrupted) saves go."""
     storage.save_tensors(os.path.join(directory, STATE_FILE), tensors, meta)
-    for entry in os.listdir(directory):  # index files of earlier (or interrupted) saves
+    for entry in os.listdir(directory):
         if entry.startswith(_INDEX_PREFIX) and entry != meta.get("index"):
             _remove(os.path.join(directory, entry))
 
@@ -92,12 +118,21 @@ def load(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         if not isinstance(saved, dict) or saved.get(key) != getattr(cfg, key):
             got = saved.get(key) if isinstance(saved, dict) else None
             raise ValueError(f"checkpoint has {key}={got!r} but this trainer has {getattr(cfg, key)!r}")
-    index = None
-    if trainer.reindexer is not None and "index" in meta:
+    index: VersionedIndex | ShardedIndex | None = None
+    reindexer = trainer.reindexer
+    sharded = isinstance(reindexer, ShardedReindexer)
+    if reindexer is not None and "index" in meta:
         name = meta["index"]
         if not name.startswith(_INDEX_PREFIX) or os.sep in name:
             raise CheckpointFormatError(f"{state_path}: bad index name {name!r}")
-        index = VersionedIndex.load(os.path.join(directory, name))
+        saved_kind, kind = meta.get("index_kind", "single"), "sharded" if sharded else "single"
+        if saved_kind != kind:
+            raise ValueError(f"checkpoint holds a {saved_kind} index but this trainer's reindexer keeps a {kind} one")
+        if isinstance(reindexer, ShardedReindexer):  # collective: every rank opens its shard through the manifest
+            index = ShardedIndex.load(os.path.join(directory, name), group=reindexer.index.group)
+            rng = tensors.get(f"rng/torch/rank{reindexer.index.rank}", rng)
+        else:
+            index = VersionedIndex.load(os.path.join(directory, name))
     # Everything is read and checked: now change the trainer.
     for role, module in trainer.trainable_modules().items():
         prefix = f"{role}/"
@@ -107,9 +142,11 @@ def load(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         raise ValueError("the checkpoint's optimiser has other parameter groups than this trainer's")
     trainer.optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(rng)
-    if index is not None:
+    if isinstance(index, ShardedIndex) and isinstance(reindexer, ShardedReindexer):
+        reindexer.restore(index)
+    elif isinstance(index, VersionedIndex) and isinstance(reindexer, AsyncReindexer):
         current = index.snapshot()
-        trainer.reindexer.restore(current.index, version=current.version, step=current.step)  # type: ignore[union-attr]
+        reindexer.restore(current.index, version=current.version, step=current.step)
     trainer.restore_state(step, evals)
 
 

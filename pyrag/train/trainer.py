@@ -12,7 +12,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -23,6 +23,9 @@ from pyrag.train import checkpoint
 from pyrag.train.config import TrainConfig
 from pyrag.train.example import Example
 from pyrag.train.modes import LM, dpr_loss, marginal_loss, ra_dit_loss, replug_lsr_loss
+
+if TYPE_CHECKING:
+    from pyrag.distributed import ShardedReindexer
 
 
 def recall_at_k(
@@ -84,7 +87,8 @@ class Trainer:
             that train it. Unused by DPR.
         eval_data: held-out Examples, evaluated (pyrag.eval) every eval_every steps and by
             evaluate().
-        reindexer: an AsyncReindexer, stepped after each optimiser step.
+        reindexer: an AsyncReindexer (or, over a sharded index, a
+            pyrag.distributed.ShardedReindexer), stepped after each optimiser step.
         checkpoint_path: where checkpoint_every writes (atomically).
         progress: show a tqdm bar. log: where the log lines go (default tqdm.write).
     """
@@ -97,7 +101,7 @@ class Trainer:
         *,
         lm: Optional[LM] = None,
         eval_data: Optional[Sequence[Example]] = None,
-        reindexer: Optional[AsyncReindexer] = None,
+        reindexer: Optional[AsyncReindexer | ShardedReindexer] = None,
         checkpoint_path: Optional[str | os.PathLike[str]] = None,
         progress: bool = True,
         log: Optional[Callable[[str], None]] = None,
