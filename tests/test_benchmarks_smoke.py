@@ -200,3 +200,16 @@ def test_domain_adaptation_runs_end_to_end(capsys, tmp_path, monkeypatch):
     assert any(line.startswith("run 3 after 3 dual steps") for line in lines)
     assert any("corpus - default: " in line or "default - corpus: " in line for line in lines)
     assert re.fullmatch(r"recall@10 before [01]\.\d{3} after [01]\.\d{3}", lines[-1]), lines[-1]
+
+
+def test_step_search_scaling_times_every_size(capsys):
+    """benchmarks/step_search_scaling.py at tiny sizes: one line per N, in the order given."""
+    import step_search_scaling
+
+    step_search_scaling.main(["--sizes", "60,200", "--dim", "8", "--batch", "3", "--rounds", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("CPU ISA ") and "k=50" in lines[0]
+    assert [re.match(r"  N=\s*([\d,]+): search \+ get of the hits, median \d+\.\d ms$", x).group(1) for x in lines[1:]] == [
+        "60",
+        "200",
+    ]
