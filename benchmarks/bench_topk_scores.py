@@ -8,12 +8,22 @@ Providers and baselines are defined once, in topk_cases.py. After the run, the
 terminal summary prints the ratio table of report_topk_scores.py (time / floor,
 speedups, dtype ratios, recall), with the floor measured in the same session.
 """
-import pytest
 
+import pytest
 from peak_memory import peak_rss_growth
 from report_topk_scores import MEMORY_PROVIDERS
-from topk_cases import (PROVIDERS, SESSION_RESULTS, Config, Providers, Results, Unsupported,
-                        make_corpus, make_queries, result_ids, set_threads)
+from topk_cases import (
+    PROVIDERS,
+    SESSION_RESULTS,
+    Config,
+    Providers,
+    Results,
+    Unsupported,
+    make_corpus,
+    make_queries,
+    result_ids,
+    set_threads,
+)
 
 CFG = Config.from_env()
 
@@ -23,6 +33,7 @@ def results():
     """The session's measurements; the floor rates are taken at its start and end."""
     set_threads(CFG.threads)
     res = Results(CFG)
+    res.record_machine()
     res.record_load()
     res.measure_rates()
     SESSION_RESULTS.append(res)  # for the terminal summary (conftest.py)
@@ -59,8 +70,7 @@ def test_topk_scores(benchmark, results, providers, queries, provider, b):
     benchmark.group = f"topk_scores {CFG.describe()} B={b}"
     floor_s = results.rates[0].floor_s(CFG.n, CFG.d, b)
     benchmark.extra_info["floor_ms"] = floor_s * 1e3
-    out = benchmark.pedantic(fn, args=(queries[:b], CFG.k), rounds=CFG.rounds,
-                             warmup_rounds=1, iterations=1)
+    out = benchmark.pedantic(fn, args=(queries[:b], CFG.k), rounds=CFG.rounds, warmup_rounds=1, iterations=1)
     results.ids[(provider, b)] = result_ids(out)
     if benchmark.enabled:
         results.times[(provider, b)] = list(benchmark.stats.stats.data)
@@ -73,8 +83,9 @@ def test_topk_scores_peak_memory(benchmark, results, providers, queries, provide
     fn = search_or_skip(providers, provider)
     fn(queries[:1], CFG.k)  # lazy set-up (thread pools, first-call caches) is not the search
     benchmark.group = f"topk_scores peak RSS growth, B={CFG.memory_batch}"
-    growth, _ = benchmark.pedantic(peak_rss_growth, args=(fn, queries[:CFG.memory_batch], CFG.k),
-                                   rounds=1, iterations=1)
+    growth, _ = benchmark.pedantic(
+        peak_rss_growth, args=(fn, queries[: CFG.memory_batch], CFG.k), rounds=1, iterations=1
+    )
     results.memory[provider] = growth
     benchmark.extra_info["peak_rss_growth_MiB"] = (growth.peak_bytes or 0) / 2**20
     benchmark.extra_info["peak_anon_growth_MiB"] = growth.anon_bytes / 2**20

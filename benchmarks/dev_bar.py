@@ -8,6 +8,7 @@ Prints the floor (read bandwidth from torch.sum over the corpus, fp32 GEMM rate 
 torch.mm), every case's time, its ratio to the floor and to fp32, and with --memory the
 peak RSS growth of a B=1024 search per dtype (VmHWM, reset through /proc/self/clear_refs).
 """
+
 import argparse
 import time
 
@@ -28,12 +29,14 @@ def best_of(fns, reps):
 
 def rss_peak_growth(fn):
     """Peak resident-memory growth (bytes) while fn runs."""
+
     def status(key):
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith(key):
                     return int(line.split()[1]) * 1024
         raise KeyError(key)
+
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
     before = status("VmRSS:")
@@ -48,8 +51,15 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--isa", default="", help="CPU path to force, e.g. avx2 (default: the best one)")
     ap.add_argument("--memory", action="store_true")
     a = ap.parse_args()
+    from topk_cases import cpu_model, cpu_path
+
+    from pyrag import _C
+
+    _C.set_cpu_isa(a.isa)
+    print(f"{cpu_model()}, {cpu_path()}, {a.threads} threads", flush=True)
     torch.set_num_threads(a.threads)
     pyrag.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
@@ -75,30 +85,33 @@ def main():
         q /= q.norm(dim=1, keepdim=True)
         fns = {
             "bw": lambda: x.sum(),
-            "fp32 plain": lambda: pyrag.topk_scores(q, x, a.k),
-            "fp32": lambda: index["float32"].search(q, a.k),
-            "bf16": lambda: index["bfloat16"].search(q, a.k),
-            "int8": lambda: index["int8"].search(q, a.k),
+            "fp32 plain": lambda q=q: pyrag.topk_scores(q, x, a.k),
+            "fp32": lambda q=q: index["float32"].search(q, a.k),
+            "bf16": lambda q=q: index["bfloat16"].search(q, a.k),
+            "int8": lambda q=q: index["int8"].search(q, a.k),
         }
         if B == 16:
-            fns["bf16 exact"] = lambda: index["bfloat16"].search(q, a.k, exact=True)
-            fns["int8 exact"] = lambda: index["int8"].search(q, a.k, exact=True)
+            fns["bf16 exact"] = lambda q=q: index["bfloat16"].search(q, a.k, exact=True)
+            fns["int8 exact"] = lambda q=q: index["int8"].search(q, a.k, exact=True)
         t = best_of(fns, a.reps)
         floor = max(t["bw"], 2 * B * a.n * a.d / gemm)
-        print(f"B={B}: floor {floor * 1e3:.1f} ms (bandwidth part {t['bw'] * 1e3:.1f} ms, "
-              f"GEMM part {2 * B * a.n * a.d / gemm * 1e3:.1f} ms)")
+        print(
+            f"B={B}: floor {floor * 1e3:.1f} ms (bandwidth part {t['bw'] * 1e3:.1f} ms, "
+            f"GEMM part {2 * B * a.n * a.d / gemm * 1e3:.1f} ms)"
+        )
         for name, sec in t.items():
             if name == "bw":
                 continue
-            print(f"  {name:11s} {sec * 1e3:8.1f} ms  {sec / floor:5.2f}x floor  {sec / t['fp32']:5.2f}x fp32",
-                  flush=True)
+            print(
+                f"  {name:11s} {sec * 1e3:8.1f} ms  {sec / floor:5.2f}x floor  {sec / t['fp32']:5.2f}x fp32", flush=True
+            )
     if a.memory:
         q = torch.randn(1024, a.d, generator=g)
         for dtype, ix in index.items():
-            for exact in ((False, True) if dtype != "float32" else (False,)):
-                grow = rss_peak_growth(lambda: ix.search(q, a.k, exact=exact))
+            for exact in (False, True) if dtype != "float32" else (False,):
+                grow = rss_peak_growth(lambda ix=ix, exact=exact: ix.search(q, a.k, exact=exact))
                 print(f"memory growth, B=1024, {dtype}{' exact' if exact else ''}: {grow / 2**20:.1f} MiB")
-        grow = rss_peak_growth(lambda: pyrag.topk_scores(q, x, a.k))
+        grow = rss_peak_growth(lambda q=q: pyrag.topk_scores(q, x, a.k))
         print(f"memory growth, B=1024, fp32 plain: {grow / 2**20:.1f} MiB")
 
 

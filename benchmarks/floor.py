@@ -9,6 +9,7 @@ timings they are compared with (the machine is shared, so rates drift between ru
 
     python benchmarks/floor.py [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+from read_probe import read_probe
+
 
 def _best_time(fn, repeats: int) -> float:
     fn()  # warm-up: first touch, thread pool start
@@ -46,29 +49,30 @@ def measure_read_bandwidth(threads: int = 2, nbytes: int = 1 << 30, repeats: int
 
     The probes read each byte once with almost no arithmetic, on a 1 GiB buffer (32x
     this machine's 32 MiB L3), so they run at the memory's read speed: pyrag's
-    read_probe (one contiguous slice per thread, XOR of 64-bit words) and torch's sum
+    read probe (read_probe.c: one contiguous slice per thread, XOR of 64-bit words) and torch's sum
     and max. torch's reductions alone under-read this machine: in one run they
     measured 23 GB/s while a B=1 DenseIndex search streamed its 1.5 GB at 42 GB/s,
     and a floor that a kernel can beat is no floor.
     """
-    from pyrag import _C
-
     x = torch.ones(nbytes // 4, dtype=torch.float32)
     with _threads(threads):
-        best = min(_best_time(lambda: _C.read_probe(x.data_ptr(), x.numel() * 4, threads), repeats),
-                   _best_time(lambda: x.sum(), repeats), _best_time(lambda: x.amax(), repeats))
+        best = min(
+            _best_time(lambda: read_probe(x.data_ptr(), x.numel() * 4, threads), repeats),
+            _best_time(lambda: x.sum(), repeats),
+            _best_time(lambda: x.amax(), repeats),
+        )
     return x.numel() * 4 / best
 
 
 def read_searches(x: torch.Tensor, threads: int) -> dict:
     """Search-shaped callables (queries and k ignored) that each stream x's bytes once:
     pyrag's read probe and torch's sum, to time beside the searches over the same x."""
-    from pyrag import _C
-
     x = x.contiguous()
     nbytes = x.numel() * x.element_size()
-    return {"read probe": lambda queries, k: _C.read_probe(x.data_ptr(), nbytes, threads),
-            "torch sum": lambda queries, k: x.sum()}
+    return {
+        "read probe": lambda queries, k: read_probe(x.data_ptr(), nbytes, threads),
+        "torch sum": lambda queries, k: x.sum(),
+    }
 
 
 def measure_gemm_rate(threads: int = 2, size: int = 3072, repeats: int = 5) -> float:
@@ -79,7 +83,7 @@ def measure_gemm_rate(threads: int = 2, size: int = 3072, repeats: int = 5) -> f
     out = torch.empty(size, size)
     with _threads(threads):
         best = _best_time(lambda: torch.mm(a, b, out=out), repeats)
-    return 2 * size ** 3 / best
+    return 2 * size**3 / best
 
 
 @dataclass(frozen=True)
@@ -100,25 +104,31 @@ class MachineRates:
 
     def bound(self, n: int, d: int, b: int, bytes_per_element: float = 4) -> str:
         """Which limit sets the floor: "bandwidth" or "compute"."""
-        return ("bandwidth" if self.bandwidth_s(n, d, bytes_per_element) >= self.compute_s(n, d, b)
-                else "compute")
+        return "bandwidth" if self.bandwidth_s(n, d, bytes_per_element) >= self.compute_s(n, d, b) else "compute"
 
     def describe(self) -> str:
-        return (f"read bandwidth {self.read_bytes_per_s / 1e9:.1f} GB/s, "
-                f"fp32 GEMM {self.gemm_flops_per_s / 1e9:.1f} GFLOP/s, {self.threads} threads")
+        return (
+            f"read bandwidth {self.read_bytes_per_s / 1e9:.1f} GB/s, "
+            f"fp32 GEMM {self.gemm_flops_per_s / 1e9:.1f} GFLOP/s, {self.threads} threads"
+        )
 
 
-def measure(threads: int = 2, nbytes: int = 1 << 30, gemm_size: int = 3072,
-            repeats: int = 5) -> MachineRates:
+def measure(threads: int = 2, nbytes: int = 1 << 30, gemm_size: int = 3072, repeats: int = 5) -> MachineRates:
     """Both rates, on `threads` threads."""
-    return MachineRates(measure_read_bandwidth(threads, nbytes, repeats),
-                        measure_gemm_rate(threads, gemm_size, repeats), threads)
+    return MachineRates(
+        measure_read_bandwidth(threads, nbytes, repeats), measure_gemm_rate(threads, gemm_size, repeats), threads
+    )
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--bytes", type=int, default=1 << 30, help="read buffer size in bytes; keep it well above the last-level cache")
+    p.add_argument(
+        "--bytes",
+        type=int,
+        default=1 << 30,
+        help="read buffer size in bytes; keep it well above the last-level cache",
+    )
     p.add_argument("--gemm-size", type=int, default=3072)
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--d", type=int, default=384)
@@ -127,8 +137,7 @@ def main(argv=None) -> None:
     print(rates.describe())
     print(f"floor for N={args.n:,} d={args.d} fp32:")
     for b in (1, 16, 256, 1024):
-        print(f"  B={b:<5} {rates.floor_s(args.n, args.d, b) * 1e3:9.2f} ms "
-              f"({rates.bound(args.n, args.d, b)}-bound)")
+        print(f"  B={b:<5} {rates.floor_s(args.n, args.d, b) * 1e3:9.2f} ms ({rates.bound(args.n, args.d, b)}-bound)")
 
 
 if __name__ == "__main__":

@@ -12,18 +12,19 @@ PYRAG_BENCH_N (1000000), PYRAG_BENCH_D (384), PYRAG_BENCH_K (10),
 PYRAG_BENCH_B ("1,16,256"), PYRAG_BENCH_THREADS (2), PYRAG_BENCH_ROUNDS (5),
 PYRAG_BENCH_MEMORY_B (1024), PYRAG_BENCH_FLOOR_BYTES (1 GiB), PYRAG_BENCH_GEMM_SIZE (3072).
 """
+
 from __future__ import annotations
 
 import inspect
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
+import floor
 import numpy as np
 import torch
 
-import floor
 import pyrag
 
 
@@ -35,21 +36,24 @@ class Config:
     batches: tuple[int, ...] = (1, 16, 256)
     threads: int = 2
     rounds: int = 5
-    memory_batch: int = 1024       # B of the peak-memory search; 0 skips it
-    floor_bytes: int = 1 << 30     # read-bandwidth buffer (32x this machine's L3)
-    gemm_size: int = 3072          # square fp32 GEMM for the compute rate
+    memory_batch: int = 1024  # B of the peak-memory search; 0 skips it
+    floor_bytes: int = 1 << 30  # read-bandwidth buffer (32x this machine's L3)
+    gemm_size: int = 3072  # square fp32 GEMM for the compute rate
 
     @classmethod
-    def from_env(cls, **overrides) -> "Config":
+    def from_env(cls, **overrides) -> Config:
         env = os.environ.get
-        cfg = dict(n=int(env("PYRAG_BENCH_N", cls.n)), d=int(env("PYRAG_BENCH_D", cls.d)),
-                   k=int(env("PYRAG_BENCH_K", cls.k)),
-                   batches=parse_ints(env("PYRAG_BENCH_B", "1,16,256")),
-                   threads=int(env("PYRAG_BENCH_THREADS", cls.threads)),
-                   rounds=int(env("PYRAG_BENCH_ROUNDS", cls.rounds)),
-                   memory_batch=int(env("PYRAG_BENCH_MEMORY_B", cls.memory_batch)),
-                   floor_bytes=int(env("PYRAG_BENCH_FLOOR_BYTES", cls.floor_bytes)),
-                   gemm_size=int(env("PYRAG_BENCH_GEMM_SIZE", cls.gemm_size)))
+        cfg = dict(
+            n=int(env("PYRAG_BENCH_N", cls.n)),
+            d=int(env("PYRAG_BENCH_D", cls.d)),
+            k=int(env("PYRAG_BENCH_K", cls.k)),
+            batches=parse_ints(env("PYRAG_BENCH_B", "1,16,256")),
+            threads=int(env("PYRAG_BENCH_THREADS", cls.threads)),
+            rounds=int(env("PYRAG_BENCH_ROUNDS", cls.rounds)),
+            memory_batch=int(env("PYRAG_BENCH_MEMORY_B", cls.memory_batch)),
+            floor_bytes=int(env("PYRAG_BENCH_FLOOR_BYTES", cls.floor_bytes)),
+            gemm_size=int(env("PYRAG_BENCH_GEMM_SIZE", cls.gemm_size)),
+        )
         cfg.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**cfg)
 
@@ -57,8 +61,35 @@ class Config:
         return f"N={self.n:,} d={self.d} k={self.k} threads={self.threads}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name, family and model (from /proc/cpuinfo where there is one)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    import platform
+
+    name = fields.get("model name") or fields.get("CPU part") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
+def cpu_path() -> str:
+    """The CPU path pyrag runs and, per corpus dtype, the level whose kernel runs (a level
+    without its own kernel for a dtype runs the next lower one's)."""
+    from pyrag import _C
+
+    kernels = ", ".join(f"{d} {_C.cpu_kernel_isa(d)}" for d in ("float32", "bfloat16", "int8"))
+    return f"CPU path {_C.cpu_isa()} (kernels: {kernels})"
+
+
 def parse_ints(text: str) -> tuple[int, ...]:
-    """"1,16,256" or "100k,1M" -> (1, 16, 256) / (100000, 1000000)."""
+    """ "1,16,256" or "100k,1M" -> (1, 16, 256) / (100000, 1000000)."""
     out = []
     for part in str(text).split(","):
         part = part.strip().lower()
@@ -73,11 +104,13 @@ def set_threads(n: int) -> None:
     pyrag.set_num_threads(n)
     try:
         import faiss
+
         faiss.omp_set_num_threads(n)
     except ImportError:
         pass
     try:  # numpy's BLAS; threadpoolctl comes with scikit-learn, when installed
         from threadpoolctl import threadpool_limits
+
         threadpool_limits(n)
     except ImportError:
         pass
@@ -104,11 +137,11 @@ Search = Callable[[torch.Tensor, int], object]  # (queries [B, d], k) -> (scores
 @dataclass(frozen=True)
 class Provider:
     name: str
-    label: str          # as printed in tables
-    kind: str           # "pyrag" or "baseline"
-    dtype: str          # corpus dtype it scans
-    exact: bool         # returns exactly the fp32 top-k (up to float rounding)
-    resource: str       # what it needs built: "tensor", "faiss", "index-<dtype>"
+    label: str  # as printed in tables
+    kind: str  # "pyrag" or "baseline"
+    dtype: str  # corpus dtype it scans
+    exact: bool  # returns exactly the fp32 top-k (up to float rounding)
+    resource: str  # what it needs built: "tensor", "faiss", "index-<dtype>"
 
 
 PROVIDERS = [
@@ -193,6 +226,7 @@ class Providers:
             return lambda q, k: _numpy_topk(q.numpy(), xn, k)
         if p.resource == "faiss":
             import faiss
+
             index = self._get("faiss", lambda: _build_faiss(x))
             # FAISS scans with SIMD below this many queries and calls BLAS from it up.
             threshold = 1 << 30 if name == "faiss-scan" else 0
@@ -200,6 +234,7 @@ class Providers:
             def search(q, k):
                 faiss.cvar.distance_compute_blas_threshold = threshold
                 return index.search(q.numpy(), k)
+
             return search
         raise KeyError(f"unknown provider {name!r}")
 
@@ -212,6 +247,7 @@ def _build_index(x: torch.Tensor, dtype: str):
 
 def _build_faiss(x: torch.Tensor):
     import faiss
+
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x.numpy())
     return index
@@ -244,8 +280,7 @@ def time_search(fn: Search, q: torch.Tensor, k: int, rounds: int, warmup: int = 
     return times[""], outs[""]
 
 
-def time_interleaved(fns: dict, q: torch.Tensor, k: int, rounds: int, warmup: int = 1,
-                     budget_s: float = 30.0):
+def time_interleaved(fns: dict, q: torch.Tensor, k: int, rounds: int, warmup: int = 1, budget_s: float = 30.0):
     """({name: seconds per round}, {name: last result}) for several search functions,
     taking turns within each round, so that a slow spell of a shared machine hits
     them all alike instead of whichever ran during it.
@@ -272,14 +307,19 @@ def time_interleaved(fns: dict, q: torch.Tensor, k: int, rounds: int, warmup: in
 @dataclass
 class Results:
     """Everything one run measured, for the report tables."""
+
     cfg: Config
-    rates: list = field(default_factory=list)       # floor.MachineRates, start and end of run
-    times: dict = field(default_factory=dict)       # (provider, B) -> [seconds]
-    ids: dict = field(default_factory=dict)         # (provider, B) -> ids [B, k]
-    memory: dict = field(default_factory=dict)      # provider -> peak_memory.MemoryGrowth
-    skipped: dict = field(default_factory=dict)     # provider -> reason
-    load: list = field(default_factory=list)        # 1-minute load average, start and end
-    round_reads: dict = field(default_factory=dict) # B -> read bytes/s of the probes in pyrag's rounds
+    rates: list = field(default_factory=list)  # floor.MachineRates, start and end of run
+    times: dict = field(default_factory=dict)  # (provider, B) -> [seconds]
+    ids: dict = field(default_factory=dict)  # (provider, B) -> ids [B, k]
+    memory: dict = field(default_factory=dict)  # provider -> peak_memory.MemoryGrowth
+    skipped: dict = field(default_factory=dict)  # provider -> reason
+    load: list = field(default_factory=list)  # 1-minute load average, start and end
+    round_reads: dict = field(default_factory=dict)  # B -> read bytes/s of the probes in pyrag's rounds
+    machine: str = ""  # the CPU and pyrag's CPU path during the run
+
+    def record_machine(self) -> None:
+        self.machine = f"{cpu_model()}, {cpu_path()}; torch's CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
     def measure_rates(self) -> None:
         self.rates.append(floor.measure(self.cfg.threads, self.cfg.floor_bytes, self.cfg.gemm_size))

@@ -21,7 +21,8 @@ inline float round_half_even(float v) {
 
 inline float round_up_to_float(double v) {
   const float f = static_cast<float>(v);
-  return static_cast<double>(f) >= v ? f : std::nextafter(f, std::numeric_limits<float>::infinity());
+  return static_cast<double>(f) >= v ? f
+                                     : std::nextafter(f, std::numeric_limits<float>::infinity());
 }
 
 // Writes one row of `row_bytes` bytes as row r of a packed block.
@@ -87,15 +88,18 @@ void encode_range(Dtype dtype, const float* src, int64_t r0, int64_t r1, int64_t
 
 void encode_rows(Dtype dtype, const float* src, int64_t n, int64_t d, void* dst, float* scales,
                  float* norms, float* errors, int num_threads) {
-  if (dtype == Dtype::f32) throw std::invalid_argument("encode_rows: float32 rows need no encoding");
-  const int nt = static_cast<int>(std::clamp<int64_t>(n * d / (1 << 20), 1, std::max(1, num_threads)));
+  if (dtype == Dtype::f32)
+    throw std::invalid_argument("encode_rows: float32 rows need no encoding");
+  const int nt =
+      static_cast<int>(std::clamp<int64_t>(n * d / (1 << 20), 1, std::max(1, num_threads)));
   parallel_tasks(nt, [&](int t) {
     const int64_t r0 = n * t / nt, r1 = n * (t + 1) / nt;
     encode_range(dtype, src, r0, r1, d, dst, scales, norms, errors);
   });
 }
 
-void pack_rows(Dtype dtype, const void* src, int64_t n, int64_t d, void* packed, int64_t row_offset) {
+void pack_rows(Dtype dtype, const void* src, int64_t n, int64_t d, void* packed,
+               int64_t row_offset) {
   const int64_t row_bytes = d * elem_bytes(dtype);
   const int64_t groups = num_groups(dtype, d);
   const int64_t bbytes = block_bytes(dtype, d);
@@ -106,7 +110,8 @@ void pack_rows(Dtype dtype, const void* src, int64_t n, int64_t d, void* packed,
   // Rows that complete a block begun by an earlier call go one by one.
   for (; i < n && (row_offset + i) % kBlockRows != 0; ++i) {
     const int64_t r = row_offset + i;
-    pack_one_row(s + i * row_bytes, row_bytes, groups, xw, p + (r / kBlockRows) * bbytes, r % kBlockRows);
+    pack_one_row(s + i * row_bytes, row_bytes, groups, xw, p + (r / kBlockRows) * bbytes,
+                 r % kBlockRows);
   }
   if (i < n) {
     pack_for(active_isa())(s + i * row_bytes, row_bytes, n - i, row_bytes, groups, xw,
@@ -114,7 +119,8 @@ void pack_rows(Dtype dtype, const void* src, int64_t n, int64_t d, void* packed,
   }
 }
 
-void unpack_rows(Dtype dtype, const void* packed, int64_t row_begin, int64_t n, int64_t d, void* dst) {
+void unpack_rows(Dtype dtype, const void* packed, int64_t row_begin, int64_t n, int64_t d,
+                 void* dst) {
   const int64_t row_bytes = d * elem_bytes(dtype);
   const int64_t groups = num_groups(dtype, d);
   const int64_t bbytes = block_bytes(dtype, d);

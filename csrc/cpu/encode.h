@@ -30,10 +30,12 @@ void encode_rows(Dtype dtype, const float* src, int64_t n, int64_t d, void* dst,
 
 // Packs n row-major rows (in the corpus dtype; int8 as signed values) into a packed
 // buffer, as its rows [row_offset, row_offset + n).
-void pack_rows(Dtype dtype, const void* src, int64_t n, int64_t d, void* packed, int64_t row_offset);
+void pack_rows(Dtype dtype, const void* src, int64_t n, int64_t d, void* packed,
+               int64_t row_offset);
 
 // The inverse: rows [row_begin, row_begin + n) of a packed buffer, row-major.
-void unpack_rows(Dtype dtype, const void* packed, int64_t row_begin, int64_t n, int64_t d, void* dst);
+void unpack_rows(Dtype dtype, const void* packed, int64_t row_begin, int64_t n, int64_t d,
+                 void* dst);
 
 // Rows rows[0..n) (any order, repeats allowed, each in [0, packed rows)) of a packed
 // buffer as float32 [n, d], as the index scores them: bf16 widened exactly, int8 values

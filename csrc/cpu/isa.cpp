@@ -5,33 +5,55 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#if defined(PYRAG_ARM) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+// The AArch64 Linux hwcap bits (asm/hwcap.h), for toolchains whose headers predate them.
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#ifndef HWCAP2_BF16
+#define HWCAP2_BF16 (1 << 14)
+#endif
+
 namespace pyrag {
 namespace {
 
-constexpr Isa kAll[] = {Isa::scalar, Isa::avx2, Isa::avx2vnni, Isa::avx512, Isa::avx512vnni,
-                        Isa::avx512bf16};
+constexpr Isa kAll[] = {Isa::scalar, Isa::avx2,         Isa::avx2vnni,
+                        Isa::avx512, Isa::avx512vnni,   Isa::avx512bf16,
+                        Isa::neon,   Isa::neon_dotprod, Isa::neon_bf16};
 
 bool cpu_has(Isa isa) {
 #if defined(PYRAG_X86)
   __builtin_cpu_init();
   switch (isa) {
-    case Isa::scalar:
-      return true;
+    case Isa::scalar: return true;
     case Isa::avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("f16c");
-    case Isa::avx2vnni:
-      return cpu_has(Isa::avx2) && __builtin_cpu_supports("avxvnni");
+    case Isa::avx2vnni: return cpu_has(Isa::avx2) && __builtin_cpu_supports("avxvnni");
     case Isa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
              cpu_has(Isa::avx2);
-    case Isa::avx512vnni:
-      return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512vnni");
-    case Isa::avx512bf16:
-      return cpu_has(Isa::avx512vnni) && __builtin_cpu_supports("avx512bf16");
+    case Isa::avx512vnni: return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512vnni");
+    case Isa::avx512bf16: return cpu_has(Isa::avx512vnni) && __builtin_cpu_supports("avx512bf16");
+    default: return false;
   }
-  return false;
+#elif defined(PYRAG_ARM)
+  // Advanced SIMD is part of every AArch64 CPU; the extensions are asked of the kernel.
+#if defined(__linux__)
+  const unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+#else
+  const unsigned long hwcap = 0, hwcap2 = 0;
+#endif
+  switch (isa) {
+    case Isa::scalar:
+    case Isa::neon: return true;
+    case Isa::neon_dotprod: return (hwcap & HWCAP_ASIMDDP) != 0;
+    case Isa::neon_bf16: return (hwcap2 & HWCAP2_BF16) != 0;
+    default: return false;
+  }
 #else
   return isa == Isa::scalar;
 #endif
@@ -49,8 +71,8 @@ Isa parse_isa(const std::string& name) {
       if (!cpu_has(isa)) {
         std::string ok;
         for (Isa s : supported_isas()) ok += std::string(ok.empty() ? "" : ", ") + isa_name(s);
-        throw std::invalid_argument("CPU path '" + name + "' is not supported by this CPU (it supports " +
-                                    ok + ")");
+        throw std::invalid_argument("CPU path '" + name +
+                                    "' is not supported by this CPU (it supports " + ok + ")");
       }
       return isa;
     }
@@ -81,6 +103,9 @@ const char* isa_name(Isa isa) {
     case Isa::avx512: return "avx512";
     case Isa::avx512vnni: return "avx512vnni";
     case Isa::avx512bf16: return "avx512bf16";
+    case Isa::neon: return "neon";
+    case Isa::neon_dotprod: return "neon_dotprod";
+    case Isa::neon_bf16: return "neon_bf16";
   }
   return "?";
 }

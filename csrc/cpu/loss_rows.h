@@ -168,8 +168,8 @@ constexpr int64_t kMinLossElementsPerThread = 1 << 16;
 template <typename Fn>
 void parallel_rows(int64_t rows, int64_t row_elements, int num_threads, Fn&& fn) {
   if (rows <= 0) return;
-  const int64_t by_work = std::max<int64_t>(1, rows * std::max<int64_t>(row_elements, 1) /
-                                                   kMinLossElementsPerThread);
+  const int64_t by_work =
+      std::max<int64_t>(1, rows * std::max<int64_t>(row_elements, 1) / kMinLossElementsPerThread);
   const int nt = static_cast<int>(std::min({int64_t(std::max(1, num_threads)), by_work, rows}));
   const int64_t chunk = (rows + nt - 1) / nt;
   parallel_tasks(nt, [&](int t) {

@@ -49,7 +49,8 @@ struct LsrRow {
     const T* p = reverse ? l.data() : r.data();
     const T* log_p = reverse ? log_l.data() : log_r.data();
     const T* log_q = reverse ? log_r.data() : log_l.data();
-    for (int64_t c = 0; c < k; ++c) term[c] = select(p[c] > T(0), p[c] * (log_p[c] - log_q[c]), T(0));
+    for (int64_t c = 0; c < k; ++c)
+      term[c] = select(p[c] > T(0), p[c] * (log_p[c] - log_q[c]), T(0));
     return sum_of(term.data(), k);
   }
 };
@@ -101,12 +102,12 @@ void lsr_kl_backward(const T* grad, const T* retriever_scores, const T* lm_score
   });
 }
 
-#define PYRAG_INSTANTIATE_LSR(T)                                                                \
-  template void lsr_weights<T>(const T*, const uint8_t*, int64_t, int64_t, T, int, T*);        \
-  template void lsr_kl<T>(const T*, const T*, const uint8_t*, int64_t, int64_t, T, T, bool,    \
-                          int, T*);                                                             \
-  template void lsr_kl_backward<T>(const T*, const T*, const T*, const uint8_t*, int64_t,       \
-                                   int64_t, T, T, bool, int, T*);
+#define PYRAG_INSTANTIATE_LSR(T)                                                                   \
+  template void lsr_weights<T>(const T*, const uint8_t*, int64_t, int64_t, T, int, T*);            \
+  template void lsr_kl<T>(const T*, const T*, const uint8_t*, int64_t, int64_t, T, T, bool, int,   \
+                          T*);                                                                     \
+  template void lsr_kl_backward<T>(const T*, const T*, const T*, const uint8_t*, int64_t, int64_t, \
+                                   T, T, bool, int, T*);
 PYRAG_INSTANTIATE_LSR(float)
 PYRAG_INSTANTIATE_LSR(double)
 #undef PYRAG_INSTANTIATE_LSR

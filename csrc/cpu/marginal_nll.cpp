@@ -25,7 +25,12 @@ struct MarginalRow {
   int64_t valid_tokens = 0;
 
   MarginalRow(int64_t k, int64_t tokens)
-      : log_r(k), r(k), joint(k), lm_row(tokens), col_max(tokens), total(tokens),
+      : log_r(k),
+        r(k),
+        joint(k),
+        lm_row(tokens),
+        col_max(tokens),
+        total(tokens),
         token_valid(tokens) {}
 
   // Fills the state of row b (lm is its [K, T] block); false if no context is valid.
@@ -104,96 +109,99 @@ void marginal_nll(const T* retriever_scores, const T* lm_logprobs, const uint8_t
   const bool sequence = is_sequence_form(tokens, token_mask);
   parallel_rows(rows, k * std::max<int64_t>(tokens, 1), num_threads,
                 [&](int64_t begin, int64_t end) {
-    MarginalRow<T> row(k, sequence ? 0 : tokens);
-    for (int64_t b = begin; b < end; ++b) {
-      const uint8_t* m = mask ? mask + b * k : nullptr;
-      const T* lm = lm_logprobs + b * k * tokens;
-      const T* s = retriever_scores + b * k;
-      if (sequence) {
-        if (!masked_softmax_row(s, m, k, tau, row.log_r.data(), row.r.data(), "retriever_scores", b)) {
-          nll[b] = T(0);
-          continue;
-        }
-        const T top = row.sequence_joint(lm, b, k);
-        for (int64_t c = 0; c < k; ++c) row.joint[c] = exp_of(row.joint[c] - top);
-        nll[b] = -(top + std::log(sum_of(row.joint.data(), k)));
-        continue;
-      }
-      if (!row.compute(s, lm, m, token_mask ? token_mask + b * tokens : nullptr, b, k, tokens, tau)) {
-        nll[b] = T(0);
-        continue;
-      }
-      T out = 0;
-      for (int64_t t = 0; t < tokens; ++t) {
-        if (row.token_valid[t]) out -= row.col_max[t] + std::log(row.total[t]);
-      }
-      nll[b] = out;
-    }
-  });
+                  MarginalRow<T> row(k, sequence ? 0 : tokens);
+                  for (int64_t b = begin; b < end; ++b) {
+                    const uint8_t* m = mask ? mask + b * k : nullptr;
+                    const T* lm = lm_logprobs + b * k * tokens;
+                    const T* s = retriever_scores + b * k;
+                    if (sequence) {
+                      if (!masked_softmax_row(s, m, k, tau, row.log_r.data(), row.r.data(),
+                                              "retriever_scores", b)) {
+                        nll[b] = T(0);
+                        continue;
+                      }
+                      const T top = row.sequence_joint(lm, b, k);
+                      for (int64_t c = 0; c < k; ++c) row.joint[c] = exp_of(row.joint[c] - top);
+                      nll[b] = -(top + std::log(sum_of(row.joint.data(), k)));
+                      continue;
+                    }
+                    if (!row.compute(s, lm, m, token_mask ? token_mask + b * tokens : nullptr, b, k,
+                                     tokens, tau)) {
+                      nll[b] = T(0);
+                      continue;
+                    }
+                    T out = 0;
+                    for (int64_t t = 0; t < tokens; ++t) {
+                      if (row.token_valid[t]) out -= row.col_max[t] + std::log(row.total[t]);
+                    }
+                    nll[b] = out;
+                  }
+                });
 }
 
 template <typename T>
 void marginal_nll_backward(const T* grad, const T* retriever_scores, const T* lm_logprobs,
-                           const uint8_t* mask, const uint8_t* token_mask, int64_t rows,
-                           int64_t k, int64_t tokens, T tau, int num_threads, T* grad_scores,
-                           T* grad_lm) {
+                           const uint8_t* mask, const uint8_t* token_mask, int64_t rows, int64_t k,
+                           int64_t tokens, T tau, int num_threads, T* grad_scores, T* grad_lm) {
   check_loss_sizes("marginal_nll_backward", rows, k, tokens, tau);
   const bool sequence = is_sequence_form(tokens, token_mask);
-  parallel_rows(rows, k * std::max<int64_t>(tokens, 1), num_threads,
-                [&](int64_t begin, int64_t end) {
-    MarginalRow<T> row(k, sequence ? 0 : tokens);
-    std::vector<T> posterior(sequence ? 0 : tokens);
-    for (int64_t b = begin; b < end; ++b) {
-      const uint8_t* m = mask ? mask + b * k : nullptr;
-      const T* lm = lm_logprobs + b * k * tokens;
-      const T* s = retriever_scores + b * k;
-      T* gs = grad_scores + b * k;
-      T* gl = grad_lm + b * k * tokens;
-      const T g = grad[b];
-      if (sequence) {
-        if (!masked_softmax_row(s, m, k, tau, row.log_r.data(), row.r.data(), "retriever_scores", b)) {
-          std::fill(gs, gs + k, T(0));
-          std::fill(gl, gl + k, T(0));
-          continue;
+  parallel_rows(
+      rows, k * std::max<int64_t>(tokens, 1), num_threads, [&](int64_t begin, int64_t end) {
+        MarginalRow<T> row(k, sequence ? 0 : tokens);
+        std::vector<T> posterior(sequence ? 0 : tokens);
+        for (int64_t b = begin; b < end; ++b) {
+          const uint8_t* m = mask ? mask + b * k : nullptr;
+          const T* lm = lm_logprobs + b * k * tokens;
+          const T* s = retriever_scores + b * k;
+          T* gs = grad_scores + b * k;
+          T* gl = grad_lm + b * k * tokens;
+          const T g = grad[b];
+          if (sequence) {
+            if (!masked_softmax_row(s, m, k, tau, row.log_r.data(), row.r.data(),
+                                    "retriever_scores", b)) {
+              std::fill(gs, gs + k, T(0));
+              std::fill(gl, gl + k, T(0));
+              continue;
+            }
+            const T top = row.sequence_joint(lm, b, k);
+            for (int64_t c = 0; c < k; ++c) row.joint[c] = exp_of(row.joint[c] - top);
+            const T inv_total = T(1) / sum_of(row.joint.data(), k);
+            for (int64_t c = 0; c < k; ++c) {
+              const T w = row.joint[c] * inv_total;  // posterior; 0 where masked
+              gl[c] = -g * w;
+              gs[c] = g / tau * (row.r[c] - w);
+            }
+            continue;
+          }
+          if (!row.compute(s, lm, m, token_mask ? token_mask + b * tokens : nullptr, b, k, tokens,
+                           tau)) {
+            std::fill(gs, gs + k, T(0));
+            std::fill(gl, gl + k * tokens, T(0));
+            continue;
+          }
+          for (int64_t t = 0; t < tokens; ++t) row.total[t] = T(1) / row.total[t];  // now 1 / total
+          for (int64_t c = 0; c < k; ++c) {
+            T* glc = gl + c * tokens;
+            if (!is_valid(m, c)) {
+              gs[c] = T(0);
+              std::fill(glc, glc + tokens, T(0));
+              continue;
+            }
+            row.load_context(lm, c, tokens);
+            const T log_rc = row.log_r[c];
+            for (int64_t t = 0; t < tokens; ++t) {
+              const T w = exp_of(log_rc + row.lm_row[t] - row.col_max[t]) * row.total[t];
+              posterior[t] = select(row.token_valid[t] != 0, w, T(0));
+              glc[t] = -g * posterior[t];
+            }
+            gs[c] = g / tau * (T(row.valid_tokens) * row.r[c] - sum_of(posterior.data(), tokens));
+          }
         }
-        const T top = row.sequence_joint(lm, b, k);
-        for (int64_t c = 0; c < k; ++c) row.joint[c] = exp_of(row.joint[c] - top);
-        const T inv_total = T(1) / sum_of(row.joint.data(), k);
-        for (int64_t c = 0; c < k; ++c) {
-          const T w = row.joint[c] * inv_total;  // posterior; 0 where masked
-          gl[c] = -g * w;
-          gs[c] = g / tau * (row.r[c] - w);
-        }
-        continue;
-      }
-      if (!row.compute(s, lm, m, token_mask ? token_mask + b * tokens : nullptr, b, k, tokens, tau)) {
-        std::fill(gs, gs + k, T(0));
-        std::fill(gl, gl + k * tokens, T(0));
-        continue;
-      }
-      for (int64_t t = 0; t < tokens; ++t) row.total[t] = T(1) / row.total[t];  // now 1 / total
-      for (int64_t c = 0; c < k; ++c) {
-        T* glc = gl + c * tokens;
-        if (!is_valid(m, c)) {
-          gs[c] = T(0);
-          std::fill(glc, glc + tokens, T(0));
-          continue;
-        }
-        row.load_context(lm, c, tokens);
-        const T log_rc = row.log_r[c];
-        for (int64_t t = 0; t < tokens; ++t) {
-          const T w = exp_of(log_rc + row.lm_row[t] - row.col_max[t]) * row.total[t];
-          posterior[t] = select(row.token_valid[t] != 0, w, T(0));
-          glc[t] = -g * posterior[t];
-        }
-        gs[c] = g / tau * (T(row.valid_tokens) * row.r[c] - sum_of(posterior.data(), tokens));
-      }
-    }
-  });
+      });
 }
 
 #define PYRAG_INSTANTIATE_MARGINAL(T)                                                           \
-  template void marginal_nll<T>(const T*, const T*, const uint8_t*, const uint8_t*, int64_t,   \
+  template void marginal_nll<T>(const T*, const T*, const uint8_t*, const uint8_t*, int64_t,    \
                                 int64_t, int64_t, T, int, T*);                                  \
   template void marginal_nll_backward<T>(const T*, const T*, const T*, const uint8_t*,          \
                                          const uint8_t*, int64_t, int64_t, int64_t, T, int, T*, \

@@ -22,8 +22,7 @@ void marginal_nll(const T* retriever_scores, const T* lm_logprobs, const uint8_t
 //   grad_scores[b, c] = grad[b] / tau * sum_{t valid} (p_R(c) - w[c, t]).
 template <typename T>
 void marginal_nll_backward(const T* grad, const T* retriever_scores, const T* lm_logprobs,
-                           const uint8_t* mask, const uint8_t* token_mask, int64_t rows,
-                           int64_t k, int64_t tokens, T tau, int num_threads, T* grad_scores,
-                           T* grad_lm);
+                           const uint8_t* mask, const uint8_t* token_mask, int64_t rows, int64_t k,
+                           int64_t tokens, T tau, int num_threads, T* grad_scores, T* grad_lm);
 
 }  // namespace pyrag

@@ -33,7 +33,9 @@ constexpr int64_t kGroupStride = kBlockRows * kGroupBytes;  // 64 bytes per (blo
 
 inline int64_t elem_bytes(Dtype t) { return t == Dtype::f32 ? 4 : t == Dtype::bf16 ? 2 : 1; }
 inline int64_t group_elems(Dtype t) { return kGroupBytes / elem_bytes(t); }
-inline int64_t num_groups(Dtype t, int64_t dim) { return (dim + group_elems(t) - 1) / group_elems(t); }
+inline int64_t num_groups(Dtype t, int64_t dim) {
+  return (dim + group_elems(t) - 1) / group_elems(t);
+}
 inline int64_t num_blocks(int64_t rows) { return (rows + kBlockRows - 1) / kBlockRows; }
 inline int64_t block_bytes(Dtype t, int64_t dim) { return num_groups(t, dim) * kGroupStride; }
 // XORed into every packed word: flips int8 to the biased unsigned form (and back).

@@ -24,9 +24,18 @@
 //   kMaxMQ                      largest query block to consider
 //   Acc, X, Q, F                accumulator, loaded corpus vector, broadcast query,
 //                               float score vector
-//   zero(), load(p), bcast(p), madd(acc, x, q)
+//   zero(), load(p), bcast(w), madd(acc, x, q)
+//                               bcast reads the query's word of one group (qwords)
 //   finish(acc, qscale, qbias, row_scales) -> F   (row_scales: kLanes rows, int8 only)
 //   ge_mask(F, thr), nonfinite_mask(F) -> lane bitmask, store(float*, F)
+// and may provide
+//   kAccRegs                    registers per accumulator (default 1)
+//   kPhases = 2                 each group in two phases (bf16: odd, then even dimension;
+//                               int8 by vpmaddwd: even, then odd bytes): phase p loads
+//                               the corpus operand with load(p, phase) and broadcasts the
+//                               query's p-th split word (ScanTile::qsplit) with
+//                               bcast(w, phase). Only one phase's operands are live at a
+//                               time, which leaves registers for more accumulators.
 #pragma once
 #include <algorithm>
 #include <array>
@@ -45,6 +54,26 @@ constexpr int vectors_per_block() {
   return static_cast<int>(kBlockRows) / Op::kLanes;
 }
 
+template <class Op>
+constexpr int acc_regs() {
+  if constexpr (requires { Op::kAccRegs; }) {
+    return Op::kAccRegs;
+  } else {
+    return 1;
+  }
+}
+
+// Phases per group (see kPhases above); with 2 the query words come from ScanTile::qsplit.
+template <class Op>
+constexpr int phases() {
+  if constexpr (requires { Op::kPhases; }) {
+    static_assert(Op::kPhases == 1 || Op::kPhases == 2);
+    return Op::kPhases;
+  } else {
+    return 1;
+  }
+}
+
 // Blocks per register tile for a query block of mq queries: the most (up to 8) whose
 // accumulators, loaded corpus vectors and one broadcast query fit the register file
 // with one register to spare; 0 if not even one block fits.
@@ -53,13 +82,15 @@ constexpr int blocks_for(int mq) {
   constexpr int vpb = vectors_per_block<Op>();
   int best = 0;
   for (int mb = 1; mb <= 8; ++mb) {
-    if (mq * mb * vpb + mb * vpb * Op::kXRegs + Op::kQRegs <= Op::kRegs - 1) best = mb;
+    const int regs = mq * mb * vpb * acc_regs<Op>() + mb * vpb * Op::kXRegs + Op::kQRegs;
+    if (regs <= Op::kRegs - 1) best = mb;
   }
   return best;
 }
 
 // The query block size that keeps the most accumulators busy (AVX-512 fp32: 5 x 5;
-// with two registers per loaded vector, as bf16-by-conversion: 7 x 3; AVX2 fp32: 6 x 1).
+// with two registers per loaded vector, as AVX-512 int8 by vpmaddwd: 7 x 3; AVX2, every
+// dtype: 6 x 1).
 template <class Op>
 constexpr int main_mq() {
   static_assert(blocks_for<Op>(1) >= 1, "one query x one block must fit the registers");
@@ -114,9 +145,11 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
   constexpr int64_t kVecBytes = kGroupStride / kVpb;
   const int64_t block_stride = t.groups * kGroupStride;
   const uint8_t* base = t.blocks + b0 * block_stride;
+  constexpr int kPh = phases<Op>();  // also the query words per group
+  const uint32_t* qbase = kPh == 2 ? t.qsplit : t.qwords;
   const uint32_t* qw[MQ];
 #pragma GCC unroll 16
-  for (int i = 0; i < MQ; ++i) qw[i] = t.qwords + (q0 + i) * t.groups;
+  for (int i = 0; i < MQ; ++i) qw[i] = qbase + (q0 + i) * t.groups * kPh;
 
   typename Op::Acc acc[MQ][kNv];
 #pragma GCC unroll 16
@@ -124,25 +157,53 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
 #pragma GCC unroll 64
     for (int n = 0; n < kNv; ++n) acc[i][n] = Op::zero();
   }
-  for (int64_t j = 0; j < t.groups; ++j) {
-    if (prefetch.next < prefetch.end) {
-      for (int p = 0; p < prefetch.lines; ++p) __builtin_prefetch(prefetch.next + 64 * p, 0, 2);
-      prefetch.next += 64 * prefetch.lines;
-    }
-    typename Op::X x[kNv];
+  const int64_t groups = t.groups;
+  auto step = [&](int64_t j) __attribute__((always_inline)) {
     const uint8_t* g = base + j * kGroupStride;
+#pragma GCC unroll 2
+    for (int ph = 0; ph < kPh; ++ph) {
+      typename Op::X x[kNv];
 #pragma GCC unroll 16
-    for (int b = 0; b < MB; ++b) {
+      for (int b = 0; b < MB; ++b) {
 #pragma GCC unroll 16
-      for (int v = 0; v < kVpb; ++v) x[b * kVpb + v] = Op::load(g + b * block_stride + v * kVecBytes);
-    }
+        for (int v = 0; v < kVpb; ++v) {
+          const uint8_t* p = g + b * block_stride + v * kVecBytes;
+          if constexpr (kPh == 1) {
+            x[b * kVpb + v] = Op::load(p);
+          } else {
+            x[b * kVpb + v] = Op::load(p, ph);
+          }
+        }
+      }
 #pragma GCC unroll 16
-    for (int i = 0; i < MQ; ++i) {
-      const typename Op::Q q = Op::bcast(qw[i] + j);
+      for (int i = 0; i < MQ; ++i) {
+        typename Op::Q q;
+        if constexpr (kPh == 1) {
+          q = Op::bcast(qw[i] + j);
+        } else {
+          q = Op::bcast(qw[i] + 2 * j, ph);
+        }
 #pragma GCC unroll 64
-      for (int n = 0; n < kNv; ++n) acc[i][n] = Op::madd(acc[i][n], x[n], q);
+        for (int n = 0; n < kNv; ++n) acc[i][n] = Op::madd(acc[i][n], x[n], q);
+      }
     }
+  };
+  // Steps that also prefetch, then (usually most of them) steps that only compute, so
+  // that the hot loop carries no prefetch bookkeeping.
+  int64_t j = 0;
+  if (prefetch.next < prefetch.end) {
+    const uint8_t* next = prefetch.next;
+    const int64_t step_bytes = 64 * prefetch.lines;
+    const int64_t prefetching =
+        std::min(groups, (prefetch.end - next + step_bytes - 1) / step_bytes);
+    for (; j < prefetching; ++j) {
+      for (int p = 0; p < prefetch.lines; ++p) __builtin_prefetch(next + 64 * p, 0, 2);
+      next += step_bytes;
+      step(j);
+    }
+    prefetch.next = next;
   }
+  for (; j < groups; ++j) step(j);
 
 #pragma GCC unroll 16
   for (int i = 0; i < MQ; ++i) {
@@ -152,8 +213,9 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
 #pragma GCC unroll 64
     for (int n = 0; n < kNv; ++n) {
       const int64_t r0 = b0 * kBlockRows + n * Op::kLanes;  // tile row of lane 0
-      select<Op>(t, q, r0, Op::finish(acc[i][n], qscale, qbias,
-                                      t.row_scales != nullptr ? t.row_scales + r0 : nullptr),
+      select<Op>(t, q, r0,
+                 Op::finish(acc[i][n], qscale, qbias,
+                            t.row_scales != nullptr ? t.row_scales + r0 : nullptr),
                  heaps, bad);
     }
   }
@@ -213,8 +275,8 @@ bool scan(const ScanTile& t, TopkHeaps& heaps) {
 // Packs 4-byte words: generic version, any ISA. `rows` rows of `row_bytes` bytes go to
 // num_blocks(rows) blocks of `groups` words per row; padding words read as 0.
 inline void pack_words_generic(const uint8_t* src, int64_t src_stride, int64_t rows,
-                               int64_t row_bytes, int64_t groups, uint32_t xor_word,
-                               uint8_t* dst, int64_t group_begin = 0) {
+                               int64_t row_bytes, int64_t groups, uint32_t xor_word, uint8_t* dst,
+                               int64_t group_begin = 0) {
   const int64_t nb = num_blocks(rows);
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* block = dst + b * groups * kGroupStride;

@@ -14,7 +14,8 @@ struct Base {
   static constexpr int kMaxMQ = 8;
   using F = __m256;
   static uint32_t ge_mask(__m256 s, float thr) {
-    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s, _mm256_set1_ps(thr), _CMP_GE_OQ)));
+    return static_cast<uint32_t>(
+        _mm256_movemask_ps(_mm256_cmp_ps(s, _mm256_set1_ps(thr), _CMP_GE_OQ)));
   }
   // s - s is NaN exactly when s is NaN or +-Inf.
   static uint32_t nonfinite_mask(__m256 s) {
@@ -71,12 +72,14 @@ inline void pack(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t r
         }
         __m256 v[8];
         for (int r = 0; r < 8; ++r) {
-          v[r] = r < nr ? _mm256_loadu_ps(reinterpret_cast<const float*>(s + r * src_stride + g0 * kGroupBytes))
+          v[r] = r < nr ? _mm256_loadu_ps(
+                              reinterpret_cast<const float*>(s + r * src_stride + g0 * kGroupBytes))
                         : _mm256_setzero_ps();
         }
         transpose8(v);
-        for (int g = 0; g < 8; ++g) _mm256_storeu_ps(reinterpret_cast<float*>(out + (g0 + g) * kGroupStride),
-                                                     _mm256_xor_ps(v[g], flip));
+        for (int g = 0; g < 8; ++g)
+          _mm256_storeu_ps(reinterpret_cast<float*>(out + (g0 + g) * kGroupStride),
+                           _mm256_xor_ps(v[g], flip));
       }
     }
   }

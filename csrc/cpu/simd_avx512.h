@@ -18,7 +18,9 @@ struct Base {
     return _mm512_cmp_ps_mask(s, _mm512_set1_ps(thr), _CMP_GE_OQ);
   }
   // fpclass: QNaN | +Inf | -Inf | SNaN.
-  static uint32_t nonfinite_mask(__m512 s) { return _mm512_fpclass_ps_mask(s, 0x01 | 0x08 | 0x10 | 0x80); }
+  static uint32_t nonfinite_mask(__m512 s) {
+    return _mm512_fpclass_ps_mask(s, 0x01 | 0x08 | 0x10 | 0x80);
+  }
   static void store(float* p, __m512 s) { _mm512_store_ps(p, s); }
 };
 
@@ -29,7 +31,9 @@ struct F32 : Base {
   using Q = __m512;
   static __m512 zero() { return _mm512_setzero_ps(); }
   static __m512 load(const uint8_t* p) { return _mm512_loadu_ps(p); }
-  static __m512 bcast(const uint32_t* w) { return _mm512_set1_ps(*reinterpret_cast<const float*>(w)); }
+  static __m512 bcast(const uint32_t* w) {
+    return _mm512_set1_ps(*reinterpret_cast<const float*>(w));
+  }
   static __m512 madd(__m512 acc, __m512 x, __m512 q) { return _mm512_fmadd_ps(x, q, acc); }
   static __m512 finish(__m512 acc, float, int32_t, const float*) { return acc; }
 };
@@ -89,7 +93,8 @@ inline void pack(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t r
       for (int r = 0; r < 16; ++r) v[r] = _mm512_loadu_si512(s + r * src_stride + g0 * kGroupBytes);
       transpose16(v);
 #pragma GCC unroll 16
-      for (int g = 0; g < 16; ++g) _mm512_storeu_si512(block + (g0 + g) * kGroupStride, _mm512_xor_si512(v[g], flip));
+      for (int g = 0; g < 16; ++g)
+        _mm512_storeu_si512(block + (g0 + g) * kGroupStride, _mm512_xor_si512(v[g], flip));
     }
     for (int64_t g0 = full16; g0 < full; g0 += 16) {
       const int64_t ng = std::min<int64_t>(16, full - g0);

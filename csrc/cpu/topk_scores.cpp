@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -35,45 +36,94 @@ const Kernels& kernels_at(Isa isa) {
     case Isa::avx512vnni: return kernels_avx512vnni();
     case Isa::avx512bf16: return kernels_avx512bf16();
 #endif
+#if defined(PYRAG_ARM)
+    case Isa::neon: return kernels_neon();
+    case Isa::neon_dotprod: return kernels_neon_dotprod();
+    case Isa::neon_bf16: return kernels_neon_bf16();
+#endif
     default: return kernels_scalar();
   }
 }
 
-// The entry of the highest supported level <= isa that has one.
+// The highest supported level <= isa whose entry is set.
 template <class Get>
-auto resolve(Isa isa, Get get) {
+Isa resolve(Isa isa, Get get) {
   const auto levels = supported_isas();
   for (auto it = levels.rbegin(); it != levels.rend(); ++it) {
-    if (*it <= isa) {
-      if (auto fn = get(kernels_at(*it))) return fn;
-    }
+    if (*it <= isa && get(kernels_at(*it)) != nullptr) return *it;
   }
-  return get(kernels_scalar());
+  return Isa::scalar;
+}
+
+ScanFn scan_of(const Kernels& k, Dtype dtype) {
+  return dtype == Dtype::f32 ? k.scan_f32 : dtype == Dtype::bf16 ? k.scan_bf16 : k.scan_i8;
 }
 
 }  // namespace
 
+Isa kernel_level(Isa isa, Dtype dtype) {
+  return resolve(isa, [dtype](const Kernels& k) { return scan_of(k, dtype); });
+}
+
 ScanFn scan_for(Isa isa, Dtype dtype) {
-  return resolve(isa, [dtype](const Kernels& k) {
-    return dtype == Dtype::f32 ? k.scan_f32 : dtype == Dtype::bf16 ? k.scan_bf16 : k.scan_i8;
-  });
+  return scan_of(kernels_at(kernel_level(isa, dtype)), dtype);
 }
 
 PackFn pack_for(Isa isa) {
-  return resolve(isa, [](const Kernels& k) { return k.pack; });
+  return kernels_at(resolve(isa, [](const Kernels& k) { return k.pack; })).pack;
 }
 
 namespace {
 
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr int64_t kMinWorkPerThread = 1 << 20;
-// Packed bytes per tile: a tile stays in L2 (1-2 MiB per core on current x86) while
-// every query block reads it, next to at most kQueryChunkBytes of queries and the next
-// tile being prefetched. Small query batches on row-major input pack small tiles
-// instead, scanned while still in L1/L2. 192 KiB against 384: B=1 over a 1M x 384
-// index 9% faster (30.5 against 33.8 ms), B=256 and int8 unchanged (interleaved A/B).
-constexpr int64_t kTileBytes = 192 << 10;
-constexpr int64_t kQueryChunkBytes = 384 << 10;
+// Packed bytes per tile, from the size of a core's L2: a tile stays in L2 while every
+// query block reads it, next to the next tile being prefetched and a chunk of queries,
+// so tile, next tile and queries together take 3/4 of it: 192 KiB tiles and 384 KiB of
+// queries on the 1 MiB L2 of Zen 4, where they were measured (192 KiB against 384 made
+// B=1 over a 1M x 384 index 9% faster, B=256 and int8 unchanged; 48 and 96 KiB were the
+// same within +-10% on its AVX2 path), half that on the 512 KiB of Zen 2/3, where a 192 KiB
+// tile and its prefetched successor alone would fill 3/4 of L2, a quarter on 256 KiB
+// cores; never more than on Zen 4. Small query batches on row-major input pack small
+// tiles instead, scanned while still in L1/L2.
+struct TileSizes {
+  int64_t tile_bytes;
+  int64_t query_chunk_bytes;
+};
+
+// Bytes of L2 per core (sysfs, then sysconf), or 1 MiB if neither says.
+int64_t l2_cache_bytes() {
+  for (int i = 0; i < 8; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    FILE* f = std::fopen((dir + "level").c_str(), "r");
+    if (f == nullptr) break;
+    int level = 0;
+    const bool ok = std::fscanf(f, "%d", &level) == 1;
+    std::fclose(f);
+    if (!ok || level != 2) continue;
+    f = std::fopen((dir + "size").c_str(), "r");
+    if (f == nullptr) break;
+    long long size = 0;
+    char unit = 0;
+    const int got = std::fscanf(f, "%lld%c", &size, &unit);
+    std::fclose(f);
+    if (got >= 1 && size > 0) return size << (unit == 'K' ? 10 : unit == 'M' ? 20 : 0);
+  }
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+  if (const long s = sysconf(_SC_LEVEL2_CACHE_SIZE); s > 0) return s;
+#endif
+  return 1 << 20;
+}
+
+const TileSizes& tile_sizes() {
+  static const TileSizes sizes = [] {
+    const int64_t l2 = l2_cache_bytes();
+    return TileSizes{std::clamp<int64_t>(l2 * 3 / 16, 32 << 10, 192 << 10),
+                     std::clamp<int64_t>(l2 * 3 / 8, 64 << 10, 384 << 10)};
+  }();
+  return sizes;
+}
+
 constexpr int64_t kSmallTileBytes = 48 << 10;
 constexpr int64_t kSmallBatch = 4;
 // Threads take chunks of tiles from a shared counter, so a core that another process
@@ -90,13 +140,36 @@ int threads_for(int64_t rows, int64_t work, int requested) {
 // Queries in the corpus dtype's group format (see packed_layout.h), plus what the
 // error bound of exact search needs.
 struct PreparedQueries {
-  std::vector<uint32_t> words;   // [B][groups]
-  std::vector<float> scales;     // int8
-  std::vector<int32_t> bias;     // int8: 128 * sum of the quantised query
-  std::vector<double> norm;      // ||q||
-  std::vector<double> qnorm;     // ||q^||, the query as the kernel sees it
-  std::vector<double> qerror;    // ||q - q^||
+  std::vector<uint32_t> words;  // [B][groups]
+  std::vector<uint32_t> split;  // bf16, int8: [B][groups][2] (ScanTile::qsplit)
+  std::vector<float> scales;    // int8
+  std::vector<int32_t> bias;    // int8: 128 * sum of the quantised query
+  std::vector<double> norm;     // ||q||
+  std::vector<double> qnorm;    // ||q^||, the query as the kernel sees it
+  std::vector<double> qerror;   // ||q - q^||
 };
+
+// Each query word split in two (see ScanTile::qsplit), so that kernels without a
+// bf16 or int8 dot instruction broadcast ready operands instead of splitting a word on
+// every broadcast.
+void split_query_words(Dtype dtype, const std::vector<uint32_t>& words,
+                       std::vector<uint32_t>& out) {
+  out.resize(2 * words.size());
+  for (size_t i = 0; i < words.size(); ++i) {
+    const uint32_t w = words[i];
+    if (dtype == Dtype::bf16) {
+      out[2 * i] = w & 0xFFFF0000u;  // odd dimension, as float32 bits
+      out[2 * i + 1] = w << 16;      // even dimension
+    } else {                         // int8: bytes 0, 2 and 1, 3 sign-extended to int16 pairs
+      auto ext = [w](int byte) {
+        return static_cast<uint32_t>(
+            static_cast<uint16_t>(static_cast<int16_t>(static_cast<int8_t>(w >> (8 * byte)))));
+      };
+      out[2 * i] = ext(0) | ext(2) << 16;
+      out[2 * i + 1] = ext(1) | ext(3) << 16;
+    }
+  }
+}
 
 PreparedQueries prepare_queries(const float* q, int64_t B, int64_t d, Dtype dtype) {
   const int64_t groups = num_groups(dtype, d);
@@ -148,6 +221,7 @@ PreparedQueries prepare_queries(const float* q, int64_t B, int64_t d, Dtype dtyp
     p.qnorm[b] = std::sqrt(qn2) * (1 + 1e-9);
     p.qerror[b] = std::sqrt(e2) * (1 + 1e-9);
   }
+  if (dtype != Dtype::f32) split_query_words(dtype, p.words, p.split);
   return p;
 }
 
@@ -158,8 +232,8 @@ void check_sizes(int64_t num_queries, const Corpus& c, int64_t k) {
   }
   if (k < 1) throw std::invalid_argument("topk_scores: k must be >= 1, got " + std::to_string(k));
   if (c.dtype == Dtype::i8 && c.dim > kMaxInt8Dim) {
-    throw std::invalid_argument("topk_scores: int8 corpora support dim <= " + std::to_string(kMaxInt8Dim) +
-                                ", got " + std::to_string(c.dim));
+    throw std::invalid_argument("topk_scores: int8 corpora support dim <= " +
+                                std::to_string(kMaxInt8Dim) + ", got " + std::to_string(c.dim));
   }
   if (c.dtype == Dtype::i8 && c.scales == nullptr && c.num_rows > 0) {
     throw std::invalid_argument("topk_scores: an int8 corpus needs per-row scales");
@@ -184,8 +258,10 @@ void read_exactly(int fd, int64_t offset, int64_t bytes, void* dst) {
   while (bytes > 0) {
     const ssize_t got = pread(fd, out, static_cast<size_t>(bytes), offset);
     if (got < 0 && errno == EINTR) continue;
-    if (got < 0) throw std::system_error(errno, std::generic_category(), "reading the float32 originals");
-    if (got == 0) throw std::runtime_error("reading the float32 originals: the file is shorter than the index");
+    if (got < 0)
+      throw std::system_error(errno, std::generic_category(), "reading the float32 originals");
+    if (got == 0)
+      throw std::runtime_error("reading the float32 originals: the file is shorter than the index");
     out += got;
     offset += got;
     bytes -= got;
@@ -205,7 +281,8 @@ void read_rows(int fd, int64_t offset, int64_t d, const int64_t* ids, int64_t n,
 
 // Scans the whole corpus for queries `p` into one TopkHeaps per thread (prepared by
 // the caller). Returns true if a score was not finite.
-bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vector<TopkHeaps>& heaps) {
+bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B,
+                 std::vector<TopkHeaps>& heaps) {
   const Isa isa = active_isa();
   const ScanFn scan = scan_for(isa, c.dtype);
   const PackFn pack = pack_for(isa);
@@ -214,7 +291,7 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
   const int64_t bbytes = groups * kGroupStride;
   const int64_t row_bytes = c.dim * elem_bytes(c.dtype);
   const bool small_row_major = !c.packed && B <= kSmallBatch;
-  const int64_t tile_target = small_row_major ? kSmallTileBytes : kTileBytes;
+  const int64_t tile_target = small_row_major ? kSmallTileBytes : tile_sizes().tile_bytes;
   const int64_t tile_rows =
       std::clamp<int64_t>(tile_target / (bbytes / kBlockRows) / kBlockRows, 1, 256) * kBlockRows;
   const int64_t num_tiles = (c.num_rows + tile_rows - 1) / tile_rows;
@@ -223,7 +300,8 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
   // Work items: (query chunk, chunk of tiles). Queries go in chunks that fit L2 beside a
   // tile; with more, the queries streaming through L2 would evict the tile they are
   // meant to reuse (B=512 at d=384 ran 40% slower per query than B=256 before this).
-  const int64_t query_chunk = std::max<int64_t>(1, kQueryChunkBytes / (groups * kGroupBytes));
+  const int64_t query_chunk =
+      std::max<int64_t>(1, tile_sizes().query_chunk_bytes / (groups * kGroupBytes));
   const int64_t tile_chunks = (num_tiles + chunk_tiles - 1) / chunk_tiles;
   const int64_t num_items = (B + query_chunk - 1) / query_chunk * tile_chunks;
   std::atomic<int64_t> next{0};
@@ -235,9 +313,21 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
     if (c.fd >= 0) file_rows.resize(static_cast<size_t>(tile_rows * row_bytes));
     if (!c.packed) buf.resize(static_cast<size_t>(tile_rows / kBlockRows * bbytes));
     if (!c.packed && c.dtype == Dtype::i8) tile_scales.resize(tile_rows);
-    ScanTile tile{p.words.data(), c.dtype == Dtype::i8 ? p.scales.data() : nullptr,
-                  c.dtype == Dtype::i8 ? p.bias.data() : nullptr, 0, B, nullptr, nullptr, groups,
-                  0, 0, 0, heaps[t].thresholds(), nullptr, nullptr};
+    ScanTile tile{p.words.data(),
+                  c.dtype == Dtype::i8 ? p.scales.data() : nullptr,
+                  c.dtype == Dtype::i8 ? p.bias.data() : nullptr,
+                  0,
+                  B,
+                  nullptr,
+                  nullptr,
+                  groups,
+                  0,
+                  0,
+                  0,
+                  heaps[t].thresholds(),
+                  nullptr,
+                  nullptr};
+    tile.qsplit = p.split.empty() ? nullptr : p.split.data();
     for (;;) {
       const int64_t item = next.fetch_add(1);
       if (item >= num_items) break;
@@ -253,10 +343,12 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
         tile.first_id = row0;
         // The next tile's bytes, packed or row-major (the chunk's last tile: none).
         const int64_t next_rows = ti + 1 < t1 ? std::min(tile_rows, c.num_rows - row0 - rows) : 0;
-        const uint8_t* next = c.packed ? data + (row0 + rows) / kBlockRows * bbytes
-                              : c.fd >= 0 ? nullptr : data + (row0 + rows) * row_bytes;
-        const int64_t next_bytes = next == nullptr ? 0 : c.packed ? num_blocks(next_rows) * bbytes
-                                                                   : next_rows * row_bytes;
+        const uint8_t* next = c.packed    ? data + (row0 + rows) / kBlockRows * bbytes
+                              : c.fd >= 0 ? nullptr
+                                          : data + (row0 + rows) * row_bytes;
+        const int64_t next_bytes = next == nullptr ? 0
+                                   : c.packed      ? num_blocks(next_rows) * bbytes
+                                                   : next_rows * row_bytes;
         // Small batches on row-major rows: packing is most of the work, so the next
         // tile is fetched while this one is packed (asked for during the short scan
         // alone, its DRAM time would not overlap the packing: ~11 GB/s per core).
@@ -267,7 +359,8 @@ bool scan_corpus(const Corpus& c, const PreparedQueries& p, int64_t B, std::vect
         } else {
           const uint8_t* src = data + row0 * row_bytes;
           if (c.fd >= 0) {
-            read_exactly(c.fd, c.file_offset + row0 * row_bytes, rows * row_bytes, file_rows.data());
+            read_exactly(c.fd, c.file_offset + row0 * row_bytes, rows * row_bytes,
+                         file_rows.data());
             src = file_rows.data();
           }
           pack(src, row_bytes, rows, row_bytes, groups, pack_xor(c.dtype), buf.data(),
@@ -342,7 +435,9 @@ float margin_for(const PreparedQueries& p, int64_t b, const Corpus& c, const Ori
   margin += 4 * kUnit * (p.qnorm[b] * xhat * (1 + g) + margin);
   margin *= 1 + 1e-6;
   const float f = static_cast<float>(margin);
-  return static_cast<double>(f) >= margin ? f : std::nextafter(f, std::numeric_limits<float>::infinity());
+  return static_cast<double>(f) >= margin
+             ? f
+             : std::nextafter(f, std::numeric_limits<float>::infinity());
 }
 
 // Candidates per query a thread keeps before that query falls back to a full rescan:
@@ -413,7 +508,8 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
   const ScanFn scan_f32 = scan_for(isa, Dtype::f32);
   const PackFn pack = pack_for(isa);
   const int64_t bbytes = block_bytes(Dtype::f32, d);
-  const int64_t panel_rows = std::clamp<int64_t>(kTileBytes / (d * 4) / kBlockRows, 1, 64) * kBlockRows;
+  const int64_t panel_rows =
+      std::clamp<int64_t>(tile_sizes().tile_bytes / (d * 4) / kBlockRows, 1, 64) * kBlockRows;
   for (int64_t b0 = 0; b0 < B;) {
     // A stretch of queries with about kRowsPerStretch candidate rows in all.
     int64_t b1 = b0, stretch_rows = 0;
@@ -421,8 +517,9 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
       stretch_rows += int64_t(rows[b1].size());
       ++b1;
     }
-    const int ntr = static_cast<int>(std::clamp<int64_t>(stretch_rows * d / kMinWorkPerThread, 1,
-                                                         std::min<int64_t>(b1 - b0, std::max(1, num_threads))));
+    const int ntr =
+        static_cast<int>(std::clamp<int64_t>(stretch_rows * d / kMinWorkPerThread, 1,
+                                             std::min<int64_t>(b1 - b0, std::max(1, num_threads))));
     std::atomic<int64_t> next{b0};
     parallel_tasks(ntr, [&](int) {
       std::vector<float> gathered(panel_rows * d);
@@ -439,13 +536,25 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
           tie_keys = keys.data();
         }
         TopkHeaps h(1, std::min<int64_t>(k, int64_t(cand.size())), tie_keys);
-        ScanTile tile{reinterpret_cast<const uint32_t*>(queries + b * d), nullptr, nullptr, 0, 1,
-                      packed.data(), nullptr, d, 0, 0, 0, h.thresholds(), nullptr, nullptr};
+        ScanTile tile{reinterpret_cast<const uint32_t*>(queries + b * d),
+                      nullptr,
+                      nullptr,
+                      0,
+                      1,
+                      packed.data(),
+                      nullptr,
+                      d,
+                      0,
+                      0,
+                      0,
+                      h.thresholds(),
+                      nullptr,
+                      nullptr};
         for (int64_t c0 = 0; c0 < int64_t(cand.size()); c0 += panel_rows) {
           const int64_t n = std::min<int64_t>(panel_rows, int64_t(cand.size()) - c0);
           read_rows(originals.fd, originals.offset, d, cand.data() + c0, n, gathered.data());
-          pack(reinterpret_cast<const uint8_t*>(gathered.data()), d * 4, n, d * 4, d, 0, packed.data(),
-               nullptr, 0);
+          pack(reinterpret_cast<const uint8_t*>(gathered.data()), d * 4, n, d * 4, d, 0,
+               packed.data(), nullptr, 0);
           tile.num_blocks = num_blocks(n);
           tile.valid_rows = n;
           tile.first_id = c0;  // local ids: candidate order is row order
@@ -467,9 +576,10 @@ ExactStats topk_scores_exact(const float* queries, int64_t num_queries, const Co
     stats.fallback_queries = static_cast<int64_t>(fallback.size());
     const int64_t m = stats.fallback_queries;
     std::vector<float> fq(m * d);
-    for (int64_t i = 0; i < m; ++i) std::memcpy(fq.data() + i * d, queries + fallback[i] * d, d * 4);
-    const Corpus orig{Dtype::f32, false, nullptr, N, d, nullptr, originals.fd, originals.offset,
-                      corpus.tie_keys};
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(fq.data() + i * d, queries + fallback[i] * d, d * 4);
+    const Corpus orig{Dtype::f32,       false,          nullptr, N, d, nullptr, originals.fd,
+                      originals.offset, corpus.tie_keys};
     const PreparedQueries fp = prepare_queries(fq.data(), m, d, Dtype::f32);
     const int ntf = threads_for(N, m * N * d, std::max(1, num_threads));
     std::vector<TopkHeaps> fh;

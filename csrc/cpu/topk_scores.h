@@ -9,7 +9,7 @@
 //   int8      the query is quantised per query (symmetric, scale max|q|/127, round half
 //             to even); score = float(integer dot) * (query scale * row scale), each
 //             product rounded once in fp32.
-// Every path (scalar, AVX2, AVX-512; pre-packed or packed on the fly) computes exactly
+// Every path (scalar, AVX2, AVX-512, NEON; pre-packed or packed on the fly) computes exactly
 // these, lane = row, whatever the tile shape. That is what lets exact search rescore a
 // few rows and still return bit for bit the scores and ties the float32 scan returns.
 //
@@ -27,9 +27,9 @@ namespace pyrag {
 
 // One tile of packed rows against queries [q_begin, q_end).
 struct ScanTile {
-  const uint32_t* qwords;   // [B][groups] query words in the corpus dtype's group format
-  const float* qscales;     // int8: [B] query scales
-  const int32_t* qbias;     // int8: [B] 128 * sum of the quantised query
+  const uint32_t* qwords;  // [B][groups] query words in the corpus dtype's group format
+  const float* qscales;    // int8: [B] query scales
+  const int32_t* qbias;    // int8: [B] 128 * sum of the quantised query
   int64_t q_begin, q_end;
   const uint8_t* blocks;    // the tile's packed blocks
   const float* row_scales;  // int8: scales of the tile's rows, 16 per block (padded)
@@ -42,6 +42,11 @@ struct ScanTile {
   // prefetches it into L2 while it computes this tile.
   const uint8_t* prefetch;
   const uint8_t* prefetch_end;
+  // The query words split in two per group, for kernels that would otherwise split them
+  // on every broadcast ([B][groups][2]; see split_query_words): bfloat16 the odd and the
+  // even value as float32 bits, int8 the even bytes (dimensions 0 and 2 of the group) and
+  // the odd bytes (1 and 3), each as a pair of int16.
+  const uint32_t* qsplit = nullptr;
 };
 
 // Returns true if a score it computed was NaN or +-Inf.
@@ -70,19 +75,26 @@ const Kernels& kernels_avx512();
 const Kernels& kernels_avx512vnni();
 const Kernels& kernels_avx512bf16();
 #endif
+#if defined(PYRAG_ARM)
+const Kernels& kernels_neon();
+const Kernels& kernels_neon_dotprod();
+const Kernels& kernels_neon_bf16();
+#endif
 
 ScanFn scan_for(Isa isa, Dtype dtype);
 PackFn pack_for(Isa isa);
+// The level whose scan kernel scan_for(isa, dtype) runs (int8 on avx512bf16: avx512vnni).
+Isa kernel_level(Isa isa, Dtype dtype);
 
 // A corpus as the driver sees it: row-major rows in their storage dtype (packed tile by
 // tile on the fly), or already packed (DenseIndex).
 struct Corpus {
   Dtype dtype;
   bool packed;
-  const void* data;      // row-major [N, d] (int8: signed values) or packed blocks
+  const void* data;  // row-major [N, d] (int8: signed values) or packed blocks
   int64_t num_rows;
   int64_t dim;
-  const float* scales;   // int8: [N] row scales (packed: padded to whole blocks)
+  const float* scales;  // int8: [N] row scales (packed: padded to whole blocks)
   // Row-major rows read from a file instead of `data`: descriptor (-1: none) and the
   // byte offset of row 0.
   int fd = -1;

@@ -9,9 +9,13 @@ struct I8Vnni : avx2::I8Base {
   static constexpr int kXRegs = 1, kQRegs = 1;
   using X = __m256i;
   using Q = __m256i;
-  static __m256i load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static __m256i load(const uint8_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
   static __m256i bcast(const uint32_t* w) { return _mm256_set1_epi32(static_cast<int>(*w)); }
-  static __m256i madd(__m256i acc, __m256i x, __m256i q) { return _mm256_dpbusd_avx_epi32(acc, x, q); }
+  static __m256i madd(__m256i acc, __m256i x, __m256i q) {
+    return _mm256_dpbusd_avx_epi32(acc, x, q);
+  }
 };
 
 }  // namespace

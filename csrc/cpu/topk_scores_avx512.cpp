@@ -1,4 +1,4 @@
-// AVX-512 (F/BW/VL/DQ) scan kernels: fp32 by FMA, bf16 by conversion to fp32, int8 by
+// AVX-512 (F/BW/VL/DQ) scan kernels: fp32 by FMA, bf16 widened to fp32, int8 by
 // vpmaddwd (for CPUs without VNNI), and the on-the-fly packer.
 #include "cpu/simd_avx512.h"
 
@@ -7,24 +7,27 @@ namespace {
 
 using avx512::Base;
 
-// Each 32-bit lane holds (even, odd) bf16 of one row; shifting them into the high half
-// makes exact fp32 values. Odd first, then even: the order vdpbf16ps adds them in.
-struct Bf16Convert : Base {
-  static constexpr int kXRegs = 2, kQRegs = 2;
+// Each 32-bit lane holds (even, odd) bf16 of one row: masking or shifting one of them
+// into the high half makes an exact fp32 value. In two phases per group (scan_kernel.h):
+// the odd dimension, then the even one, against queries widened by the driver: the
+// order vdpbf16ps adds them in.
+struct Bf16Widen : Base {
+  // Two registers fewer than the file holds: GCC spilled accumulators of the 5 x 5 tile
+  // (the second phase's loads are scheduled early); 6 x 4 keeps 24 in registers.
+  static constexpr int kRegs = 30, kXRegs = 1, kQRegs = 1, kPhases = 2;
   using Acc = __m512;
-  struct X { __m512 odd, even; };
-  using Q = X;
+  using X = __m512;
+  using Q = __m512;
   static __m512 zero() { return _mm512_setzero_ps(); }
-  static X split(__m512i w) {
-    return {_mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)))),
-            _mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+  static __m512 load(const uint8_t* p, int phase) {
+    const __m512i w = _mm512_loadu_si512(p);
+    // Shifts, not a mask: a mask constant would take the register the 5 x 5 tile needs.
+    return _mm512_castsi512_ps(_mm512_slli_epi32(phase == 0 ? _mm512_srli_epi32(w, 16) : w, 16));
   }
-  static X load(const uint8_t* p) { return split(_mm512_loadu_si512(p)); }
-  static X bcast(const uint32_t* w) { return split(_mm512_set1_epi32(static_cast<int>(*w))); }
-  static __m512 madd(__m512 acc, const X& x, const X& q) {
-    acc = _mm512_fmadd_ps(x.odd, q.odd, acc);
-    return _mm512_fmadd_ps(x.even, q.even, acc);
+  static __m512 bcast(const uint32_t* w, int phase) {
+    return _mm512_set1_ps(*reinterpret_cast<const float*>(w + phase));
   }
+  static __m512 madd(__m512 acc, __m512 x, __m512 q) { return _mm512_fmadd_ps(x, q, acc); }
   static __m512 finish(__m512 acc, float, int32_t, const float*) { return acc; }
 };
 
@@ -33,7 +36,9 @@ struct Bf16Convert : Base {
 struct I8Madd : Base {
   static constexpr int kXRegs = 2, kQRegs = 2;
   using Acc = __m512i;
-  struct X { __m512i even, odd; };
+  struct X {
+    __m512i even, odd;
+  };
   using Q = X;
   static __m512i zero() { return _mm512_setzero_si512(); }
   static X load(const uint8_t* p) {
@@ -45,8 +50,8 @@ struct I8Madd : Base {
     return {_mm512_srai_epi16(_mm512_slli_epi16(q, 8), 8), _mm512_srai_epi16(q, 8)};
   }
   static __m512i madd(__m512i acc, const X& x, const X& q) {
-    return _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_madd_epi16(x.even, q.even),
-                                                  _mm512_madd_epi16(x.odd, q.odd)));
+    return _mm512_add_epi32(
+        acc, _mm512_add_epi32(_mm512_madd_epi16(x.even, q.even), _mm512_madd_epi16(x.odd, q.odd)));
   }
   static __m512 finish(__m512i acc, float qscale, int32_t qbias, const float* row_scales) {
     return avx512::int8_scores(acc, qscale, qbias, row_scales);
@@ -56,7 +61,7 @@ struct I8Madd : Base {
 }  // namespace
 
 const Kernels& kernels_avx512() {
-  static const Kernels k{&scan::scan<avx512::F32>, &scan::scan<Bf16Convert>, &scan::scan<I8Madd>,
+  static const Kernels k{&scan::scan<avx512::F32>, &scan::scan<Bf16Widen>, &scan::scan<I8Madd>,
                          &avx512::pack};
   return k;
 }

@@ -47,7 +47,9 @@ struct F32Scalar : ScalarBase {
 struct Bf16Scalar : ScalarBase {
   static constexpr int kXRegs = 2, kQRegs = 2;
   using Acc = float;
-  struct X { float odd, even; };
+  struct X {
+    float odd, even;
+  };
   using Q = X;
   static float zero() { return 0.0f; }
   static X split(uint32_t w) { return {word_as_float(w & 0xFFFF0000u), word_as_float(w << 16)}; }
@@ -72,7 +74,8 @@ struct I8Scalar : ScalarBase {
   static uint32_t bcast(const uint32_t* w) { return *w; }
   static int32_t madd(int32_t acc, uint32_t x, uint32_t q) {
     for (int e = 0; e < 4; ++e) {
-      acc += static_cast<int32_t>((x >> (8 * e)) & 0xFF) * static_cast<int8_t>((q >> (8 * e)) & 0xFF);
+      acc +=
+          static_cast<int32_t>((x >> (8 * e)) & 0xFF) * static_cast<int8_t>((q >> (8 * e)) & 0xFF);
     }
     return acc;
   }

@@ -29,18 +29,18 @@ struct TopkArgs {
   std::int64_t num_queries = 0;    // B
   const void* corpus = nullptr;    // [N, d] of `corpus_type`
   CorpusType corpus_type = CorpusType::f32;
-  std::int64_t num_rows = 0;       // N
-  std::int64_t dim = 0;            // d
+  std::int64_t num_rows = 0;  // N
+  std::int64_t dim = 0;       // d
   std::int64_t k = 0;
-  const float* scales = nullptr;   // [N] per-row score multipliers, or null
+  const float* scales = nullptr;  // [N] per-row score multipliers, or null
   // f16/bf16 corpora: also multiply the residual queries - rn(queries) (two tensor-core
   // passes), so that float32 queries keep float32 accuracy. Ignored otherwise.
   bool split_queries = false;
-  float* out_scores = nullptr;     // [B, k]
-  std::int64_t* out_ids = nullptr; // [B, k]
-  int* nonfinite = nullptr;        // set to nonzero if a score is NaN or +-Inf
-  int num_warps = 8;               // warps per block: 1, 2, 4 or 8
-  int splits = 1;                  // corpus parts per query tile (from topk_plan)
+  float* out_scores = nullptr;        // [B, k]
+  std::int64_t* out_ids = nullptr;    // [B, k]
+  int* nonfinite = nullptr;           // set to nonzero if a score is NaN or +-Inf
+  int num_warps = 8;                  // warps per block: 1, 2, 4 or 8
+  int splits = 1;                     // corpus parts per query tile (from topk_plan)
   float* workspace_scores = nullptr;  // [B, splits, k] when splits > 1
   int* workspace_ids = nullptr;       // [B, splits, k] when splits > 1
   void* stream = nullptr;
@@ -48,8 +48,8 @@ struct TopkArgs {
 
 // The number of corpus splits to use: `requested` (> 0) rounded to what the tiling allows,
 // or (requested = 0) enough blocks to fill `num_sms` multiprocessors.
-int topk_plan(std::int64_t num_queries, std::int64_t num_rows, std::int64_t k, int num_warps, int num_sms,
-              int requested);
+int topk_plan(std::int64_t num_queries, std::int64_t num_rows, std::int64_t k, int num_warps,
+              int num_sms, int requested);
 void topk_scores(const TopkArgs& args);
 // Dynamic shared memory of the scan and merge kernels (for the ptxas report).
 std::size_t topk_scan_smem_bytes(CorpusType type, std::int64_t k, int num_warps);
@@ -59,11 +59,12 @@ std::size_t topk_merge_smem_bytes(std::int64_t k, int num_warps);
 // mask: [B, K] bool (1 byte each), or null for all valid. direction_reverse selects
 // KL(p_LSR || p_R) instead of KL(p_R || p_LSR).
 template <class T>
-void lsr_weights(const T* lm_scores, const bool* mask, std::int64_t rows, std::int64_t cols, double tau, T* out,
-                 int num_warps, void* stream);
+void lsr_weights(const T* lm_scores, const bool* mask, std::int64_t rows, std::int64_t cols,
+                 double tau, T* out, int num_warps, void* stream);
 template <class T>
-void lsr_kl(const T* retriever_scores, const T* lm_scores, const bool* mask, std::int64_t rows, std::int64_t cols,
-            double tau_retriever, double tau_lm, bool direction_reverse, T* out, int num_warps, void* stream);
+void lsr_kl(const T* retriever_scores, const T* lm_scores, const bool* mask, std::int64_t rows,
+            std::int64_t cols, double tau_retriever, double tau_lm, bool direction_reverse, T* out,
+            int num_warps, void* stream);
 template <class T>
 void lsr_kl_backward(const T* grad, const T* retriever_scores, const T* lm_scores, const bool* mask,
                      std::int64_t rows, std::int64_t cols, double tau_retriever, double tau_lm,

@@ -32,11 +32,14 @@ T* ptr(std::uintptr_t address) {
 
 void* stream_of(std::uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
-void topk_scores(std::uintptr_t queries, std::int64_t num_queries, std::uintptr_t corpus, int corpus_type,
-                 std::int64_t num_rows, std::int64_t dim, std::int64_t k, std::uintptr_t scales, bool split_queries,
-                 std::uintptr_t out_scores, std::uintptr_t out_ids, std::uintptr_t nonfinite, int num_warps,
-                 int splits, std::uintptr_t workspace_scores, std::uintptr_t workspace_ids, std::uintptr_t stream) {
-  if (corpus_type < 0 || corpus_type > 2) throw std::invalid_argument("topk_scores: unknown corpus_type");
+void topk_scores(std::uintptr_t queries, std::int64_t num_queries, std::uintptr_t corpus,
+                 int corpus_type, std::int64_t num_rows, std::int64_t dim, std::int64_t k,
+                 std::uintptr_t scales, bool split_queries, std::uintptr_t out_scores,
+                 std::uintptr_t out_ids, std::uintptr_t nonfinite, int num_warps, int splits,
+                 std::uintptr_t workspace_scores, std::uintptr_t workspace_ids,
+                 std::uintptr_t stream) {
+  if (corpus_type < 0 || corpus_type > 2)
+    throw std::invalid_argument("topk_scores: unknown corpus_type");
   pc::TopkArgs a;
   a.queries = ptr<const float>(queries);
   a.num_queries = num_queries;
@@ -66,32 +69,34 @@ void def_lsr(py::module_& m, const char* suffix) {
         [](std::uintptr_t lm, std::uintptr_t mask, std::int64_t rows, std::int64_t cols, double tau,
            std::uintptr_t out, int num_warps, std::uintptr_t stream) {
           py::gil_scoped_release release;
-          pc::lsr_weights<T>(ptr<const T>(lm), ptr<const bool>(mask), rows, cols, tau, ptr<T>(out), num_warps,
-                             stream_of(stream));
+          pc::lsr_weights<T>(ptr<const T>(lm), ptr<const bool>(mask), rows, cols, tau, ptr<T>(out),
+                             num_warps, stream_of(stream));
         },
-        py::arg("lm_scores"), py::arg("mask"), py::arg("rows"), py::arg("cols"), py::arg("tau"), py::arg("out"),
-        py::arg("num_warps"), py::arg("stream"));
+        py::arg("lm_scores"), py::arg("mask"), py::arg("rows"), py::arg("cols"), py::arg("tau"),
+        py::arg("out"), py::arg("num_warps"), py::arg("stream"));
   m.def(("lsr_kl_" + string(suffix)).c_str(),
-        [](std::uintptr_t r, std::uintptr_t l, std::uintptr_t mask, std::int64_t rows, std::int64_t cols,
-           double tau_r, double tau_l, bool reverse, std::uintptr_t out, int num_warps, std::uintptr_t stream) {
+        [](std::uintptr_t r, std::uintptr_t l, std::uintptr_t mask, std::int64_t rows,
+           std::int64_t cols, double tau_r, double tau_l, bool reverse, std::uintptr_t out,
+           int num_warps, std::uintptr_t stream) {
           py::gil_scoped_release release;
-          pc::lsr_kl<T>(ptr<const T>(r), ptr<const T>(l), ptr<const bool>(mask), rows, cols, tau_r, tau_l, reverse,
-                        ptr<T>(out), num_warps, stream_of(stream));
+          pc::lsr_kl<T>(ptr<const T>(r), ptr<const T>(l), ptr<const bool>(mask), rows, cols, tau_r,
+                        tau_l, reverse, ptr<T>(out), num_warps, stream_of(stream));
         },
-        py::arg("retriever_scores"), py::arg("lm_scores"), py::arg("mask"), py::arg("rows"), py::arg("cols"),
-        py::arg("tau_retriever"), py::arg("tau_lm"), py::arg("reverse"), py::arg("out"), py::arg("num_warps"),
-        py::arg("stream"));
+        py::arg("retriever_scores"), py::arg("lm_scores"), py::arg("mask"), py::arg("rows"),
+        py::arg("cols"), py::arg("tau_retriever"), py::arg("tau_lm"), py::arg("reverse"),
+        py::arg("out"), py::arg("num_warps"), py::arg("stream"));
   m.def(("lsr_kl_backward_" + string(suffix)).c_str(),
-        [](std::uintptr_t grad, std::uintptr_t r, std::uintptr_t l, std::uintptr_t mask, std::int64_t rows,
-           std::int64_t cols, double tau_r, double tau_l, bool reverse, std::uintptr_t out, int num_warps,
-           std::uintptr_t stream) {
+        [](std::uintptr_t grad, std::uintptr_t r, std::uintptr_t l, std::uintptr_t mask,
+           std::int64_t rows, std::int64_t cols, double tau_r, double tau_l, bool reverse,
+           std::uintptr_t out, int num_warps, std::uintptr_t stream) {
           py::gil_scoped_release release;
-          pc::lsr_kl_backward<T>(ptr<const T>(grad), ptr<const T>(r), ptr<const T>(l), ptr<const bool>(mask), rows,
-                                 cols, tau_r, tau_l, reverse, ptr<T>(out), num_warps, stream_of(stream));
+          pc::lsr_kl_backward<T>(ptr<const T>(grad), ptr<const T>(r), ptr<const T>(l),
+                                 ptr<const bool>(mask), rows, cols, tau_r, tau_l, reverse,
+                                 ptr<T>(out), num_warps, stream_of(stream));
         },
-        py::arg("grad"), py::arg("retriever_scores"), py::arg("lm_scores"), py::arg("mask"), py::arg("rows"),
-        py::arg("cols"), py::arg("tau_retriever"), py::arg("tau_lm"), py::arg("reverse"), py::arg("out"),
-        py::arg("num_warps"), py::arg("stream"));
+        py::arg("grad"), py::arg("retriever_scores"), py::arg("lm_scores"), py::arg("mask"),
+        py::arg("rows"), py::arg("cols"), py::arg("tau_retriever"), py::arg("tau_lm"),
+        py::arg("reverse"), py::arg("out"), py::arg("num_warps"), py::arg("stream"));
 }
 
 }  // namespace
@@ -113,14 +118,15 @@ PYBIND11_MODULE(PYRAG_CUDA_MODULE_NAME, m) {
   py::register_exception<pc::CudaError>(m, "CudaError", PyExc_RuntimeError);
   m.attr("max_k") = pc::kMaxTopk;
 
-  m.def("topk_plan", &pc::topk_plan, py::arg("num_queries"), py::arg("num_rows"), py::arg("k"), py::arg("num_warps"),
-        py::arg("num_sms"), py::arg("requested"),
-        "Corpus splits for topk_scores: `requested` (> 0) as the tiling allows, or 0 for automatic.");
+  m.def(
+      "topk_plan", &pc::topk_plan, py::arg("num_queries"), py::arg("num_rows"), py::arg("k"),
+      py::arg("num_warps"), py::arg("num_sms"), py::arg("requested"),
+      "Corpus splits for topk_scores: `requested` (> 0) as the tiling allows, or 0 for automatic.");
   m.def("topk_scores", &topk_scores, py::arg("queries"), py::arg("num_queries"), py::arg("corpus"),
-        py::arg("corpus_type"), py::arg("num_rows"), py::arg("dim"), py::arg("k"), py::arg("scales"),
-        py::arg("split_queries"), py::arg("out_scores"), py::arg("out_ids"), py::arg("nonfinite"),
-        py::arg("num_warps"), py::arg("splits"), py::arg("workspace_scores"), py::arg("workspace_ids"),
-        py::arg("stream"));
+        py::arg("corpus_type"), py::arg("num_rows"), py::arg("dim"), py::arg("k"),
+        py::arg("scales"), py::arg("split_queries"), py::arg("out_scores"), py::arg("out_ids"),
+        py::arg("nonfinite"), py::arg("num_warps"), py::arg("splits"), py::arg("workspace_scores"),
+        py::arg("workspace_ids"), py::arg("stream"));
   m.def(
       "topk_scan_smem_bytes",
       [](int corpus_type, std::int64_t k, int num_warps) {

@@ -28,7 +28,8 @@ constexpr T neg_inf() {
 template <class T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(kFullMask, v, offset);
   return v;
 }
 
@@ -58,7 +59,8 @@ struct RowNorm {
 };
 
 template <class T>
-__device__ __forceinline__ RowNorm<T> row_norm(const T* s, const bool* mask, std::int64_t cols, T tau, int lane) {
+__device__ __forceinline__ RowNorm<T> row_norm(const T* s, const bool* mask, std::int64_t cols,
+                                               T tau, int lane) {
   T m = neg_inf<T>();
   for (std::int64_t j = lane; j < cols; j += kWarpSize) {
     if (is_valid(mask, j) && s[j] > m) m = s[j];
@@ -75,8 +77,9 @@ __device__ __forceinline__ RowNorm<T> row_norm(const T* s, const bool* mask, std
 
 // sum_j p(j) (log p(j) - log q(j)) over the valid contexts, for p = first, q = second.
 template <class T>
-__device__ __forceinline__ T row_kl(const T* ps, const RowNorm<T>& pn, T p_tau, const T* qs, const RowNorm<T>& qn,
-                                    T q_tau, const bool* mask, std::int64_t cols, int lane) {
+__device__ __forceinline__ T row_kl(const T* ps, const RowNorm<T>& pn, T p_tau, const T* qs,
+                                    const RowNorm<T>& qn, T q_tau, const bool* mask,
+                                    std::int64_t cols, int lane) {
   T kl = 0;
   for (std::int64_t j = lane; j < cols; j += kWarpSize) {
     if (is_valid(mask, j)) {
@@ -89,9 +92,11 @@ __device__ __forceinline__ T row_kl(const T* ps, const RowNorm<T>& pn, T p_tau, 
 
 template <class T>
 __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm)
-    lsr_weights_kernel(const T* lm_scores, const bool* mask, std::int64_t rows, std::int64_t cols, T tau, T* out) {
+    lsr_weights_kernel(const T* lm_scores, const bool* mask, std::int64_t rows, std::int64_t cols,
+                       T tau, T* out) {
   const int lane = threadIdx.x % kWarpSize;
-  const std::int64_t row = std::int64_t(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  const std::int64_t row =
+      std::int64_t(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= rows) return;  // the whole warp leaves together
   const T* s = lm_scores + row * cols;
   const bool* m = mask != nullptr ? mask + row * cols : nullptr;
@@ -104,10 +109,11 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm)
 
 template <class T>
 __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm)
-    lsr_kl_kernel(const T* retriever_scores, const T* lm_scores, const bool* mask, std::int64_t rows,
-                  std::int64_t cols, T tau_r, T tau_l, bool reverse, T* out) {
+    lsr_kl_kernel(const T* retriever_scores, const T* lm_scores, const bool* mask,
+                  std::int64_t rows, std::int64_t cols, T tau_r, T tau_l, bool reverse, T* out) {
   const int lane = threadIdx.x % kWarpSize;
-  const std::int64_t row = std::int64_t(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  const std::int64_t row =
+      std::int64_t(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= rows) return;
   const T* r = retriever_scores + row * cols;
   const T* l = lm_scores + row * cols;
@@ -115,7 +121,9 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm)
   const RowNorm<T> rn = row_norm(r, m, cols, tau_r, lane);
   const RowNorm<T> ln = row_norm(l, m, cols, tau_l, lane);
   T kl = 0;
-  if (!rn.empty) kl = reverse ? row_kl(l, ln, tau_l, r, rn, tau_r, m, cols, lane) : row_kl(r, rn, tau_r, l, ln, tau_l, m, cols, lane);
+  if (!rn.empty)
+    kl = reverse ? row_kl(l, ln, tau_l, r, rn, tau_r, m, cols, lane)
+                 : row_kl(r, rn, tau_r, l, ln, tau_l, m, cols, lane);
   if (lane == 0) out[row] = kl;
 }
 
@@ -124,10 +132,12 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm)
 //   reverse KL(p_LSR || p_R): grad / tau_R * (p_R(j) - p_LSR(j))
 template <class T>
 __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm)
-    lsr_kl_backward_kernel(const T* grad, const T* retriever_scores, const T* lm_scores, const bool* mask,
-                           std::int64_t rows, std::int64_t cols, T tau_r, T tau_l, bool reverse, T* out) {
+    lsr_kl_backward_kernel(const T* grad, const T* retriever_scores, const T* lm_scores,
+                           const bool* mask, std::int64_t rows, std::int64_t cols, T tau_r, T tau_l,
+                           bool reverse, T* out) {
   const int lane = threadIdx.x % kWarpSize;
-  const std::int64_t row = std::int64_t(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  const std::int64_t row =
+      std::int64_t(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= rows) return;
   const T* r = retriever_scores + row * cols;
   const T* l = lm_scores + row * cols;
@@ -154,54 +164,66 @@ void check_rows(const char* op, std::int64_t rows, std::int64_t cols, int num_wa
                                 std::to_string(cols) + "]");
   }
   if (num_warps < 1 || num_warps > kMaxWarps) {
-    throw std::invalid_argument(std::string(op) + ": num_warps must be in [1, 8], got " + std::to_string(num_warps));
+    throw std::invalid_argument(std::string(op) + ": num_warps must be in [1, 8], got " +
+                                std::to_string(num_warps));
   }
-  if ((rows + num_warps - 1) / num_warps > 0x7fffffffLL) throw std::invalid_argument(std::string(op) + ": too many rows");
+  if ((rows + num_warps - 1) / num_warps > 0x7fffffffLL)
+    throw std::invalid_argument(std::string(op) + ": too many rows");
 }
 
-dim3 row_grid(std::int64_t rows, int num_warps) { return dim3(static_cast<unsigned>((rows + num_warps - 1) / num_warps)); }
+dim3 row_grid(std::int64_t rows, int num_warps) {
+  return dim3(static_cast<unsigned>((rows + num_warps - 1) / num_warps));
+}
 
 }  // namespace
 
 template <class T>
-void lsr_weights(const T* lm_scores, const bool* mask, std::int64_t rows, std::int64_t cols, double tau, T* out,
-                 int num_warps, void* stream) {
+void lsr_weights(const T* lm_scores, const bool* mask, std::int64_t rows, std::int64_t cols,
+                 double tau, T* out, int num_warps, void* stream) {
   check_rows("lsr_weights", rows, cols, num_warps);
   if (rows == 0 || cols == 0) return;
-  launch(lsr_weights_kernel<T>, "lsr_weights", row_grid(rows, num_warps), dim3(num_warps * kWarpSize), 0,
-         static_cast<Stream>(stream), lm_scores, mask, rows, cols, static_cast<T>(tau), out);
+  launch(lsr_weights_kernel<T>, "lsr_weights", row_grid(rows, num_warps),
+         dim3(num_warps * kWarpSize), 0, static_cast<Stream>(stream), lm_scores, mask, rows, cols,
+         static_cast<T>(tau), out);
 }
 
 template <class T>
-void lsr_kl(const T* retriever_scores, const T* lm_scores, const bool* mask, std::int64_t rows, std::int64_t cols,
-            double tau_retriever, double tau_lm, bool direction_reverse, T* out, int num_warps, void* stream) {
+void lsr_kl(const T* retriever_scores, const T* lm_scores, const bool* mask, std::int64_t rows,
+            std::int64_t cols, double tau_retriever, double tau_lm, bool direction_reverse, T* out,
+            int num_warps, void* stream) {
   check_rows("lsr_kl", rows, cols, num_warps);
   if (rows == 0) return;
   launch(lsr_kl_kernel<T>, "lsr_kl", row_grid(rows, num_warps), dim3(num_warps * kWarpSize), 0,
-         static_cast<Stream>(stream), retriever_scores, lm_scores, mask, rows, cols, static_cast<T>(tau_retriever),
-         static_cast<T>(tau_lm), direction_reverse, out);
+         static_cast<Stream>(stream), retriever_scores, lm_scores, mask, rows, cols,
+         static_cast<T>(tau_retriever), static_cast<T>(tau_lm), direction_reverse, out);
 }
 
 template <class T>
 void lsr_kl_backward(const T* grad, const T* retriever_scores, const T* lm_scores, const bool* mask,
                      std::int64_t rows, std::int64_t cols, double tau_retriever, double tau_lm,
-                     bool direction_reverse, T* grad_retriever_scores, int num_warps, void* stream) {
+                     bool direction_reverse, T* grad_retriever_scores, int num_warps,
+                     void* stream) {
   check_rows("lsr_kl_backward", rows, cols, num_warps);
   if (rows == 0 || cols == 0) return;
-  launch(lsr_kl_backward_kernel<T>, "lsr_kl_backward", row_grid(rows, num_warps), dim3(num_warps * kWarpSize), 0,
-         static_cast<Stream>(stream), grad, retriever_scores, lm_scores, mask, rows, cols,
-         static_cast<T>(tau_retriever), static_cast<T>(tau_lm), direction_reverse, grad_retriever_scores);
+  launch(lsr_kl_backward_kernel<T>, "lsr_kl_backward", row_grid(rows, num_warps),
+         dim3(num_warps * kWarpSize), 0, static_cast<Stream>(stream), grad, retriever_scores,
+         lm_scores, mask, rows, cols, static_cast<T>(tau_retriever), static_cast<T>(tau_lm),
+         direction_reverse, grad_retriever_scores);
 }
 
-template void lsr_weights<float>(const float*, const bool*, std::int64_t, std::int64_t, double, float*, int, void*);
-template void lsr_weights<double>(const double*, const bool*, std::int64_t, std::int64_t, double, double*, int, void*);
-template void lsr_kl<float>(const float*, const float*, const bool*, std::int64_t, std::int64_t, double, double, bool,
-                            float*, int, void*);
-template void lsr_kl<double>(const double*, const double*, const bool*, std::int64_t, std::int64_t, double, double,
-                             bool, double*, int, void*);
-template void lsr_kl_backward<float>(const float*, const float*, const float*, const bool*, std::int64_t, std::int64_t,
-                                     double, double, bool, float*, int, void*);
-template void lsr_kl_backward<double>(const double*, const double*, const double*, const bool*, std::int64_t,
-                                      std::int64_t, double, double, bool, double*, int, void*);
+template void lsr_weights<float>(const float*, const bool*, std::int64_t, std::int64_t, double,
+                                 float*, int, void*);
+template void lsr_weights<double>(const double*, const bool*, std::int64_t, std::int64_t, double,
+                                  double*, int, void*);
+template void lsr_kl<float>(const float*, const float*, const bool*, std::int64_t, std::int64_t,
+                            double, double, bool, float*, int, void*);
+template void lsr_kl<double>(const double*, const double*, const bool*, std::int64_t, std::int64_t,
+                             double, double, bool, double*, int, void*);
+template void lsr_kl_backward<float>(const float*, const float*, const float*, const bool*,
+                                     std::int64_t, std::int64_t, double, double, bool, float*, int,
+                                     void*);
+template void lsr_kl_backward<double>(const double*, const double*, const double*, const bool*,
+                                      std::int64_t, std::int64_t, double, double, bool, double*,
+                                      int, void*);
 
 }  // namespace pyrag::cuda

@@ -23,14 +23,16 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "pyrag's CUDA kernels need sm_80 or newer (mma.m16n8k16 with bf16); set CMAKE_CUDA_ARCHITECTURES to 80 or above"
+#error \
+    "pyrag's CUDA kernels need sm_80 or newer (mma.m16n8k16 with bf16); set CMAKE_CUDA_ARCHITECTURES to 80 or above"
 #endif
 #elif defined(PYRAG_CUDA_EMU)
 #include <cmath>
 
 #include "cuda/emu/runtime.h"
 #else
-#error "csrc/cuda/*.cu compile with nvcc, or with g++ and PYRAG_CUDA_EMU defined (the host emulation)"
+#error \
+    "csrc/cuda/*.cu compile with nvcc, or with g++ and PYRAG_CUDA_EMU defined (the host emulation)"
 #endif
 
 namespace pyrag::cuda {
@@ -48,15 +50,17 @@ using Stream = void*;
 // Launches kernel<<<grid, block, smem_bytes, stream>>>(args...) and checks the launch.
 // In the emulation the launch runs to completion before returning.
 template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), const char* name, dim3 grid, dim3 block, std::size_t smem_bytes,
-            Stream stream, Args&&... args) {
+void launch(void (*kernel)(Params...), const char* name, dim3 grid, dim3 block,
+            std::size_t smem_bytes, Stream stream, Args&&... args) {
 #if defined(__CUDACC__)
   auto check = [name](cudaError_t err) {
-    if (err != cudaSuccess) throw CudaError(std::string("pyrag CUDA kernel ") + name + ": " + cudaGetErrorString(err));
+    if (err != cudaSuccess)
+      throw CudaError(std::string("pyrag CUDA kernel ") + name + ": " + cudaGetErrorString(err));
   };
   // Above 48 KiB of dynamic shared memory a kernel must opt in.
   if (smem_bytes > 48 * 1024) {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes)));
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem_bytes)));
   }
   kernel<<<grid, block, smem_bytes, stream>>>(Params(std::forward<Args>(args))...);
   check(cudaGetLastError());
@@ -117,17 +121,20 @@ struct Bf16 {
 // the PTX layout (see the emulation in emu/runtime.cpp): a = 16x16 A (row-major) as 4
 // registers of two elements, b = 16x8 B (column-major) as 2 registers, c = 16x8 C/D.
 template <class E>
-__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
+__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const std::uint32_t (&a)[4],
+                                             const std::uint32_t (&b)[2]) {
   static_assert(std::is_same_v<E, F16> || std::is_same_v<E, Bf16>);
 #if defined(__CUDACC__)
   if constexpr (std::is_same_v<E, F16>) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   } else {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }

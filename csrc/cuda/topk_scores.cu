@@ -40,23 +40,27 @@ void check_sizes(std::int64_t num_queries, std::int64_t num_rows, std::int64_t k
                                 " N=" + std::to_string(num_rows));
   }
   if (num_rows >= kSentinelId) {
-    throw std::invalid_argument("topk_scores: the CUDA kernels index at most 2^31 - 2 corpus rows, got " +
-                                std::to_string(num_rows));
+    throw std::invalid_argument(
+        "topk_scores: the CUDA kernels index at most 2^31 - 2 corpus rows, got " +
+        std::to_string(num_rows));
   }
   if (k < 1 || k > kMaxTopk) {
-    throw std::invalid_argument("topk_scores: the CUDA kernels support 1 <= k <= " + std::to_string(kMaxTopk) +
-                                ", got k=" + std::to_string(k));
+    throw std::invalid_argument("topk_scores: the CUDA kernels support 1 <= k <= " +
+                                std::to_string(kMaxTopk) + ", got k=" + std::to_string(k));
   }
   if (num_warps != 1 && num_warps != 2 && num_warps != 4 && num_warps != 8) {
-    throw std::invalid_argument("topk_scores: num_warps must be 1, 2, 4 or 8, got " + std::to_string(num_warps));
+    throw std::invalid_argument("topk_scores: num_warps must be 1, 2, 4 or 8, got " +
+                                std::to_string(num_warps));
   }
 }
 
 template <int KR>
 void launch_merge(const TopkArgs& a, int splits) {
-  const MergeParams m{a.workspace_scores, a.workspace_ids, splits, static_cast<int>(a.k), a.out_scores, a.out_ids};
-  launch(topk_merge_kernel<KR, kThreadQueue<KR>>, "topk_merge", dim3(static_cast<unsigned>(a.num_queries)),
-         dim3(a.num_warps * kWarpSize), merge_area_bytes<KR>(a.num_warps, 1), static_cast<Stream>(a.stream), m);
+  const MergeParams m{a.workspace_scores,    a.workspace_ids, splits,
+                      static_cast<int>(a.k), a.out_scores,    a.out_ids};
+  launch(topk_merge_kernel<KR, kThreadQueue<KR>>, "topk_merge",
+         dim3(static_cast<unsigned>(a.num_queries)), dim3(a.num_warps * kWarpSize),
+         merge_area_bytes<KR>(a.num_warps, 1), static_cast<Stream>(a.stream), m);
 }
 
 template void launch_merge<1>(const TopkArgs&, int);
@@ -71,10 +75,11 @@ template void run_topk<SimtScorer>(const TopkArgs&, const ScanParams&, int);
 
 using namespace topk;
 
-int topk_plan(std::int64_t num_queries, std::int64_t num_rows, std::int64_t k, int num_warps, int num_sms,
-              int requested) {
+int topk_plan(std::int64_t num_queries, std::int64_t num_rows, std::int64_t k, int num_warps,
+              int num_sms, int requested) {
   check_sizes(num_queries, num_rows, k, num_warps);
-  if (requested < 0) throw std::invalid_argument("topk_scores: splits must be >= 0 (0 = automatic)");
+  if (requested < 0)
+    throw std::invalid_argument("topk_scores: splits must be >= 0 (0 = automatic)");
   const std::int64_t rows = std::int64_t(num_warps) * kRowsPerWarp;
   const std::int64_t tiles = std::max<std::int64_t>(1, (num_rows + rows - 1) / rows);
   std::int64_t splits = requested;
@@ -97,12 +102,14 @@ void topk_scores(const TopkArgs& a) {
   if (a.dim < 1) throw std::invalid_argument("topk_scores: dim must be >= 1");
   if (a.num_queries == 0) return;
   if (a.splits != topk_plan(a.num_queries, a.num_rows, a.k, a.num_warps, 1, a.splits)) {
-    throw std::invalid_argument("topk_scores: splits=" + std::to_string(a.splits) + " is not a plan from topk_plan");
+    throw std::invalid_argument("topk_scores: splits=" + std::to_string(a.splits) +
+                                " is not a plan from topk_plan");
   }
   if (a.splits > 1 && (a.workspace_scores == nullptr || a.workspace_ids == nullptr)) {
     throw std::invalid_argument("topk_scores: splits > 1 needs a [B, splits, k] workspace");
   }
-  if (a.num_queries > 0x7fffffffLL) throw std::invalid_argument("topk_scores: at most 2^31 - 1 queries");
+  if (a.num_queries > 0x7fffffffLL)
+    throw std::invalid_argument("topk_scores: at most 2^31 - 1 queries");
   const std::int64_t rows = std::int64_t(a.num_warps) * kRowsPerWarp;
   const std::int64_t tiles = std::max<std::int64_t>(1, (a.num_rows + rows - 1) / rows);
   const std::int64_t tiles_per_split = (tiles + a.splits - 1) / a.splits;

@@ -13,8 +13,8 @@
 namespace pyrag::cuda::topk {
 
 constexpr int kMaxWarps = 8;
-constexpr int kQueryTile = 8;      // query columns scored per block: the n of mma.m16n8k16
-constexpr int kRowsPerWarp = 32;   // corpus rows per warp and tile (two m16 tiles)
+constexpr int kQueryTile = 8;     // query columns scored per block: the n of mma.m16n8k16
+constexpr int kRowsPerWarp = 32;  // corpus rows per warp and tile (two m16 tiles)
 // The score tile is [kQueryTile][rows + kTilePad] floats: the pad puts the MMA's four
 // query columns of one row (lanes t = 0..3) in different banks.
 constexpr int kTilePad = 4;
@@ -30,12 +30,12 @@ struct ScanParams {
   int k;
   const float* scales;
   bool split_queries;
-  bool vector_loads;           // 16-bit corpus rows start 16-byte aligned (d % 8 == 0)
-  int query_tile;              // queries per block: a power of two <= min(8, warps)
-  std::int64_t rows_per_split; // a multiple of the tile's rows
-  float* out_scores;           // [B, k] when gridDim.y == 1
+  bool vector_loads;            // 16-bit corpus rows start 16-byte aligned (d % 8 == 0)
+  int query_tile;               // queries per block: a power of two <= min(8, warps)
+  std::int64_t rows_per_split;  // a multiple of the tile's rows
+  float* out_scores;            // [B, k] when gridDim.y == 1
   std::int64_t* out_ids;
-  float* ws_scores;            // [B, splits, k] when gridDim.y > 1
+  float* ws_scores;  // [B, splits, k] when gridDim.y > 1
   int* ws_ids;
   int* nonfinite;
 };
@@ -64,8 +64,9 @@ struct SimtScorer {
     return sizeof(float) * (std::size_t(warps) * kRowsPerWarp * kXStride + kChunk * kQueryTile);
   }
 
-  __device__ static void score(const ScanParams& p, unsigned char* smem, std::int64_t row0, std::int64_t row_end,
-                               std::int64_t q0, float* tile, int tile_stride) {
+  __device__ static void score(const ScanParams& p, unsigned char* smem, std::int64_t row0,
+                               std::int64_t row_end, std::int64_t q0, float* tile,
+                               int tile_stride) {
     const int tid = threadIdx.x;
     const int nthreads = blockDim.x;
     const int rows = nthreads;
@@ -121,23 +122,25 @@ __device__ __forceinline__ std::uint32_t load_u32(const std::uint16_t* p) {
 // [32w, 32w + 32) x the eight queries as two m16n8 tiles per 16-wide step of d.
 template <class E>
 struct MmaScorer {
-  static constexpr int kChunk = 64;           // dimensions per shared-memory chunk (four k16 steps)
-  static constexpr int kStride = kChunk + 8;  // 16-bit elements per buffered row: the +16 bytes put the
-                                              // fragment loads of lanes (g, t) in 32 distinct banks
+  static constexpr int kChunk = 64;  // dimensions per shared-memory chunk (four k16 steps)
+  static constexpr int kStride =
+      kChunk + 8;  // 16-bit elements per buffered row: the +16 bytes put the
+                   // fragment loads of lanes (g, t) in 32 distinct banks
 
   static constexpr std::size_t smem_bytes(int warps) {
     return sizeof(std::uint16_t) * kStride * (std::size_t(warps) * kRowsPerWarp + 2 * kQueryTile);
   }
 
-  __device__ static void score(const ScanParams& p, unsigned char* smem, std::int64_t row0, std::int64_t row_end,
-                               std::int64_t q0, float* tile, int tile_stride) {
+  __device__ static void score(const ScanParams& p, unsigned char* smem, std::int64_t row0,
+                               std::int64_t row_end, std::int64_t q0, float* tile,
+                               int tile_stride) {
     const int tid = threadIdx.x;
     const int nthreads = blockDim.x;
     const int rows = nthreads;
     const int warp = tid / kWarpSize, lane = tid % kWarpSize;
     const int g = lane >> 2, t = lane & 3;
     std::uint16_t* xs = reinterpret_cast<std::uint16_t*>(smem);  // [rows][kStride]
-    std::uint16_t* q_hi = xs + rows * kStride;                    // [kQueryTile][kStride]
+    std::uint16_t* q_hi = xs + rows * kStride;                   // [kQueryTile][kStride]
     std::uint16_t* q_lo = q_hi + kQueryTile * kStride;
     const std::uint16_t* corpus = static_cast<const std::uint16_t*>(p.corpus);
     float acc[2][4];
@@ -155,14 +158,16 @@ struct MmaScorer {
           const int r = e / kVecs, v = e % kVecs;
           const std::int64_t row = row0 + r, col = d0 + v * 8;
           uint4 val{0u, 0u, 0u, 0u};
-          if (row < row_end && col < p.dim) val = *reinterpret_cast<const uint4*>(corpus + row * p.dim + col);
+          if (row < row_end && col < p.dim)
+            val = *reinterpret_cast<const uint4*>(corpus + row * p.dim + col);
           *reinterpret_cast<uint4*>(xs + r * kStride + v * 8) = val;
         }
       } else {
         for (int e = tid; e < rows * kChunk; e += nthreads) {
           const int r = e / kChunk, c = e % kChunk;
           const std::int64_t row = row0 + r, col = d0 + c;
-          xs[r * kStride + c] = row < row_end && col < p.dim ? corpus[row * p.dim + col] : std::uint16_t(0);
+          xs[r * kStride + c] =
+              row < row_end && col < p.dim ? corpus[row * p.dim + col] : std::uint16_t(0);
         }
       }
       for (int e = tid; e < kQueryTile * kChunk; e += nthreads) {
@@ -185,9 +190,10 @@ struct MmaScorer {
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
           // A fragment: corpus rows g and g + 8 of this m16 tile, dims kk + 2t, +1 and + 8.
-          const std::uint16_t* a_row = xs + (warp * kRowsPerWarp + m * 16 + g) * kStride + kk + 2 * t;
-          const std::uint32_t a[4] = {load_u32(a_row), load_u32(a_row + 8 * kStride), load_u32(a_row + 8),
-                                      load_u32(a_row + 8 * kStride + 8)};
+          const std::uint16_t* a_row =
+              xs + (warp * kRowsPerWarp + m * 16 + g) * kStride + kk + 2 * t;
+          const std::uint32_t a[4] = {load_u32(a_row), load_u32(a_row + 8 * kStride),
+                                      load_u32(a_row + 8), load_u32(a_row + 8 * kStride + 8)};
           mma_m16n8k16<E>(acc[m], a, b_hi);
           if (p.split_queries) mma_m16n8k16<E>(acc[m], a, b_lo);
         }
@@ -215,7 +221,8 @@ template <int KR>
 constexpr int kMinBlocksPerSm = KR >= 16 ? 1 : 2;
 
 template <class Scorer, int KR, int T>
-__global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm<KR>) topk_scan_kernel(const ScanParams p) {
+__global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm<KR>)
+    topk_scan_kernel(const ScanParams p) {
   unsigned char* smem = dynamic_shared<unsigned char>();
   const int nwarps = blockDim.x / kWarpSize;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -231,7 +238,8 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm<KR>) top
   const std::int64_t query = q0 + slot;
   const bool active = query < p.num_queries;  // warp-uniform
   const std::int64_t row_begin = std::int64_t(blockIdx.y) * p.rows_per_split;
-  const std::int64_t row_end = row_begin + p.rows_per_split < p.num_rows ? row_begin + p.rows_per_split : p.num_rows;
+  const std::int64_t row_end =
+      row_begin + p.rows_per_split < p.num_rows ? row_begin + p.rows_per_split : p.num_rows;
 
   WarpQueue<KR, T> queue;
   queue.init(p.k, lane);
@@ -264,7 +272,8 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm<KR>) top
 // One block per query: the warps stream the query's splits * k partial candidates
 // through their queues, then merge.
 template <int KR, int T>
-__global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm<KR>) topk_merge_kernel(const MergeParams p) {
+__global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm<KR>)
+    topk_merge_kernel(const MergeParams p) {
   const int nwarps = blockDim.x / kWarpSize;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const std::int64_t query = blockIdx.x;
@@ -274,7 +283,8 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm<KR>) top
 
   WarpQueue<KR, T> queue;
   queue.init(p.k, lane);
-  for (std::int64_t j0 = std::int64_t(warp) * kWarpSize; j0 < n; j0 += std::int64_t(nwarps) * kWarpSize) {
+  for (std::int64_t j0 = std::int64_t(warp) * kWarpSize; j0 < n;
+       j0 += std::int64_t(nwarps) * kWarpSize) {
     const std::int64_t j = j0 + lane;
     const bool valid = j < n;
     queue.add(valid ? scores[j] : kNegInf, valid ? ids[j] : kSentinelId, valid);
@@ -287,7 +297,9 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize, kMinBlocksPerSm<KR>) top
 // Thread-queue slots per lane for a warp queue of 32*KR: longer queues for larger k make
 // the (more expensive) merges rarer.
 template <int KR>
-constexpr int kThreadQueue = KR <= 2 ? 2 : KR <= 8 ? 4 : 8;
+constexpr int kThreadQueue = KR <= 2   ? 2
+                             : KR <= 8 ? 4
+                                       : 8;
 
 int warp_queue_registers(std::int64_t k);
 int query_tile_for(std::int64_t num_queries, int num_warps);
@@ -299,7 +311,8 @@ std::size_t merge_area_bytes(int parts, int queries) {
 
 template <class Scorer, int KR>
 std::size_t scan_smem(int warps, int queries) {
-  return tile_bytes(warps) + std::max(Scorer::smem_bytes(warps), merge_area_bytes<KR>(warps / queries, queries));
+  return tile_bytes(warps) +
+         std::max(Scorer::smem_bytes(warps), merge_area_bytes<KR>(warps / queries, queries));
 }
 
 // Merges the [B, splits, k] partial results into the output (instantiated in topk_scores.cu).
@@ -310,9 +323,9 @@ template <class Scorer, int KR>
 void launch_scan(const TopkArgs& a, const ScanParams& p, int splits) {
   constexpr int T = kThreadQueue<KR>;
   const std::int64_t query_tiles = (a.num_queries + p.query_tile - 1) / p.query_tile;
-  launch(topk_scan_kernel<Scorer, KR, T>, "topk_scan", dim3(static_cast<unsigned>(query_tiles), splits),
-         dim3(a.num_warps * kWarpSize), scan_smem<Scorer, KR>(a.num_warps, p.query_tile),
-         static_cast<Stream>(a.stream), p);
+  launch(topk_scan_kernel<Scorer, KR, T>, "topk_scan",
+         dim3(static_cast<unsigned>(query_tiles), splits), dim3(a.num_warps * kWarpSize),
+         scan_smem<Scorer, KR>(a.num_warps, p.query_tile), static_cast<Stream>(a.stream), p);
 }
 
 // Scores, selects and (splits > 1) merges with the kernels for Scorer and a's k.

@@ -41,7 +41,8 @@ __device__ __forceinline__ void unpack(unsigned long long v, float& s, int& id) 
 
 // Compare-exchange of this lane's element with lane ^ stride's, in one register: the lane
 // keeps the better of the pair if keep_better, else the worse.
-__device__ __forceinline__ void exchange_across_lanes(float& s, int& id, int stride, bool keep_better) {
+__device__ __forceinline__ void exchange_across_lanes(float& s, int& id, int stride,
+                                                      bool keep_better) {
   float other_s;
   int other_id;
   unpack(__shfl_xor_sync(kFullMask, pack(s, id), stride), other_s, other_id);
@@ -53,7 +54,8 @@ __device__ __forceinline__ void exchange_across_lanes(float& s, int& id, int str
 
 // Compare-exchange of two registers of this lane: the better goes to (s0, i0) if
 // better_first, else to (s1, i1).
-__device__ __forceinline__ void exchange_registers(float& s0, int& i0, float& s1, int& i1, bool better_first) {
+__device__ __forceinline__ void exchange_registers(float& s0, int& i0, float& s1, int& i1,
+                                                   bool better_first) {
   if (ranks_before(s1, i1, s0, i0) == better_first) {
     const float ts = s0;
     const int ti = i0;
@@ -267,23 +269,28 @@ struct WarpQueue {
 // warp = part * queries + query_slot. `area` must hold (parts/2 * queries) lists of
 // 32*KR (float, int) pairs. Block-collective: every thread of the block must call it.
 template <int KR, int T>
-__device__ __forceinline__ void block_merge(WarpQueue<KR, T>& queue, bool active, int part, int parts, int query_slot,
-                                           int queries, unsigned char* area) {
+__device__ __forceinline__ void block_merge(WarpQueue<KR, T>& queue, bool active, int part,
+                                            int parts, int query_slot, int queries,
+                                            unsigned char* area) {
   constexpr int kLen = kWarpSize * KR;
   float* area_s = reinterpret_cast<float*>(area);
-  int* area_id = reinterpret_cast<int*>(area + sizeof(float) * kLen * (parts / 2 > 0 ? parts / 2 : 1) * queries);
+  int* area_id = reinterpret_cast<int*>(area + sizeof(float) * kLen *
+                                                   (parts / 2 > 0 ? parts / 2 : 1) * queries);
   for (int step = 1; step < parts; step *= 2) {
     const int slot = query_slot * (parts / 2) + part / (2 * step);
     __syncthreads();  // the area's previous readers (or the scan's tiles) are done
-    if (active && part % (2 * step) == step) queue.store(area_s + slot * kLen, area_id + slot * kLen);
+    if (active && part % (2 * step) == step)
+      queue.store(area_s + slot * kLen, area_id + slot * kLen);
     __syncthreads();
-    if (active && part % (2 * step) == 0) queue.merge_sorted(area_s + slot * kLen, area_id + slot * kLen);
+    if (active && part % (2 * step) == 0)
+      queue.merge_sorted(area_s + slot * kLen, area_id + slot * kLen);
   }
 }
 
 template <int KR>
 constexpr std::size_t block_merge_bytes(int parts, int queries) {
-  return std::size_t(kWarpSize) * KR * (sizeof(float) + sizeof(int)) * (parts / 2 > 0 ? parts / 2 : 1) * queries;
+  return std::size_t(kWarpSize) * KR * (sizeof(float) + sizeof(int)) *
+         (parts / 2 > 0 ? parts / 2 : 1) * queries;
 }
 
 }  // namespace pyrag::cuda

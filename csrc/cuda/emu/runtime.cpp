@@ -47,7 +47,8 @@ struct Site {
       : op(op_), file(loc.file_name()), line(loc.line()), column(loc.column()) {}
 
   bool operator==(const Site& o) const {
-    return line == o.line && column == o.column && std::strcmp(op, o.op) == 0 && std::strcmp(file, o.file) == 0;
+    return line == o.line && column == o.column && std::strcmp(op, o.op) == 0 &&
+           std::strcmp(file, o.file) == 0;
   }
 
   std::string str() const {
@@ -140,9 +141,12 @@ std::string where_threads_are(const Block& b) {
       std::string where = b.state[t] == State::exited    ? std::string("exited")
                           : b.state[t] == State::waiting ? b.waiting_at[t].str()
                                                          : std::string("running");
-      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == where; });
-      if (it == groups.end()) groups.push_back({where, {lane}});
-      else it->second.push_back(lane);
+      auto it = std::find_if(groups.begin(), groups.end(),
+                             [&](const auto& g) { return g.first == where; });
+      if (it == groups.end())
+        groups.push_back({where, {lane}});
+      else
+        it->second.push_back(lane);
     }
     out << (w ? "; " : "") << "warp " << w << ":";
     for (std::size_t i = 0; i < groups.size(); ++i) {
@@ -155,8 +159,8 @@ std::string where_threads_are(const Block& b) {
 // Records the launch's first error and wakes every waiting thread (b.mu held).
 void fail(Block& b, const std::string& message) {
   if (b.failed) return;
-  b.error = message + " (block " + std::to_string(blockIdx.x) + "," + std::to_string(blockIdx.y) + "," +
-            std::to_string(blockIdx.z) + ")";
+  b.error = message + " (block " + std::to_string(blockIdx.x) + "," + std::to_string(blockIdx.y) +
+            "," + std::to_string(blockIdx.z) + ")";
   b.failed = true;
   auto wake = [](Barrier& bar) {
     bar.released.fetch_add(1, std::memory_order_release);
@@ -180,15 +184,16 @@ void arrive(Block& b, Barrier& bar, const int& scope_exited, const char* scope, 
   std::unique_lock<std::mutex> lk(b.mu);
   if (b.failed) throw Abort{};
   if (scope_exited > 0) {
-    fail(b, site.str() + " reached by thread " + std::to_string(me.tid) + " after " + std::to_string(scope_exited) +
-                " thread(s) of its " + scope + " exited: every thread of the " + scope + " must reach it");
+    fail(b, site.str() + " reached by thread " + std::to_string(me.tid) + " after " +
+                std::to_string(scope_exited) + " thread(s) of its " + scope +
+                " exited: every thread of the " + scope + " must reach it");
     throw Abort{};
   }
   if (bar.arrived == 0) {
     bar.site = site;
   } else if (!(bar.site == site)) {
-    fail(b, std::string("divergent ") + scope + " barrier: thread " + std::to_string(me.tid) + " reached " +
-                site.str() + " while others wait at " + bar.site.str());
+    fail(b, std::string("divergent ") + scope + " barrier: thread " + std::to_string(me.tid) +
+                " reached " + site.str() + " while others wait at " + bar.site.str());
     throw Abort{};
   }
   if (++bar.arrived == bar.expected) {
@@ -208,7 +213,8 @@ void arrive(Block& b, Barrier& bar, const int& scope_exited, const char* scope, 
   lk.unlock();
   // A released thread's state stays `waiting` until it waits again: the deadlock check
   // never counts it (the completer took it out of b.waiting), so the message stays exact.
-  while (bar.released.load(std::memory_order_acquire) == seen) bar.released.wait(seen, std::memory_order_acquire);
+  while (bar.released.load(std::memory_order_acquire) == seen)
+    bar.released.wait(seen, std::memory_order_acquire);
   if (b.failed) throw Abort{};
 }
 
@@ -218,8 +224,8 @@ Warp& warp_for_collective(Context& me, unsigned mask, const Site& site) {
   if (mask != kFullMask || w.lanes != warpSize) {
     std::lock_guard<std::mutex> lk(b.mu);
     std::ostringstream msg;
-    msg << site.str() << " with mask 0x" << std::hex << mask << std::dec << " in a warp of " << w.lanes
-        << " lanes: the emulation supports full-warp collectives only";
+    msg << site.str() << " with mask 0x" << std::hex << mask << std::dec << " in a warp of "
+        << w.lanes << " lanes: the emulation supports full-warp collectives only";
     fail(b, msg.str());
     throw Abort{};
   }
@@ -236,7 +242,8 @@ void thread_exit(Context& me) {
   ++w.exited;
   if (!b.failed) {
     if (w.barrier.arrived > 0) {
-      fail(b, "thread " + std::to_string(me.tid) + " exited while lanes of its warp wait at " + w.barrier.site.str());
+      fail(b, "thread " + std::to_string(me.tid) + " exited while lanes of its warp wait at " +
+                  w.barrier.site.str());
     } else if (b.barrier.arrived > 0) {
       fail(b, "thread " + std::to_string(me.tid) + " exited while threads of its block wait at " +
                   b.barrier.site.str());
@@ -311,11 +318,13 @@ void launch(dim3 grid, dim3 block, std::size_t smem_bytes, const char* kernel_na
   if (nthreads == 0 || nthreads > kMaxThreadsPerBlock || block.z > 64) {
     throw EmulationError(name + ": invalid block " + dims(block));
   }
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+      grid.z > 65535) {
     throw EmulationError(name + ": invalid grid " + dims(grid));
   }
   if (smem_bytes > kMaxSharedBytes) {
-    throw EmulationError(name + ": " + std::to_string(smem_bytes) + " bytes of shared memory requested, more than " +
+    throw EmulationError(name + ": " + std::to_string(smem_bytes) +
+                         " bytes of shared memory requested, more than " +
                          std::to_string(kMaxSharedBytes) + " per block");
   }
 
@@ -362,7 +371,8 @@ void launch(dim3 grid, dim3 block, std::size_t smem_bytes, const char* kernel_na
   std::string overflow;
   const std::uint64_t nblocks = std::uint64_t(grid.x) * grid.y * grid.z;
   for (std::uint64_t i = 0; i < nblocks; ++i) {
-    const uint3 id{unsigned(i % grid.x), unsigned(i / grid.x % grid.y), unsigned(i / (std::uint64_t(grid.x) * grid.y))};
+    const uint3 id{unsigned(i % grid.x), unsigned(i / grid.x % grid.y),
+                   unsigned(i / (std::uint64_t(grid.x) * grid.y))};
     {
       std::unique_lock<std::mutex> lk(b.mu);
       reset_block(b, smem_bytes);
@@ -373,8 +383,9 @@ void launch(dim3 grid, dim3 block, std::size_t smem_bytes, const char* kernel_na
       if (b.failed) break;
     }
     if (!canary_intact(b, smem_bytes)) {
-      overflow = "wrote past its " + std::to_string(smem_bytes) + " bytes of dynamic shared memory (block " +
-                 std::to_string(id.x) + "," + std::to_string(id.y) + "," + std::to_string(id.z) + ")";
+      overflow = "wrote past its " + std::to_string(smem_bytes) +
+                 " bytes of dynamic shared memory (block " + std::to_string(id.x) + "," +
+                 std::to_string(id.y) + "," + std::to_string(id.z) + ")";
       break;
     }
   }
@@ -383,12 +394,13 @@ void launch(dim3 grid, dim3 block, std::size_t smem_bytes, const char* kernel_na
   if (!overflow.empty()) throw EmulationError(name + ": " + overflow);
 }
 
-const unsigned char* warp_exchange(const void* mine, std::size_t bytes, unsigned mask, const char* op,
-                                   const std::source_location& loc) {
+const unsigned char* warp_exchange(const void* mine, std::size_t bytes, unsigned mask,
+                                   const char* op, const std::source_location& loc) {
   Context& me = context(op);
   const Site site(op, loc);
   Warp& w = warp_for_collective(me, mask, site);
-  if (bytes > kSlotBytes) throw EmulationError(std::string(op) + ": operand too large for the exchange slot");
+  if (bytes > kSlotBytes)
+    throw EmulationError(std::string(op) + ": operand too large for the exchange slot");
   unsigned char* buf = w.slots[me.collectives++ & 1].data();
   std::memcpy(buf + me.lane * kSlotBytes, mine, bytes);
   arrive(me.launch->blk, w.barrier, w.exited, "warp", site);
@@ -410,8 +422,8 @@ void sync_warp(unsigned mask, const std::source_location& loc) {
 
 unsigned char* dynamic_shared_memory() { return context("dynamic shared memory").launch->blk.smem; }
 
-void mma_m16n8k16(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2], bool bf16,
-                  const std::source_location& loc) {
+void mma_m16n8k16(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2],
+                  bool bf16, const std::source_location& loc) {
   struct Fragments {
     std::uint32_t a[4];
     std::uint32_t b[2];
@@ -463,7 +475,8 @@ std::uint16_t float_to_f16_bits(float x) {
   }
   std::uint32_t h = ((((a >> 23) - 127 + 15) << 10) | ((a & 0x7fffffu) >> 13));
   const std::uint32_t rest = a & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry moves into the exponent, as it should
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+    ++h;  // a carry moves into the exponent, as it should
   return sign | static_cast<std::uint16_t>(h);
 }
 
@@ -481,7 +494,8 @@ float f16_bits_to_float(std::uint16_t h) {
 
 std::uint16_t float_to_bf16_bits(float x) {
   const std::uint32_t u = std::bit_cast<std::uint32_t>(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);  // quiet NaN
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<std::uint16_t>((u >> 16) | 0x40u);  // quiet NaN
   return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 

@@ -78,16 +78,16 @@ void launch(dim3 grid, dim3 block, std::size_t dynamic_smem_bytes, const char* k
 // Warp collective: publishes this lane's `bytes` (<= kSlotBytes) and, once all 32 lanes
 // of the warp published from the same call site, returns the warp's 32 slots
 // (slot of lane L at L * kSlotBytes).
-const unsigned char* warp_exchange(const void* mine, std::size_t bytes, unsigned mask, const char* op,
-                                   const std::source_location& site);
+const unsigned char* warp_exchange(const void* mine, std::size_t bytes, unsigned mask,
+                                   const char* op, const std::source_location& site);
 void sync_block(const std::source_location& site);
 void sync_warp(unsigned mask, const std::source_location& site);
 unsigned char* dynamic_shared_memory();
 
 // D = A * B + C for mma.m16n8k16.row.col with f16 (bf16 = false) or bf16 operands and fp32
 // accumulators, in the PTX fragment layout; products and sums in plain fp32 arithmetic.
-void mma_m16n8k16(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2], bool bf16,
-                  const std::source_location& site);
+void mma_m16n8k16(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2],
+                  bool bf16, const std::source_location& site);
 
 // IEEE binary16 / bfloat16 <-> float, round to nearest even (what __float2half_rn and
 // __float2bfloat16_rn do on the device).
@@ -110,7 +110,8 @@ inline void __syncthreads(std::source_location site = std::source_location::curr
   pyrag::emu::sync_block(site);
 }
 
-inline void __syncwarp(unsigned mask = 0xffffffffu, std::source_location site = std::source_location::current()) {
+inline void __syncwarp(unsigned mask = 0xffffffffu,
+                       std::source_location site = std::source_location::current()) {
   pyrag::emu::sync_warp(mask, site);
 }
 
@@ -129,7 +130,8 @@ template <class T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = warpSize,
                   std::source_location site = std::source_location::current()) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= pyrag::emu::kSlotBytes);
-  const unsigned char* slots = pyrag::emu::warp_exchange(&v, sizeof(T), mask, "__shfl_xor_sync", site);
+  const unsigned char* slots =
+      pyrag::emu::warp_exchange(&v, sizeof(T), mask, "__shfl_xor_sync", site);
   const int lane = static_cast<int>(threadIdx.x % warpSize);
   const int src = lane ^ lane_mask;
   // A source outside the caller's width-segment returns the caller's own value.
@@ -140,26 +142,32 @@ template <class T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = warpSize,
                    std::source_location site = std::source_location::current()) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= pyrag::emu::kSlotBytes);
-  const unsigned char* slots = pyrag::emu::warp_exchange(&v, sizeof(T), mask, "__shfl_down_sync", site);
+  const unsigned char* slots =
+      pyrag::emu::warp_exchange(&v, sizeof(T), mask, "__shfl_down_sync", site);
   const int lane = static_cast<int>(threadIdx.x % warpSize);
   const int src = lane + static_cast<int>(delta);
-  return pyrag::emu::lane_value<T>(slots, src / width == lane / width && src < warpSize ? src : lane);
+  return pyrag::emu::lane_value<T>(slots,
+                                   src / width == lane / width && src < warpSize ? src : lane);
 }
 
 inline unsigned __ballot_sync(unsigned mask, int predicate,
                               std::source_location site = std::source_location::current()) {
   const int bit = predicate != 0;
-  const unsigned char* slots = pyrag::emu::warp_exchange(&bit, sizeof bit, mask, "__ballot_sync", site);
+  const unsigned char* slots =
+      pyrag::emu::warp_exchange(&bit, sizeof bit, mask, "__ballot_sync", site);
   unsigned out = 0;
-  for (int lane = 0; lane < warpSize; ++lane) out |= unsigned(pyrag::emu::lane_value<int>(slots, lane)) << lane;
+  for (int lane = 0; lane < warpSize; ++lane)
+    out |= unsigned(pyrag::emu::lane_value<int>(slots, lane)) << lane;
   return out;
 }
 
-inline int __any_sync(unsigned mask, int predicate, std::source_location site = std::source_location::current()) {
+inline int __any_sync(unsigned mask, int predicate,
+                      std::source_location site = std::source_location::current()) {
   return __ballot_sync(mask, predicate, site) != 0;
 }
 
-inline int __all_sync(unsigned mask, int predicate, std::source_location site = std::source_location::current()) {
+inline int __all_sync(unsigned mask, int predicate,
+                      std::source_location site = std::source_location::current()) {
   return __ballot_sync(mask, predicate, site) == mask;
 }
 

@@ -78,15 +78,23 @@ long long selftest(const std::string& name, int num_warps) {
   py::gil_scoped_release release;
   if (name == "block_sum") {
     long long out = 0;
-    cuda::launch(block_sum_kernel, "block_sum", dim3(3), block, num_warps * sizeof(long long), nullptr, &out);
+    cuda::launch(block_sum_kernel, "block_sum", dim3(3), block, num_warps * sizeof(long long),
+                 nullptr, &out);
     return out;
   }
-  if (name == "early_exit") cuda::launch(early_exit_kernel, "early_exit", dim3(1), block, 0, nullptr, buf.data());
-  else if (name == "divergent_shuffle") cuda::launch(divergent_shuffle_kernel, "divergent_shuffle", dim3(1), block, 0, nullptr, buf.data());
-  else if (name == "deadlock") cuda::launch(deadlock_kernel, "deadlock", dim3(1), block, 0, nullptr, buf.data());
-  else if (name == "partial_mask") cuda::launch(partial_mask_kernel, "partial_mask", dim3(1), block, 0, nullptr, buf.data());
-  else if (name == "smem_overflow") cuda::launch(smem_overflow_kernel, "smem_overflow", dim3(2), block, 64, nullptr, 16);
-  else throw std::invalid_argument("unknown selftest " + name);
+  if (name == "early_exit")
+    cuda::launch(early_exit_kernel, "early_exit", dim3(1), block, 0, nullptr, buf.data());
+  else if (name == "divergent_shuffle")
+    cuda::launch(divergent_shuffle_kernel, "divergent_shuffle", dim3(1), block, 0, nullptr,
+                 buf.data());
+  else if (name == "deadlock")
+    cuda::launch(deadlock_kernel, "deadlock", dim3(1), block, 0, nullptr, buf.data());
+  else if (name == "partial_mask")
+    cuda::launch(partial_mask_kernel, "partial_mask", dim3(1), block, 0, nullptr, buf.data());
+  else if (name == "smem_overflow")
+    cuda::launch(smem_overflow_kernel, "smem_overflow", dim3(2), block, 64, nullptr, 16);
+  else
+    throw std::invalid_argument("unknown selftest " + name);
   return 0;
 }
 
@@ -95,7 +103,9 @@ long long selftest(const std::string& name, int num_warps) {
 
 void register_emulator_selftests(py::module_& m) {
   m.def("emulator_selftest", &pyrag::emu::selftest, py::arg("name"), py::arg("num_warps") = 2,
-        "Runs one of the emulator's own test kernels: 'block_sum' returns 3 * n(n-1)/2 for n = 32 * num_warps; "
-        "'early_exit', 'divergent_shuffle', 'deadlock', 'partial_mask' and 'smem_overflow' break a CUDA rule "
+        "Runs one of the emulator's own test kernels: 'block_sum' returns 3 * n(n-1)/2 for n = 32 "
+        "* num_warps; "
+        "'early_exit', 'divergent_shuffle', 'deadlock', 'partial_mask' and 'smem_overflow' break a "
+        "CUDA rule "
         "and raise EmulationError.");
 }
