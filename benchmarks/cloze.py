@@ -9,6 +9,12 @@ the signal LSR training distils into the retriever.
 
 The split is by passage: every held-out query comes from a passage that no training query
 comes from, so held-out recall measures what generalises beyond the training passages.
+
+A passage's queries and its indexed text depend only on the passage, the seed and the
+number of queries it gives, not on the rest of the corpus (each passage draws from its own
+seeded generator; only which answer word is rarest depends on the corpus). So a corpus that
+extends another (the first 20,000 passages of a 100,000) indexes the same texts for the
+passages they share, and their embeddings can be cached once (corpora.encode_cached).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Optional
 from pyrag.train import Example
 from pyrag.train.example import words
 
-BLANK = "____"
+BLANK = "____"  # the default blank; make_cloze_task(blank=) and TinyClozeLM(blank=) take another
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 # Function words and words too generic in technical prose to identify a passage.
@@ -58,6 +64,8 @@ def make_cloze_task(
     min_sentence_words: int = 6,
     min_answer_chars: int = 4,
     seed: int = 0,
+    blank: str = BLANK,
+    query_passages: Optional[int] = None,
 ) -> ClozeTask:
     """Cloze queries over `passages`, split by passage into train and held-out.
 
@@ -65,8 +73,15 @@ def make_cloze_task(
     train_queries_per_passage, from distinct sentences, all removed from its indexed text
     (each answer still occurs in what remains). Passages with no usable sentence stay in
     the corpus unchanged (as distractors). max_queries caps the number of passages that
-    give queries (train + held-out): the queries themselves when train_queries_per_passage
-    is 1. The held-out queries do not depend on train_queries_per_passage.
+    give queries (train + held-out), taking the first ones in input order (shuffle the
+    corpus first): the queries themselves when train_queries_per_passage is 1. The
+    held-out passages are the round(heldout_fraction · n) with the smallest draws of their
+    own generators. The held-out queries do not depend on train_queries_per_passage.
+    blank: the text that replaces the answer in a query.
+    query_passages: only passages[:query_passages] give queries; the rest are distractors
+        (default: all). A larger corpus with the same query_passages then has the same
+        queries (up to which answer word is rarest) and, for the passages the smaller one
+        has, the same texts.
     """
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
@@ -74,37 +89,48 @@ def make_cloze_task(
         raise ValueError(f"train_queries_per_passage must be an int >= 1, got {train_queries_per_passage!r}")
     if len(passages) == 0:
         raise ValueError("passages is empty")
+    if not isinstance(blank, str) or not blank or any(c.isspace() for c in blank):
+        raise ValueError(f"blank must be a non-empty token without spaces, got {blank!r}")
     doc_freq = Counter()
     for p in passages:
         doc_freq.update(set(words(p)))
 
-    rng = random.Random(seed)
     corpus = list(passages)
-    candidates = []  # (passage id, its sentences, its clozes: (sentence index, query, answer))
-    for pid, passage in enumerate(passages):
+    candidates = []  # (draw, passage id, its sentences, its clozes: (sentence index, query, answer))
+    if query_passages is not None and (not isinstance(query_passages, int) or query_passages < 2):
+        raise ValueError(f"query_passages must be None or an int >= 2, got {query_passages!r}")
+    for pid, passage in enumerate(passages[:query_passages]):
+        if max_queries is not None and len(candidates) == max_queries:
+            break
+        rng = random.Random(f"{seed}\x00{passage}")  # the passage's own: the corpus around it does not matter
+        draw = rng.random()
         sentences, clozes = _clozes(
-            passage, doc_freq, train_queries_per_passage, min_sentence_words, min_answer_chars, rng
+            passage, doc_freq, train_queries_per_passage, min_sentence_words, min_answer_chars, rng, blank
         )
         if clozes:
-            candidates.append((pid, sentences, clozes))
-    rng.shuffle(candidates)
-    if max_queries is not None:
-        candidates = candidates[:max_queries]
+            candidates.append((draw, pid, sentences, clozes))
     if len(candidates) < 2:
         raise ValueError(f"only {len(candidates)} passages yield a cloze query; need at least 2")
     n_heldout = max(1, round(len(candidates) * heldout_fraction))
+    held = {pid for _, pid, _, _ in sorted(candidates)[:n_heldout]}
     train, heldout = [], []
-    for rank, (pid, sentences, clozes) in enumerate(candidates):
-        if rank < n_heldout:
+    for _, pid, sentences, clozes in candidates:
+        if pid in held:
             clozes = clozes[:1]
         used = {i for i, _, _ in clozes}
         corpus[pid] = " ".join(s for i, s in enumerate(sentences) if i not in used)
-        (heldout if rank < n_heldout else train).extend(Example(q, a, pid) for _, q, a in clozes)
+        (heldout if pid in held else train).extend(Example(q, a, pid) for _, q, a in clozes)
     return ClozeTask(corpus, train=train, heldout=heldout)
 
 
 def _clozes(
-    passage: str, doc_freq: Counter, limit: int, min_sentence_words: int, min_answer_chars: int, rng: random.Random
+    passage: str,
+    doc_freq: Counter,
+    limit: int,
+    min_sentence_words: int,
+    min_answer_chars: int,
+    rng: random.Random,
+    blank: str,
 ):
     """(the passage's sentences, up to `limit` clozes (sentence index, query, answer)).
 
@@ -135,6 +161,8 @@ def _clozes(
         if not options:
             continue
         answer = min(options, key=lambda w: doc_freq[w])  # the most telling word
-        query = re.sub(rf"(?<![A-Za-z0-9_]){re.escape(answer)}(?![A-Za-z0-9_])", BLANK, sentence, flags=re.IGNORECASE)
+        query = re.sub(
+            rf"(?<![A-Za-z0-9_]){re.escape(answer)}(?![A-Za-z0-9_])", lambda _: blank, sentence, flags=re.IGNORECASE
+        )
         chosen.append((i, query, answer))
     return sentences, chosen

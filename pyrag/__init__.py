@@ -6,6 +6,9 @@ index.add(passage_embeddings)
 scores, ids = index.search(query_embeddings, k=10)
 """
 
+# The evaluation module (pyrag.eval.evaluate, paired_bootstrap, ...). Not in __all__: a star
+# import would shadow the builtin eval.
+from pyrag import eval as eval
 from pyrag.generator import GenerationResult, GeneratorAdapter, Source
 from pyrag.index import (
     CoalescingSearcher,

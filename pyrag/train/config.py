@@ -12,14 +12,32 @@ MODES = ("replug_lsr", "ra_dit", "marginal", "dpr")
 class TrainConfig:
     """Settings of a training run (all of them are saved in checkpoints).
 
+    The defaults are the recipe measured in docs/domain_adaptation.md (REPLUG-LSR of a
+    query encoder, each query's top 50 as candidates, 150 steps of 16 at lr 5e-5, τ_R 0.1):
+    `python benchmarks/domain_adaptation.py` reproduces its figures with nothing set.
+
     tau_retriever / tau_lm: temperatures of p_R = softmax(s/τ_R) and p_LSR = softmax(log p_LM/τ_LM).
     direction: "reverse" is KL(p_LSR ‖ p_R), what the REPLUG and Atlas code optimise;
         "forward" is KL(p_R ‖ p_LSR), the REPLUG paper's formula.
     freeze_retriever_steps: the retriever does not train before this step (Atlas's
         freeze_retriever_steps); the LM does, in the modes that train it.
+    passage_start: with train_passage_encoder, the passage encoder trains from this step
+        on; before it only the query encoder does, against the stored vectors (Atlas's
+        query-side-first remedy for a stale index).
     dual_schedule: RA-DIT: "joint" sums both losses each step; "alternate" trains the LM
         on even steps and the retriever on odd ones.
-    hard_negatives: DPR: retrieved non-positive passages per query added as negatives.
+    k / in_batch / hard_negatives / hard_negative_depth: the candidates the LM scores for
+        each query in the LM-supervised modes (pyrag/train/modes.py): its retrieved top k;
+        with in_batch = m, also the top m passages of every other query in the batch
+        (m = k: the union of the batch's retrieved passages); with hard_negatives = n, n
+        passages drawn at random from its ranks k+1 to k + hard_negative_depth. At most
+        k + n + (B − 1)·m LM calls per query: a step's cost does not grow with the corpus.
+        The whole corpus as candidates is k = len(index) (a search and LM calls over all of it).
+        DPR: hard_negatives is the number of retrieved non-positive passages per query
+        added as negatives.
+    eval_k / eval_match: the held-out measure the trainer logs: recall@eval_k, MRR and
+        nDCG (pyrag.eval) with relevance by the example's own passage ("positive") or by
+        any passage holding the answer ("answer").
     warmup_steps / lr_decay: every learning rate rises linearly over the first warmup_steps
         steps, then stays ("constant") or falls linearly to 0 at `steps` ("linear"), as
         Atlas's scheduler does. The rate follows from the step alone, so a resumed run
@@ -27,13 +45,13 @@ class TrainConfig:
     """
 
     mode: str = "replug_lsr"
-    steps: int = 1000
+    steps: int = 150
     batch_size: int = 16
-    k: int = 10
+    k: int = 50
     tau_retriever: float = 0.1
     tau_lm: float = 1.0
     direction: str = "reverse"
-    lr_query: float = 2e-5
+    lr_query: float = 5e-5
     lr_passage: float = 2e-5
     lr_lm: float = 1e-3
     weight_decay: float = 0.0
@@ -41,10 +59,14 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_decay: str = "constant"
     train_passage_encoder: bool = False
+    passage_start: int = 0
     freeze_retriever_steps: int = 0
     dual_schedule: str = "joint"
+    in_batch: int = 0
     hard_negatives: int = 0
+    hard_negative_depth: int = 100
     eval_k: int = 10
+    eval_match: str = "positive"
     eval_every: int = 0  # 0: evaluate only when asked
     log_every: int = 50
     checkpoint_every: int = 0  # 0: never (needs checkpoint_path)
@@ -55,9 +77,11 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.dual_schedule not in ("joint", "alternate"):
             raise ValueError(f"dual_schedule must be 'joint' or 'alternate', got {self.dual_schedule!r}")
-        for name in ("steps", "batch_size", "k", "eval_k"):
+        if self.eval_match not in ("positive", "answer"):
+            raise ValueError(f"eval_match must be 'positive' or 'answer', got {self.eval_match!r}")
+        for name in ("steps", "batch_size", "k", "eval_k", "hard_negative_depth"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.lr_decay not in ("constant", "linear"):
             raise ValueError(f"lr_decay must be 'constant' or 'linear', got {self.lr_decay!r}")
@@ -68,10 +92,16 @@ class TrainConfig:
             "log_every",
             "checkpoint_every",
             "warmup_steps",
+            "passage_start",
+            "in_batch",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.in_batch > self.k:
+            raise ValueError(
+                f"in_batch takes each query's top in_batch of its k retrieved: got {self.in_batch} > k={self.k}"
+            )
         for name in ("tau_retriever", "tau_lm", "lr_query", "lr_passage", "lr_lm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -6,7 +6,6 @@ optimiser, step, index and its version, RNG; pyrag/train/checkpoint.py)."""
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import statistics
@@ -17,20 +16,18 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+import pyrag.eval as _eval
 from pyrag.reindex import AsyncReindexer
 from pyrag.retriever import Retriever
 from pyrag.train import checkpoint
 from pyrag.train.config import TrainConfig
-from pyrag.train.example import Example, words
+from pyrag.train.example import Example
 from pyrag.train.modes import LM, dpr_loss, marginal_loss, ra_dit_loss, replug_lsr_loss
 
 if TYPE_CHECKING:
     from pyrag.distributed import ShardedReindexer
 
-RECALL_MATCHES = ("positive", "answer")
 
-
-@torch.no_grad()
 def recall_at_k(
     retriever: Retriever,
     examples: Sequence[Example],
@@ -40,40 +37,20 @@ def recall_at_k(
     passages: Optional[Sequence[str]] = None,
     batch_size: int = 64,
 ) -> float:
-    """Fraction of examples with a hit among the k best passages of the index.
+    """Fraction of examples with a hit among the k best passages of the index (success@k
+    in pyrag.eval's terms), computed in eval mode without gradient (pyrag.eval.evaluate).
 
     match="positive": the example's own passage is retrieved (needs Example.positive).
     match="answer": some retrieved passage contains the answer's words, as in DPR's top-k
     retrieval accuracy: what an LM reading the passages needs. Needs the passage texts
     (`passages`, default retriever.passages).
+    For per-query values, MRR, nDCG and confidence intervals use pyrag.eval directly.
     """
     if not examples:
         raise ValueError("recall_at_k needs at least one example")
-    if match not in RECALL_MATCHES:
-        raise ValueError(f"match must be one of {', '.join(RECALL_MATCHES)}, got {match!r}")
-    if match == "positive" and any(e.positive is None for e in examples):
-        raise ValueError("recall_at_k(match='positive') needs examples with a positive passage id")
-    texts = passages if passages is not None else retriever.passages
-    if match == "answer" and texts is None:
-        raise ValueError("recall_at_k(match='answer') needs the passage texts")
-    found = 0
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        q = retriever.encode_queries([e.query for e in batch])
-        _, ids = retriever.index.search(q.detach().float().cpu(), k)
-        if match == "positive":
-            pos = torch.tensor([e.positive for e in batch])
-            found += int((ids == pos[:, None]).any(dim=1).sum())
-        else:
-            for e, row in zip(batch, ids.tolist()):
-                answer = words(e.answer)
-                found += any(set(answer) <= _word_set(texts[i]) for i in row if i >= 0)  # type: ignore[index]
-    return found / len(examples)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _word_set(text: str) -> frozenset:
-    return frozenset(words(text))
+    relevant = _eval.relevant_passages(examples, match, passages if passages is not None else retriever.passages)
+    result = _eval.evaluate(retriever, [e.query for e in examples], relevant, k, batch_size=batch_size)
+    return float(result.success.mean())
 
 
 @dataclass
@@ -108,7 +85,8 @@ class Trainer:
         lm: the LM callable (queries, contexts, targets) -> [B, K] log p(y|c∘x): a black
             box for REPLUG-LSR, an nn.Module or a GeneratorAdapter over one for the modes
             that train it. Unused by DPR.
-        eval_data: held-out Examples for recall@eval_k.
+        eval_data: held-out Examples, evaluated (pyrag.eval) every eval_every steps and by
+            evaluate().
         reindexer: an AsyncReindexer (or, over a sharded index, a
             pyrag.distributed.ShardedReindexer), stepped after each optimiser step.
         checkpoint_path: where checkpoint_every writes (atomically).
@@ -168,6 +146,7 @@ class Trainer:
             log = tqdm.write
         self.log = log
         self.state = TrainState()
+        self._relevant: dict[str, list[frozenset[int]]] = {}  # eval_data's judgements, by match
         self._modules = self._trainable_modules()
         self.optimizer = torch.optim.AdamW(self._param_groups(), weight_decay=cfg.weight_decay)
 
@@ -224,20 +203,34 @@ class Trainer:
         cfg = self.config
         queries, answers = [e.query for e in batch], [e.answer for e in batch]
         train_retriever = step >= cfg.freeze_retriever_steps
+        # Hard negatives are drawn from the step alone, so a resumed run draws the same.
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 0x5EED)
+        # Before passage_start the passage encoder is frozen: the stored vectors are its embeddings.
+        reembed = None if not cfg.train_passage_encoder or step >= cfg.passage_start else False
         if cfg.mode == "dpr":
             return dpr_loss(self.retriever, queries, [int(e.positive) for e in batch if e.positive is not None], cfg)
         lm = self.lm
         assert lm is not None  # __init__ requires one for every mode but DPR
         if cfg.mode == "replug_lsr":
-            return replug_lsr_loss(self.retriever, lm, queries, answers, cfg)
+            return replug_lsr_loss(self.retriever, lm, queries, answers, cfg, generator=gen, reembed=reembed)
         if cfg.mode == "ra_dit":
             train_lm = True
             if cfg.dual_schedule == "alternate" and train_retriever:
                 train_lm, train_retriever = step % 2 == 0, step % 2 == 1
             return ra_dit_loss(
-                self.retriever, lm, queries, answers, cfg, train_lm=train_lm, train_retriever=train_retriever
+                self.retriever,
+                lm,
+                queries,
+                answers,
+                cfg,
+                train_lm=train_lm,
+                train_retriever=train_retriever,
+                generator=gen,
+                reembed=reembed,
             )
-        return marginal_loss(self.retriever, lm, queries, answers, cfg, train_retriever=train_retriever)
+        return marginal_loss(
+            self.retriever, lm, queries, answers, cfg, train_retriever=train_retriever, generator=gen, reembed=reembed
+        )
 
     def train_step(self) -> StepRecord:
         """One optimiser step; then the reindexer is told the step count."""
@@ -287,23 +280,21 @@ class Trainer:
         return self.reindexer.staleness(step) if self.reindexer is not None else 0
 
     # ------------------------------------------------------------------ the loop
-    def evaluate(self, match: str = "positive") -> float:
-        """recall@eval_k on eval_data with the current query encoder and index (see
-        recall_at_k for `match`)."""
+    def evaluate(self, match: Optional[str] = None) -> _eval.RetrievalEval:
+        """Per-query recall, success, MRR and nDCG at eval_k on eval_data, with the current
+        encoders (in eval mode, without gradient; their modes are restored) and index.
+        match: "positive" or "answer" (default config.eval_match; see pyrag.eval)."""
         if not self.eval_data:
             raise ValueError("no eval_data was given")
-        modules = self._modules.values()
-        was_training = [m.training for m in modules]
-        for m in modules:
-            m.eval()
-        try:
-            recall = recall_at_k(self.retriever, self.eval_data, self.config.eval_k, match=match)
-        finally:
-            for m, t in zip(modules, was_training):
-                m.train(t)
-        if match == "positive":
-            self.state.evals.append((self.state.step, recall))
-        return recall
+        match = self.config.eval_match if match is None else match
+        if match not in self._relevant:
+            self._relevant[match] = _eval.relevant_passages(self.eval_data, match, self.retriever.passages)
+        result = _eval.evaluate(
+            self.retriever, [e.query for e in self.eval_data], self._relevant[match], self.config.eval_k
+        )
+        if match == self.config.eval_match:
+            self.state.evals.append((self.state.step, float(result.success.mean())))
+        return result
 
     def train(self, steps: Optional[int] = None) -> TrainState:
         """Trains until step `steps` (default config.steps), from wherever the state is."""
@@ -331,20 +322,24 @@ class Trainer:
                     refresh="yes" if self.reindexer and self.reindexer.busy else "no",
                 )
                 step = record.step
-                recall = None
+                measured = None
                 if cfg.eval_every and self.eval_data and step % cfg.eval_every == 0:
-                    recall = self.evaluate()
+                    measured = self.evaluate()
                 if cfg.log_every and (step % cfg.log_every == 0 or step == end):
-                    self.log(self._log_line(step, window, recall))
+                    self.log(self._log_line(step, window, measured))
                     window = []
                 if cfg.checkpoint_every and self.checkpoint_path and step % cfg.checkpoint_every == 0:
                     self.save_checkpoint(self.checkpoint_path)
         return self.state
 
-    def _log_line(self, step: int, losses: list[float], recall: Optional[float]) -> str:
+    def _log_line(self, step: int, losses: list[float], measured: Optional[_eval.RetrievalEval]) -> str:
         parts = [f"step {step}", f"loss {statistics.fmean(losses):.4f}" if losses else "loss -"]
-        if recall is not None:
-            parts.append(f"recall@{self.config.eval_k} {recall:.3f}")
+        if measured is not None:
+            k, se = measured.k, _eval.standard_error(measured.success) if len(measured) > 1 else 0.0
+            parts.append(
+                f"held-out ({self.config.eval_match}) success@{k} {measured.success.mean():.3f} ±{se:.3f} "
+                f"mrr@{k} {measured.mrr.mean():.3f} ndcg@{k} {measured.ndcg.mean():.3f}"
+            )
         parts.append(f"index v{self.retriever.index.version} staleness {self.staleness(step)}")
         if self.reindexer is not None:
             s = self.reindexer.stats
