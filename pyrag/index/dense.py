@@ -20,6 +20,9 @@ row map (a sorted copy of the ids, kept only when the ids do not increase with t
 makes get, remove and `in` O(log N) per id, and lets the kernels break ties between
 equal scores by id: ties go to the smaller id in every dtype, with and without
 exact=True, on every backend.
+
+The state a mutation publishes is a Snapshot (pyrag/index/snapshot.py); the file
+format is pyrag/index/dense_file.py.
 """
 
 from __future__ import annotations
@@ -29,77 +32,22 @@ import math
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from pyrag._inputs import INT64_MAX, as_cpu_rows, as_ids, as_tensor
-from pyrag.index import packed, storage
+from pyrag.index import dense_file, packed, storage
+from pyrag.index.dense_file import IndexFormatError
 from pyrag.index.originals import COPY_ROWS, Originals
-from pyrag.index.packed import PackedCorpus
+from pyrag.index.packed import max_dim
+from pyrag.index.snapshot import Snapshot, merge_id_map
 from pyrag.ops._checks import check_finite, check_k
-from pyrag.ops._registry import compiled_extension
 
-FORMAT = "pyrag.DenseIndex"
-# 2: the corpus is saved packed (tensor "packed"), plus scales / norms / errors /
-# originals for quantised dtypes. 1: row-major float32 "vectors" (still loaded).
-FORMAT_VERSION = "2"
-_LAYOUT = "pyrag.packed16x4"  # blocks of 16 rows x 4-byte groups
-_USER_META = "user."  # prefix of the caller's metadata in the file
 DTYPES = tuple(packed.DTYPES)
 
 _BLOCK = packed.BLOCK_ROWS
-
-
-class IndexFormatError(storage.FormatError):
-    """The file is not a pyrag index, or it is truncated or corrupted."""
-
-
-def max_dim(dtype: str) -> int:
-    """The largest dim an index of `dtype` takes: for int8, d * 255 * 127 must fit the
-    kernels' int32 sums; for the others, a bound far past any embedding that keeps every
-    byte count of a block in int64."""
-    return 65536 if dtype == "int8" else 1 << 24
-
-
-class _Snapshot(NamedTuple):
-    packed: torch.Tensor  # uint8 [capacity blocks, block bytes]
-    ids: torch.Tensor  # int64 [capacity]; rows [0, size) are live
-    size: int
-    scales: Optional[torch.Tensor]  # int8: float32 [capacity blocks * 16]
-    norms: Optional[torch.Tensor]  # with originals: float32 [capacity], >= ||x||
-    errors: Optional[torch.Tensor]  # with originals: float32 [capacity], >= ||x - x^||
-    originals: Optional[Originals]  # quantised: the float32 rows
-    max_norm: float
-    max_error: float
-    # The id -> row map. None while ids increase with the row (ids[:size] is then sorted
-    # and a row's rank is its id's rank); else the ids sorted, and the row of each.
-    sorted_ids: Optional[torch.Tensor]
-    sorted_rows: Optional[torch.Tensor]
-    version: int  # mutations since the index was created
-
-    def corpus(self, dtype: str, dim: int) -> PackedCorpus:
-        return PackedCorpus(dtype, dim, self.packed, self.size, self.scales, self.max_norm, self.max_error)
-
-    def ids_sorted(self) -> torch.Tensor:
-        return self.ids[: self.size] if self.sorted_ids is None else self.sorted_ids
-
-    def rows_of(self, ids: torch.Tensor) -> torch.Tensor:
-        """The rows of `ids` (int64 [n]); KeyError naming the ids that are not stored."""
-        sorted_ids = self.ids_sorted()
-        if ids.numel() == 0:
-            return torch.empty(0, dtype=torch.int64)
-        ids = ids.contiguous()
-        pos = torch.searchsorted(sorted_ids, ids).clamp(max=max(self.size - 1, 0))
-        found = (sorted_ids[pos] == ids) if self.size else torch.zeros_like(ids, dtype=torch.bool)
-        if not bool(found.all()):
-            raise KeyError(f"ids not in the index: {ids[~found][:5].tolist()}")
-        return pos if self.sorted_rows is None else self.sorted_rows[pos]
-
-    def tie_keys(self) -> Optional[torch.Tensor]:
-        """Per-row keys that break ties for the kernels: the ids, unless rows are in id order."""
-        return None if self.sorted_ids is None else self.ids
 
 
 class DenseIndex:
@@ -135,9 +83,9 @@ class DenseIndex:
         self.metadata: dict[str, str] = {}
         self._snap = self._empty_snapshot()
 
-    def _empty_snapshot(self, version: int = 0) -> _Snapshot:
+    def _empty_snapshot(self, version: int = 0) -> Snapshot:
         keep = self._keep_originals
-        return _Snapshot(
+        return Snapshot(
             torch.zeros((0, self._block_bytes), dtype=torch.uint8), torch.empty(0, dtype=torch.int64), 0,
             torch.zeros(0) if self._dtype == "int8" else None, torch.zeros(0) if keep else None,
             torch.zeros(0) if keep else None, Originals(self._dim, self._originals_dir) if keep else None,
@@ -348,14 +296,14 @@ class DenseIndex:
 
     def _appended(
         self,
-        snap: _Snapshot,
+        snap: Snapshot,
         values: torch.Tensor,
         scales: Optional[torch.Tensor],
         norms: Optional[torch.Tensor],
         errors: Optional[torch.Tensor],
         originals_rows: Optional[torch.Tensor],
         new_ids: torch.Tensor,
-    ) -> _Snapshot:
+    ) -> Snapshot:
         """`snap` (with room for them) plus rows already encoded: values in the storage
         dtype, int8 scales, and, when originals are kept, norms, errors and the float32
         rows. The caller holds the lock, has checked the ids and sets the version."""
@@ -375,7 +323,7 @@ class DenseIndex:
         originals = snap.originals
         if originals is not None and originals_rows is not None:
             originals = originals.write(old, originals_rows)
-        sorted_ids, sorted_rows = _merge_id_map(snap, new_ids[:n])
+        sorted_ids, sorted_rows = merge_id_map(snap, new_ids[:n])
         return snap._replace(
             size=need, originals=originals, max_norm=max_norm, max_error=max_error, sorted_ids=sorted_ids,
             sorted_rows=sorted_rows,
@@ -393,7 +341,7 @@ class DenseIndex:
             if snap.originals is not None:
                 snap.originals.reserve(capacity)
 
-    def _with_capacity(self, snap: _Snapshot, need: int, exact: bool = False) -> _Snapshot:
+    def _with_capacity(self, snap: Snapshot, need: int, exact: bool = False) -> Snapshot:
         """The snapshot's buffers if they hold `need` rows and can be written, else
         copies grown geometrically, or to exactly `need` rows (a fresh buffer also
         detaches from a memory map)."""
@@ -463,7 +411,7 @@ class DenseIndex:
                 sorted_rows = new_row[snap.sorted_rows[still]]
             live_ids = kept(snap.ids)
             assert live_ids is not None
-            self._snap = _Snapshot(
+            self._snap = Snapshot(
                 data, live_ids, n, kept(snap.scales, pad=True), norms, errors, originals,
                 float(norms.max()) if norms is not None and n else 0.0,
                 float(errors.max()) if errors is not None and n else 0.0,
@@ -525,35 +473,12 @@ class DenseIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: storage.PathLike, *, metadata: Optional[Mapping[str, str]] = None) -> None:
-        """Writes the index atomically (temp file, fsync, rename) with a checksum.
-        metadata: strings stored beside it, returned as `.metadata` by load."""
+        """Writes the index atomically (temp file, fsync, rename) with a checksum, in the
+        format of pyrag/index/dense_file.py. metadata: strings stored beside it, returned
+        as `.metadata` by load."""
         snap = self._snap
-        n = snap.size
-        # Everything saved must be immutable: a later add writes rows >= n, which share the
-        # last, partly filled packed block and its 16 scales with rows < n. So those are
-        # copied (one block, rows < n only, padding zero); the rest is saved in place.
-        full = n // _BLOCK
-        tensors: dict[str, Any] = {"packed": [snap.packed[:full]], "ids": snap.ids[:n]}
-        if n > full * _BLOCK:
-            tail = torch.zeros((1, self._block_bytes), dtype=torch.uint8)
-            rows = packed.unpack_rows(self._dtype, snap.packed, full * _BLOCK, n - full * _BLOCK, self._dim)
-            packed.pack_rows(self._dtype, rows, tail, 0)
-            tensors["packed"].append(tail)
-        if snap.scales is not None:
-            scales_tail = torch.zeros(packed.num_blocks(n) * _BLOCK - full * _BLOCK, dtype=torch.float32)
-            scales_tail[: n - full * _BLOCK] = snap.scales[full * _BLOCK : n]
-            tensors["scales"] = [snap.scales[: full * _BLOCK], scales_tail]
-        if snap.originals is not None and snap.norms is not None and snap.errors is not None:
-            tensors.update(norms=snap.norms[:n], errors=snap.errors[:n], originals=snap.originals.view(n))
-        meta = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "layout": _LAYOUT, "dim": str(self._dim),
-            "dtype": self._dtype, "version": str(snap.version),
-        }  # fmt: skip
-        for key, value in (metadata or {}).items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(f"metadata must map str to str, got {key!r}: {type(value).__name__}")
-            meta[_USER_META + key] = value
-        storage.save_tensors(path, tensors, meta)
+        meta = dense_file.saved_metadata(self._dim, self._dtype, snap.version, metadata)
+        storage.save_tensors(path, dense_file.saved_tensors(snap, self._dtype, self._dim), meta)
 
     @classmethod
     def load(cls, path: storage.PathLike, mmap: bool = False, *, verify: bool = True) -> DenseIndex:
@@ -582,92 +507,18 @@ class DenseIndex:
 
     @classmethod
     def _from_stored(cls, name: str, stored: storage.StoredTensors, f: Any, mmap: bool, verify: bool) -> DenseIndex:
-        tensors, meta = stored.tensors, stored.metadata
-        if meta.get("format") != FORMAT:
-            raise IndexFormatError(f"{name}: not a pyrag index (format={meta.get('format')!r})")
-        fmt = meta.get("format_version")
-        if fmt not in ("1", FORMAT_VERSION):
-            raise IndexFormatError(f"{name}: unsupported index format version {fmt!r}")
-        try:
-            dim, dtype, version = int(meta["dim"]), meta["dtype"], int(meta.get("version", "0"))
-            ids = tensors["ids"]
-        except (KeyError, ValueError):
-            raise IndexFormatError(f"{name}: index metadata or tensors are missing") from None
-        if dtype not in DTYPES or not 1 <= dim <= max_dim(dtype) or version < 0:
-            raise IndexFormatError(f"{name}: index metadata are out of range")
-        if ids.dtype != torch.int64 or ids.dim() != 1:
-            raise IndexFormatError(f"{name}: index tensors do not match its metadata")
-        index = cls(dim, dtype, keep_originals="originals" in tensors)
-        index.metadata = {k[len(_USER_META) :]: v for k, v in meta.items() if k.startswith(_USER_META)}
-        n = ids.shape[0]
-        if fmt == "1":
-            vectors = tensors.get("vectors")
-            if dtype != "float32" or vectors is None or vectors.shape != (n, dim) or vectors.dtype != torch.float32:
-                raise IndexFormatError(f"{name}: index tensors do not match its metadata")
+        header = dense_file.read_header(name, stored)
+        index = cls(header.dim, header.dtype, keep_originals=header.keep_originals)
+        index.metadata = header.metadata
+        if header.format_version == "1":
+            vectors, ids = dense_file.read_rows_v1(name, stored, header)
             try:
-                index.add(vectors.clone(), ids.clone())
+                index.add(vectors, ids)
             except (ValueError, TypeError) as e:  # negative or duplicate ids, NaN vectors
                 raise IndexFormatError(f"{name}: bad index contents ({e})") from None
             return index
-        index._snap = index._loaded_snapshot(name, stored, f, n, mmap, version, verify)
+        index._snap = dense_file.read_snapshot(name, stored, f, header, mmap, verify)
         return index
-
-    def _loaded_snapshot(
-        self, name: str, stored: storage.StoredTensors, f: Any, n: int, mmap: bool, version: int, verify: bool
-    ) -> _Snapshot:
-        tensors, meta = stored.tensors, stored.metadata
-        blocks = packed.num_blocks(n)
-        expect = {"packed": ((blocks, self._block_bytes), torch.uint8), "ids": ((n,), torch.int64)}
-        if self._dtype == "int8":
-            expect["scales"] = ((blocks * _BLOCK,), torch.float32)
-        if self._keep_originals:
-            expect.update(
-                norms=((n,), torch.float32), errors=((n,), torch.float32), originals=((n, self._dim), torch.float32)
-            )
-        if (
-            meta.get("layout") != _LAYOUT
-            or set(tensors) != set(expect)
-            or any(tuple(tensors[t].shape) != shape or tensors[t].dtype != dt for t, (shape, dt) in expect.items())
-        ):
-            raise IndexFormatError(f"{name}: index tensors do not match its metadata")
-        ids = tensors["ids"]
-        if n and int(ids.min()) < 0:
-            raise IndexFormatError(f"{name}: negative ids")
-        sorted_ids, sorted_rows = _id_map(ids)
-        if sorted_ids is not None and n > 1 and bool((sorted_ids[1:] == sorted_ids[:-1]).any()):
-            raise IndexFormatError(f"{name}: duplicate ids")
-        if sorted_ids is None and n > 1 and bool((ids[1:] == ids[:-1]).any()):
-            raise IndexFormatError(f"{name}: duplicate ids")
-
-        for t in ("scales", "norms", "errors"):
-            v = tensors.get(t)
-            if v is not None and v.numel() and not bool(torch.isfinite(v).all() and (v >= 0).all()):
-                raise IndexFormatError(f"{name}: index tensor {t!r} holds negative or non-finite values")
-        if verify:  # the data were just read for the checksum: check them as add checks vectors
-            data = tensors["packed"]
-            values = data.view(packed.DTYPES[self._dtype]) if data.numel() and self._dtype != "int8" else None
-            for t, v, bound in (("packed", values, math.inf), ("originals", tensors.get("originals"), 1e30)):
-                if v is not None and v.numel():
-                    lo, hi = (float(x) for x in torch.aminmax(v))
-                    if not (math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= bound):
-                        raise IndexFormatError(f"{name}: index tensor {t!r} holds NaN, Inf or values past {bound:g}")
-
-        def get(t: str) -> torch.Tensor:
-            return tensors[t] if mmap else tensors[t].clone()
-
-        norms = get("norms") if self._keep_originals else None
-        errors = get("errors") if self._keep_originals else None
-        originals = None
-        if self._keep_originals:
-            originals = Originals.in_file(f, stored.offsets["originals"], tensors["originals"])
-            if n:  # the checksum pass read the mapped originals: give those pages back
-                compiled_extension().release_file_pages(originals.view(n).data_ptr(), n * self._dim * 4)
-        return _Snapshot(
-            get("packed"), get("ids"), n, get("scales") if self._dtype == "int8" else None, norms, errors, originals,
-            float(norms.max()) if norms is not None and n else 0.0,
-            float(errors.max()) if errors is not None and n else 0.0,
-            sorted_ids, sorted_rows, version,
-        )  # fmt: skip
 
     # ------------------------------------------------------------------ checks
     def _check_vectors(self, vectors: Any, what: str) -> torch.Tensor:
@@ -703,7 +554,7 @@ class DenseIndex:
         return new_ids.clone()
 
     @staticmethod
-    def _check_no_clash(snap: _Snapshot, new_ids: torch.Tensor) -> None:
+    def _check_no_clash(snap: Snapshot, new_ids: torch.Tensor) -> None:
         if not snap.size or not new_ids.numel():
             return
         sorted_ids = snap.ids_sorted()
@@ -711,36 +562,6 @@ class DenseIndex:
         clash = sorted_ids[pos] == new_ids
         if bool(clash.any()):
             raise ValueError(f"ids already in the index: {new_ids[clash][:5].tolist()}")
-
-
-def _id_map(ids: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(sorted ids, their rows), or (None, None) when the ids increase with the row."""
-    if ids.numel() < 2 or bool((ids[1:] > ids[:-1]).all()):
-        return None, None
-    sorted_ids, rows = torch.sort(ids, stable=True)
-    return sorted_ids, rows
-
-
-def _merge_id_map(snap: _Snapshot, new_ids: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """The id -> row map after appending `new_ids` as rows [size, size + n)."""
-    n = new_ids.numel()
-    increasing = n < 2 or bool((new_ids[1:] > new_ids[:-1]).all())
-    if snap.sorted_ids is None and increasing and (snap.size == 0 or int(new_ids[0]) > int(snap.ids[snap.size - 1])):
-        return None, None  # still in id order
-    old_ids = snap.ids_sorted()
-    old_rows = snap.sorted_rows if snap.sorted_rows is not None else torch.arange(snap.size, dtype=torch.int64)
-    add_ids, order = torch.sort(new_ids)
-    add_rows = snap.size + order
-    # Merge two sorted runs in O(N + n log N): each new id's place among the old ones.
-    at = torch.searchsorted(old_ids, add_ids) + torch.arange(n)
-    total = snap.size + n
-    sorted_ids = torch.empty(total, dtype=torch.int64)
-    sorted_rows = torch.empty(total, dtype=torch.int64)
-    is_new = torch.zeros(total, dtype=torch.bool)
-    is_new[at] = True
-    sorted_ids[at], sorted_rows[at] = add_ids, add_rows
-    sorted_ids[~is_new], sorted_rows[~is_new] = old_ids, old_rows
-    return sorted_ids, sorted_rows
 
 
 def _writable(t: torch.Tensor) -> bool:

@@ -137,3 +137,10 @@ def search(
 
 def _to(t: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:
     return None if t is None else t.to(like.device)
+
+
+def max_dim(dtype: str) -> int:
+    """The largest dim an index of `dtype` takes: for int8, d * 255 * 127 must fit the
+    kernels' int32 sums; for the others, a bound far past any embedding that keeps every
+    byte count of a block in int64."""
+    return 65536 if dtype == "int8" else 1 << 24
