@@ -34,6 +34,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from pyrag.text.corpus import HTML_VOID_ELEMENTS
+
 __all__ = [
     "CorpusUnavailableError",
     "encode",
@@ -134,22 +136,7 @@ class _SphinxParagraphs(html.parser.HTMLParser):
     """
 
     _SKIP = {"pre", "dt", "script", "style", "h1", "h2", "h3", "h4", "h5", "h6"}
-    _VOID = {
-        "br",
-        "hr",
-        "img",
-        "input",
-        "meta",
-        "link",
-        "wbr",
-        "col",
-        "area",
-        "base",
-        "source",
-        "embed",
-        "param",
-        "track",
-    }
+    _VOID = HTML_VOID_ELEMENTS
 
     def __init__(self):
         super().__init__(convert_charrefs=True)

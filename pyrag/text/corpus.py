@@ -48,6 +48,12 @@ _Piece = Optional[tuple[str, bool]]
 
 
 # ---------------------------------------------------------------------- HTML
+# Elements that never have an end tag: a start tag of one opens nothing to close.
+HTML_VOID_ELEMENTS = frozenset(
+    {"br", "hr", "img", "input", "meta", "link", "wbr", "col", "area", "base", "source", "embed", "param", "track"}
+)
+
+
 class _HTMLText(html.parser.HTMLParser):
     """The readable text of a page: block elements become paragraphs (blank lines
     between), <pre> keeps its lines, and scripts, styles, navigation, headers, footers
@@ -100,22 +106,7 @@ class _HTMLText(html.parser.HTMLParser):
         "aside",
         "form",
     }
-    _VOID = {
-        "br",
-        "hr",
-        "img",
-        "input",
-        "meta",
-        "link",
-        "wbr",
-        "col",
-        "area",
-        "base",
-        "source",
-        "embed",
-        "param",
-        "track",
-    }
+    _VOID = HTML_VOID_ELEMENTS
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
