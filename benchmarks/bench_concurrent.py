@@ -39,19 +39,9 @@ from collections.abc import Callable
 from typing import Optional
 
 import torch
+from topk_cases import cpu_model
 
 import pyrag
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def build_index(n: int, d: int, seed: int = 0, chunk: int = 100_000) -> pyrag.DenseIndex:
@@ -135,7 +125,7 @@ def run(
     index: Optional[pyrag.DenseIndex] = None,
 ) -> list[dict[str, float]]:
     print(
-        f"CPU: {cpu_name()}; ISA path: {pyrag.cpu_isa()}; kernel threads: {pyrag.get_num_threads()}; "
+        f"CPU: {cpu_model()}; ISA path: {pyrag.cpu_isa()}; kernel threads: {pyrag.get_num_threads()}; "
         f"cores: {os.cpu_count()}"
     )
     print(f"index: {n:,} x {d} float32, k = {k}; {callers} callers, B = 1 each, {seconds:g} s per run")

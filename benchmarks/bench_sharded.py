@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
 import time
@@ -29,22 +28,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from topk_cases import cpu_model
 
 import pyrag
 from pyrag.distributed import ShardedIndex
 
 CHUNK = 1 << 16
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def chunk_rows(c: int, n: int, dim: int) -> torch.Tensor:
@@ -162,7 +151,7 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "int8"])
     ap.add_argument("--pairs", type=int, default=15)
     args = ap.parse_args()
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores); ISA path: {pyrag.cpu_isa()}; torch {torch.__version__}")
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); ISA path: {pyrag.cpu_isa()}; torch {torch.__version__}")
     print(f"N={args.n} d={args.dim} k={args.k}; {args.pairs} pairs of searches (one of each configuration)")
     print(f"load average before: {os.getloadavg()}", flush=True)
     init = f"/tmp/pyrag-bench-sharded-{os.getpid()}"

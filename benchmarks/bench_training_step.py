@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peak_memory import peak_rss_growth
+from topk_cases import cpu_model
 
 import pyrag
 
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     print(
         f"pyrag {pyrag.__version__} | CPU {platform.processor() or platform.machine()} "
-        f"({_cpu_name()}) | path {pyrag.cpu_isa()} | {args.threads} threads | d={DIM} B={BATCH} k={K} | "
+        f"({cpu_model()}) | path {pyrag.cpu_isa()} | {args.threads} threads | d={DIM} B={BATCH} k={K} | "
         f"{args.stat} of {args.repeats} rounds"
     )
     rows = []
@@ -263,17 +264,6 @@ def main(argv: list[str] | None = None) -> None:
             f"chunk {r['chunk_bytes'] / 2**20:.1f} MiB; peak RSS growth {peak / 2**20:.1f} MiB "
             f"(anonymous {r['anon'] / 2**20:.1f}) = {peak / base:.3f} x (index + chunk) (the bar: <= 1.3)"
         )
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
