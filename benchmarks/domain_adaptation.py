@@ -125,6 +125,8 @@ def parse_overrides(body: str, n_passages: int) -> tuple[dict, dict]:
         key, _, value = item.partition("=")
         if key == "copy_length":
             lm["context_length"] = None if value == "none" else int(value)
+        elif key == "encoder_layers" and value in ("all", "none"):
+            cfg["encoder_layers"] = None
         elif key == "k" and value == "all":
             cfg["k"] = n_passages
         elif key in FIELDS:
@@ -144,7 +146,7 @@ def describe(cfg: TrainConfig, lm: CopyLM) -> str:
     return (
         f"candidates {cand}; {cfg.steps} steps of {cfg.batch_size}, lr {cfg.lr_query:g}, tau_R {cfg.tau_retriever}, "
         f"tau_LM {cfg.tau_lm}, warmup {cfg.warmup_steps}, decay {cfg.lr_decay}; "
-        f"CopyLM(context_length={lm.context_length})"
+        f"CopyLM(context_length={lm.context_length}); encoder layers trained {cfg.encoder_layers or 'all'}"
     )
 
 

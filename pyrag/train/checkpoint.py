@@ -119,7 +119,7 @@ def load(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         raise CheckpointFormatError(f"{state_path}: unsupported checkpoint version {meta.get('format_version')!r}")
     step, evals, saved = _read_progress(state_path, meta)
     cfg = trainer.config
-    for key in ("mode", "train_passage_encoder"):
+    for key in ("mode", "train_passage_encoder", "encoder_layers"):
         if saved.get(key) != getattr(cfg, key):
             raise CheckpointFormatError(
                 f"{state_path}: checkpoint has {key}={saved.get(key)!r} but this trainer has {getattr(cfg, key)!r}"

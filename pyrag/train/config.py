@@ -13,7 +13,8 @@ class TrainConfig:
     """Settings of a training run (all of them are saved in checkpoints).
 
     The defaults are the recipe measured in docs/domain_adaptation.md (REPLUG-LSR of a
-    query encoder, each query's top 50 as candidates, 150 steps of 16 at lr 5e-5, τ_R 0.1):
+    query encoder's last 4 blocks, each query's top 50 as candidates, 150 steps of 16 at
+    lr 5e-5, τ_R 0.1):
     `python benchmarks/domain_adaptation.py` reproduces its figures with nothing set.
 
     tau_retriever / tau_lm: temperatures of p_R = softmax(s/τ_R) and p_LSR = softmax(log p_LM/τ_LM).
@@ -38,6 +39,14 @@ class TrainConfig:
     eval_k / eval_match: the held-out measure the trainer logs: recall@eval_k, MRR and
         nDCG (pyrag.eval) with relevance by the example's own passage ("positive") or by
         any passage holding the answer ("answer").
+    encoder_layers: the encoders a run trains (the query encoder, and the passage encoder
+        with train_passage_encoder) train only their last encoder_layers transformer
+        blocks and what follows them; the embeddings and earlier blocks are frozen
+        (requires_grad set False when the Trainer is built). The blocks are the module's
+        longest nn.ModuleList (BERT's encoder.layer); a module with fewer blocks trains all
+        of them, one with none trains whole. None leaves requires_grad as the caller set
+        it. 4 of MiniLM's 6 kept the gain of training all of them at 0.6 of the step time
+        (docs/domain_adaptation.md).
     warmup_steps / lr_decay: every learning rate rises linearly over the first warmup_steps
         steps, then stays ("constant") or falls linearly to 0 at `steps` ("linear"), as
         Atlas's scheduler does. The rate follows from the step alone, so a resumed run
@@ -54,6 +63,7 @@ class TrainConfig:
     lr_query: float = 5e-5
     lr_passage: float = 2e-5
     lr_lm: float = 1e-3
+    encoder_layers: Optional[int] = 4
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = 1.0
     warmup_steps: int = 0
@@ -102,6 +112,10 @@ class TrainConfig:
             raise ValueError(
                 f"in_batch takes each query's top in_batch of its k retrieved: got {self.in_batch} > k={self.k}"
             )
+        if self.encoder_layers is not None and (
+            not isinstance(self.encoder_layers, int) or isinstance(self.encoder_layers, bool) or self.encoder_layers < 1
+        ):
+            raise ValueError(f"encoder_layers must be a positive int or None, got {self.encoder_layers!r}")
         for name in ("tau_retriever", "tau_lm", "lr_query", "lr_passage", "lr_lm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

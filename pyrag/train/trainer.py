@@ -21,6 +21,7 @@ from pyrag.reindex import AsyncReindexer
 from pyrag.retriever import Retriever
 from pyrag.train import checkpoint
 from pyrag.train.config import TrainConfig
+from pyrag.train.encoders import train_last_blocks
 from pyrag.train.example import Example
 from pyrag.train.modes import LM, dpr_loss, marginal_loss, ra_dit_loss, replug_lsr_loss
 
@@ -147,8 +148,17 @@ class Trainer:
         self.log = log
         self.state = TrainState()
         self._relevant: dict[str, list[frozenset[int]]] = {}  # eval_data's judgements, by match
+        if cfg.encoder_layers is not None:
+            # __init__ checked above that the encoders a run trains are nn.Modules.
+            for encoder in (retriever.query_encoder, retriever.passage_encoder if cfg.train_passage_encoder else None):
+                if isinstance(encoder, torch.nn.Module):
+                    train_last_blocks(encoder, cfg.encoder_layers)
         self._modules = self._trainable_modules()
-        self.optimizer = torch.optim.AdamW(self._param_groups(), weight_decay=cfg.weight_decay)
+        groups = self._param_groups()
+        # Fused: one kernel over every parameter. The default per-tensor loop took 0.15 s of
+        # a 1.2 s MiniLM step on one CPU thread, the fused one 0.03 s.
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused)
 
     # ------------------------------------------------------------------ setup
     def _trainable_modules(self) -> dict[str, torch.nn.Module]:
