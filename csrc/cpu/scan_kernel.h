@@ -254,11 +254,13 @@ bool scan(const ScanTile& t, TopkHeaps& heaps) {
   // Balanced query blocks: B=16 with kMq=5 runs 4+4+4+4, not 5+5+5+1.
   const int64_t nq = t.q_end - t.q_begin;
   const int64_t nblk = (nq + kMq - 1) / kMq;
-  // The first query block's steps fetch the whole next tile (at B=1 two lines a step
-  // covered only half of it, and the rest came late from the hardware prefetcher).
+  // The next tile's lines are spread over the steps of every query block of this tile:
+  // its DRAM read then overlaps all of this tile's compute. Asked for within the first
+  // block alone, at B = 16 (three blocks) the requests outran DRAM and the read showed up
+  // on top of the compute. At B = 1 (one block) the two are the same.
   const int first_mq = static_cast<int>((nq + nblk - 1) / std::max<int64_t>(nblk, 1));
   const int64_t first_mb = blocks_for<Op>(std::clamp(first_mq, 1, kMq));
-  const int64_t steps = std::max<int64_t>(1, (t.num_blocks + first_mb - 1) / first_mb * t.groups);
+  const int64_t steps = std::max<int64_t>(1, (t.num_blocks + first_mb - 1) / first_mb * t.groups * nblk);
   const int64_t next_lines = t.prefetch == nullptr ? 0 : (t.prefetch_end - t.prefetch + 63) / 64;
   Prefetch prefetch{t.prefetch, t.prefetch_end,
                     static_cast<int>(std::clamp<int64_t>((next_lines + steps - 1) / steps, 2, 8))};
