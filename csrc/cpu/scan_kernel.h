@@ -260,7 +260,8 @@ bool scan(const ScanTile& t, TopkHeaps& heaps) {
   // on top of the compute. At B = 1 (one block) the two are the same.
   const int first_mq = static_cast<int>((nq + nblk - 1) / std::max<int64_t>(nblk, 1));
   const int64_t first_mb = blocks_for<Op>(std::clamp(first_mq, 1, kMq));
-  const int64_t steps = std::max<int64_t>(1, (t.num_blocks + first_mb - 1) / first_mb * t.groups * nblk);
+  const int64_t steps =
+      std::max<int64_t>(1, (t.num_blocks + first_mb - 1) / first_mb * t.groups * nblk);
   const int64_t next_lines = t.prefetch == nullptr ? 0 : (t.prefetch_end - t.prefetch + 63) / 64;
   Prefetch prefetch{t.prefetch, t.prefetch_end,
                     static_cast<int>(std::clamp<int64_t>((next_lines + steps - 1) / steps, 2, 8))};
