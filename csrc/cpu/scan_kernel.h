@@ -254,10 +254,10 @@ bool scan(const ScanTile& t, TopkHeaps& heaps) {
   // Balanced query blocks: B=16 with kMq=5 runs 4+4+4+4, not 5+5+5+1.
   const int64_t nq = t.q_end - t.q_begin;
   const int64_t nblk = (nq + kMq - 1) / kMq;
-  // The next tile's lines are spread over the steps of every query block of this tile:
-  // its DRAM read then overlaps all of this tile's compute. Asked for within the first
-  // block alone, at B = 16 (three blocks) the requests outran DRAM and the read showed up
-  // on top of the compute. At B = 1 (one block) the two are the same.
+  // The next tile's lines are spread over the steps of every query block of this tile,
+  // so its DRAM read can overlap all of this tile's compute, not the first block's only:
+  // native fp32 B = 16 (4 blocks) went from 1.25x to 1.18x the floor (docs/cpu_kernel.md).
+  // At B = 1 (one block) the two are the same.
   const int first_mq = static_cast<int>((nq + nblk - 1) / std::max<int64_t>(nblk, 1));
   const int64_t first_mb = blocks_for<Op>(std::clamp(first_mq, 1, kMq));
   const int64_t steps =
