@@ -45,8 +45,8 @@ class TrainConfig:
         (requires_grad set False when the Trainer is built). The blocks are the module's
         longest nn.ModuleList (BERT's encoder.layer); a module with fewer blocks trains all
         of them, one with none trains whole. None leaves requires_grad as the caller set
-        it. 4 of MiniLM's 6 kept the gain of training all of them at 0.6 of the step time
-        (docs/domain_adaptation.md).
+        it. Training 4 of MiniLM's 6 kept the gain of training all 6, at two thirds of
+        the step time (docs/domain_adaptation.md).
     warmup_steps / lr_decay: every learning rate rises linearly over the first warmup_steps
         steps, then stays ("constant") or falls linearly to 0 at `steps` ("linear"), as
         Atlas's scheduler does. The rate follows from the step alone, so a resumed run
