@@ -116,7 +116,9 @@ inline uint32_t low_lanes(int64_t n, int lanes) {
 struct Prefetch {
   const uint8_t* next;
   const uint8_t* end;
-  int lines;  // per step: enough to cover the next tile within the first query block
+  int lines;      // lines per prefetching step
+  int every;      // a prefetching step every `every` steps (fewer lines than steps)
+  int countdown;  // steps until the next prefetching step
 };
 
 // Offers one vector of scores (tile rows r0 .. r0 + kLanes - 1, query q) to the heap:
@@ -194,11 +196,12 @@ inline void panel(const ScanTile& t, int64_t q0, int64_t b0, TopkHeaps& heaps, u
   if (prefetch.next < prefetch.end) {
     const uint8_t* next = prefetch.next;
     const int64_t step_bytes = 64 * prefetch.lines;
-    const int64_t prefetching =
-        std::min(groups, (prefetch.end - next + step_bytes - 1) / step_bytes);
-    for (; j < prefetching; ++j) {
-      for (int p = 0; p < prefetch.lines; ++p) __builtin_prefetch(next + 64 * p, 0, 2);
-      next += step_bytes;
+    for (; j < groups && next < prefetch.end; ++j) {
+      if (--prefetch.countdown == 0) {
+        for (int p = 0; p < prefetch.lines; ++p) __builtin_prefetch(next + 64 * p, 0, 2);
+        next += step_bytes;
+        prefetch.countdown = prefetch.every;
+      }
       step(j);
     }
     prefetch.next = next;
@@ -263,8 +266,16 @@ bool scan(const ScanTile& t, TopkHeaps& heaps) {
   const int64_t steps =
       std::max<int64_t>(1, (t.num_blocks + first_mb - 1) / first_mb * t.groups * nblk);
   const int64_t next_lines = t.prefetch == nullptr ? 0 : (t.prefetch_end - t.prefetch + 63) / 64;
-  Prefetch prefetch{t.prefetch, t.prefetch_end,
-                    static_cast<int>(std::clamp<int64_t>((next_lines + steps - 1) / steps, 2, 8))};
+  // At least a line every step made AVX2 B = 16 (3 query blocks, 12 FMAs a step) fetch
+  // the next tile within a sixth of this one's steps, and that burst cost more than it
+  // hid: spread evenly, 1M rows went from 92 to 69 ms (docs/cpu_kernel.md).
+  int lines = 1, every = 1;
+  if (next_lines >= steps) {
+    lines = static_cast<int>(std::min<int64_t>((next_lines + steps - 1) / steps, 8));
+  } else if (next_lines > 0) {
+    every = static_cast<int>(steps / next_lines);
+  }
+  Prefetch prefetch{t.prefetch, t.prefetch_end, lines, every, 1};
   int64_t q = t.q_begin;
   for (int64_t i = 0; i < nblk; ++i) {
     const int64_t left = nblk - i;
