@@ -459,6 +459,36 @@ def test_after_a_burst_a_lone_caller_waits_at_most_the_window(wait_by_window_onl
         assert time.monotonic() - t0 < 0.25
 
 
+def test_a_batch_waits_for_the_callers_it_just_answered(wait_by_window_only):
+    """Callers in a closed loop come straight back: the batch after a scan waits for the
+    callers that queued during it and for those it answered, so the two groups merge
+    rather than take turns (the old rule, as many as the previous batch held, scanned the
+    three queued callers at once: batches [1, 3, 1])."""
+    index = make_index("float32", cls=GatedIndex)
+    with pyrag.CoalescingSearcher(index, window_ms=10_000) as searcher:
+        index.gate.clear()
+        got: dict[str, object] = {}
+
+        def returning_caller():
+            got["first"] = searcher.search(integer_rows(1, seed=100), 3)
+            got["again"] = searcher.search(integer_rows(1, seed=101), 3)
+
+        caller = threading.Thread(target=returning_caller)
+        caller.start()
+        assert index.entered.acquire(timeout=LIMIT_S), "the worker never started the scan"
+        queued = [searcher.submit(integer_rows(1, seed=102 + j), 3) for j in range(3)]
+        t0 = time.monotonic()
+        index.gate.set()
+        caller.join(LIMIT_S)
+        assert not caller.is_alive()
+        assert time.monotonic() - t0 < 5.0  # not the 10 s window: the batch filled
+        assert index.batches == [1, 4], index.batches
+        assert_same(got["first"], index.search(integer_rows(1, seed=100), 3))
+        assert_same(got["again"], index.search(integer_rows(1, seed=101), 3))
+        for j, f in enumerate(queued):
+            assert_same(f.result(timeout=0), index.search(integer_rows(1, seed=102 + j), 3))
+
+
 def test_a_cancelled_submission_is_skipped():
     index = make_index("float32", cls=GatedIndex)
     with pyrag.CoalescingSearcher(index, window_ms=0) as searcher:

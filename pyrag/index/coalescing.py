@@ -50,14 +50,14 @@ class CoalescingSearcher:
     a concurrent add or remove, never a mix. `snapshot()` pins one state: searches on it
     are coalesced too, and are answered by exactly that state.
 
-    When a batch starts: a worker thread scans whatever has queued as soon as the
-    previous scan ends. If fewer callers are waiting than the previous batch held (those
-    callers tend to come back with their next query), it waits for them, but never
+    When a batch starts: once the previous batch is answered, a worker thread waits
+    until the callers that queued during its scan and the callers it just answered
+    (they tend to come straight back with their next query) are all queued, but never
     longer than `window_ms`, nor than a quarter of the previous scan's time, after the
-    first waiting query was queued. So a lone caller is not held back (its previous
-    batch held one caller), and a query waits at most for the scan in progress when it
-    arrived, plus that bounded wait, plus the scans of queries queued before it past
-    max_batch rows.
+    later of that answer and the first waiting query's arrival; then it scans whatever
+    has queued. So a lone caller is not held back (its previous batch held one caller),
+    and a query waits at most for the scan in progress when it arrived, plus that
+    bounded wait, plus the scans of queries queued before it past max_batch rows.
 
     Args:
         index: any index of the contract: a DenseIndex of any dtype, a VersionedIndex.
@@ -262,7 +262,9 @@ class _Batcher:
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
         self._closed = False
-        self._last_batch = 1  # callers in the previous batch: how many to wait for
+        self._last_batch = 1  # callers in the previous batch
+        self._expected = 1  # callers the next batch waits for (up to the window)
+        self._answered_at: Optional[float] = None  # the batch's first answer (worker only)
         self._last_scan_s = float("inf")  # the previous fused scan's time (the worker's own)
         self._counts: dict[str, float] = {"queries": 0, "scans": 0, "fallbacks": 0, "scan_seconds": 0.0}
         self._pid = os.getpid()
@@ -330,6 +332,16 @@ class _Batcher:
         """The next requests to scan (oldest first, up to max_batch rows), or None once
         closed and answered."""
         with self._cond:
+            free_at = time.monotonic()  # the previous batch has been answered
+            # Those who queued before the previous batch's first answer, and that batch's
+            # callers, who tend to come straight back with their next query: wait for all
+            # of them. (Waiting only for as many as the previous batch held let two halves
+            # of the callers take turns, each scanning while the other came back: 16
+            # callers made batches of 10 and 6 instead of 16.)
+            answered_at = self._answered_at if self._answered_at is not None else free_at
+            self._answered_at = None
+            earlier = sum(1 for r in self._queue if r.queued_at < answered_at)
+            self._expected = earlier + self._last_batch
             while not self._queue:
                 if self._closed:
                     return None
@@ -337,7 +349,7 @@ class _Batcher:
             # Waiting longer than a fraction of a scan costs the waiting callers more than
             # a straggler saves by joining: it would wait one more scan at worst.
             wait = min(self._window_s, _WAIT_PER_SCAN * self._last_scan_s)
-            deadline = self._queue[0].queued_at + wait
+            deadline = max(self._queue[0].queued_at, free_at) + wait
             while not self._batch_ready():
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -356,7 +368,7 @@ class _Batcher:
 
     def _batch_ready(self) -> bool:
         """Whether to scan now rather than wait for more callers (under the lock)."""
-        return self._closed or len(self._queue) >= self._last_batch or self._queued_rows >= self._max_batch
+        return self._closed or len(self._queue) >= self._expected or self._queued_rows >= self._max_batch
 
     def _answer(self, batch: list[_Request]) -> None:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
@@ -390,6 +402,8 @@ class _Batcher:
         except Exception as e:
             error = e
         took = time.perf_counter() - start
+        if self._answered_at is None:
+            self._answered_at = time.monotonic()  # (queued_at is monotonic too)
         if error is None:
             self._last_scan_s = took
         with self._cond:
